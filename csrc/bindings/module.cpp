@@ -1,0 +1,152 @@
+// Thin pybind11 bindings of the Python-free core: buffers in, EncodeArgs out, GIL released
+// around every kernel. Inputs are never converted or copied: a wrong dtype or layout is an
+// error here, and the Python layer decides what to accept.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "../core/encode.h"
+#include "../core/thread_pool.h"
+
+namespace py = pybind11;
+using namespace instahide;
+
+namespace {
+
+[[noreturn]] void fail(const std::string& message) { throw py::value_error(message); }
+
+template <typename T>
+const T* table(const py::array& a, const char* name, std::vector<int64_t> shape) {
+  if (!py::isinstance<py::array_t<T>>(a) || !py::dtype::of<T>().is(a.dtype()))
+    throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
+                         ", got " + std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style)) fail(std::string(name) + ": must be C-contiguous");
+  if (a.ndim() != py::ssize_t(shape.size())) fail(std::string(name) + ": wrong number of dimensions");
+  for (size_t i = 0; i < shape.size(); ++i)
+    if (a.shape(py::ssize_t(i)) != shape[i]) fail(std::string(name) + ": wrong shape");
+  return static_cast<const T*>(a.data());
+}
+
+void read_key(const py::bytes& key, uint8_t out[32]) {
+  std::string k = key;
+  if (k.size() != 32) fail("the mask key must be 32 bytes, got " + std::to_string(k.size()));
+  std::copy(k.begin(), k.end(), out);
+}
+
+// (images, channels_last, scale[C], shift[C]) -> ImageSource, strides in elements.
+ImageSource read_source(const py::tuple& spec) {
+  if (spec.size() != 4) fail("a source is (images, channels_last, scale, shift)");
+  py::array images = spec[0].cast<py::array>();
+  bool channels_last = spec[1].cast<bool>();
+  auto scale = spec[2].cast<std::vector<float>>();
+  auto shift = spec[3].cast<std::vector<float>>();
+  ImageSource s;
+  if (py::dtype::of<uint8_t>().is(images.dtype())) s.pixel = PixelType::kUint8;
+  else if (py::dtype::of<float>().is(images.dtype())) s.pixel = PixelType::kFloat32;
+  else throw py::type_error("images must be uint8 or float32, got " + std::string(py::str(images.dtype())));
+  if (images.ndim() != 4) fail("images must have 4 dimensions (N, C, H, W) or (N, H, W, C)");
+  const py::ssize_t item = images.itemsize();
+  std::array<int64_t, 4> shape{}, stride{};
+  for (int i = 0; i < 4; ++i) {
+    if (images.strides(i) % item) fail("image strides must be multiples of the pixel size");
+    shape[i] = images.shape(i);
+    stride[i] = images.strides(i) / item;
+  }
+  const std::array<int, 4> axes = channels_last ? std::array<int, 4>{0, 3, 1, 2} : std::array<int, 4>{0, 1, 2, 3};
+  s.data = images.data();
+  s.count = shape[0];
+  s.channels = shape[axes[1]], s.height = shape[axes[2]], s.width = shape[axes[3]];
+  s.stride_n = stride[0], s.stride_c = stride[axes[1]], s.stride_h = stride[axes[2]], s.stride_w = stride[axes[3]];
+  if (s.channels < 1 || s.channels > kMaxChannels) fail("images must have 1 to 4 channels, got " + std::to_string(s.channels));
+  if (int64_t(scale.size()) != s.channels || int64_t(shift.size()) != s.channels)
+    fail("scale and shift need one value per channel");
+  for (int64_t c = 0; c < s.channels; ++c) s.scale[c] = scale[c], s.shift[c] = shift[c];
+  return s;
+}
+
+void encode(const py::list& sources, int private_terms, const py::array& index, const py::array& lam,
+            const py::array& offset, const py::array& flip, const py::array& row_id, const py::bytes& mask_key,
+            uint32_t epoch, int sign, py::array out, int out_type, bool out_channels_last, int num_threads) {
+  EncodeArgs a;
+  if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
+  for (size_t i = 0; i < sources.size(); ++i) a.sources[i] = read_source(sources[i].cast<py::tuple>());
+  if (index.ndim() != 2) fail("index: must have shape (rows, k)");
+  a.rows = index.shape(0);
+  a.k = int(index.shape(1));
+  a.private_terms = private_terms;
+  if (private_terms < a.k && sources.size() < 2) fail("public terms need a public image source");
+  a.index = table<int64_t>(index, "index", {a.rows, a.k});
+  a.lam = table<float>(lam, "lam", {a.rows, a.k});
+  a.offset = table<int32_t>(offset, "offset", {a.rows, a.k, 2});
+  a.flip = reinterpret_cast<const uint8_t*>(table<bool>(flip, "flip", {a.rows, a.k}));
+  a.row_id = table<int64_t>(row_id, "row_id", {a.rows});
+  read_key(mask_key, a.mask_key);
+  a.epoch = epoch;
+  if (sign < 0 || sign > 2) fail("sign must be 0 (flip), 1 (abs) or 2 (none)");
+  a.sign = SignMode(sign);
+
+  if (out_type < 0 || out_type > 2) fail("out_type must be 0 (float32), 1 (float16) or 2 (bfloat16)");
+  a.out_type = OutType(out_type);
+  const py::dtype want = out_type == 0 ? py::dtype::of<float>()
+                         : out_type == 1 ? py::dtype("float16") : py::dtype::of<uint16_t>();
+  if (!want.is(out.dtype())) throw py::type_error("out: expected dtype " + std::string(py::str(want)));
+  if (!(out.flags() & py::array::c_style) || !out.writeable()) fail("out: must be C-contiguous and writeable");
+  if (out.ndim() != 4 || out.shape(0) != a.rows) fail("out: must have shape (rows, ...) with 4 dimensions");
+  const int64_t C = a.sources[0].channels;
+  a.out_channels_last = out_channels_last;
+  a.out_height = out.shape(out_channels_last ? 1 : 2);
+  a.out_width = out.shape(out_channels_last ? 2 : 3);
+  if (out.shape(out_channels_last ? 3 : 1) != C) fail("out: channel count differs from the images'");
+  a.out = out.mutable_data();
+
+  py::gil_scoped_release release;
+  encode_cpu(a, num_threads);
+}
+
+py::array_t<int8_t> mask(const py::bytes& key, uint32_t epoch, const py::array& row_id, int64_t elements,
+                         int num_threads) {
+  uint8_t k[32];
+  read_key(key, k);
+  if (row_id.ndim() != 1) fail("row ids must be one-dimensional");
+  const int64_t rows = row_id.shape(0);
+  const int64_t* ids = table<int64_t>(row_id, "row_id", {rows});
+  if (elements < 0) fail("elements must be >= 0");
+  py::array_t<int8_t> out({rows, elements});
+  int8_t* o = out.mutable_data();
+  py::gil_scoped_release release;
+  mask_cpu(k, epoch, ids, rows, elements, o, num_threads);
+  return out;
+}
+
+py::array_t<uint8_t> chacha20(const py::bytes& key, const py::bytes& nonce, uint32_t counter, int64_t blocks) {
+  uint8_t k[32];
+  read_key(key, k);
+  std::string n = nonce;
+  if (n.size() != 12) fail("the nonce must be 12 bytes");
+  if (blocks < 0) fail("blocks must be >= 0");
+  py::array_t<uint8_t> out(blocks * 64);
+  uint8_t* o = out.mutable_data();
+  py::gil_scoped_release release;
+  chacha20_keystream(k, reinterpret_cast<const uint8_t*>(n.data()), counter, blocks, o);
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "instahide's compiled core (private: use the instahide package)";
+  m.def("encode", &encode, py::arg("sources"), py::arg("private_terms"), py::arg("index"), py::arg("lam"),
+        py::arg("offset"), py::arg("flip"), py::arg("row_id"), py::arg("mask_key"), py::arg("epoch"),
+        py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"), py::arg("num_threads"));
+  m.def("mask", &mask, py::arg("key"), py::arg("epoch"), py::arg("row_id"), py::arg("elements"),
+        py::arg("num_threads") = 0);
+  m.def("chacha20", &chacha20, py::arg("key"), py::arg("nonce"), py::arg("counter"), py::arg("blocks"));
+  m.def("available_cores", &available_cores);
+  m.def("get_num_threads", &default_threads);
+  m.def("set_num_threads", &set_default_threads, py::arg("n"));
+  m.attr("cuda_compiled") = false;
+}

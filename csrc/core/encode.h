@@ -1,0 +1,71 @@
+// The argument struct of one encode call, shared by the CPU and CUDA kernels.
+// Python-free: the bindings fill it from buffers; the kernels only read it.
+// The normative semantics are in docs/algorithm.md.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace instahide {
+
+enum class PixelType : int32_t { kUint8 = 0, kFloat32 = 1 };
+enum class OutType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class SignMode : int32_t { kFlip = 0, kAbs = 1, kNone = 2 };
+
+constexpr int kMaxTerms = 16;
+constexpr int kMaxChannels = 4;
+
+// A set of equally sized images addressed by element strides (any layout, any order).
+struct ImageSource {
+  const void* data = nullptr;
+  PixelType pixel = PixelType::kUint8;
+  int64_t count = 0;
+  int64_t channels = 0, height = 0, width = 0;
+  int64_t stride_n = 0, stride_c = 0, stride_h = 0, stride_w = 0;  // in elements
+  // Normalization v' = v * scale[c] - shift[c], i.e. scale = unit/std, shift = mean/std.
+  float scale[kMaxChannels] = {};
+  float shift[kMaxChannels] = {};
+};
+
+// Per-row term tables: row r, term t lives at [r * k + t] (offset at [(r * k + t) * 2]).
+// Terms t < private_terms read `sources[0]`, the others `sources[1]`.
+struct EncodeArgs {
+  ImageSource sources[2];
+  int private_terms = 0;
+  int k = 0;
+  int64_t rows = 0;
+  const int64_t* row_id = nullptr;   // (rows): the epoch row id, mask nonce
+  const int64_t* index = nullptr;    // (rows, k): image in its term's source
+  const float* lam = nullptr;        // (rows, k): mixing coefficients
+  const int32_t* offset = nullptr;   // (rows, k, 2): (dy, dx) of the window
+  const uint8_t* flip = nullptr;     // (rows, k): horizontal flip of the window
+  uint8_t mask_key[32] = {};
+  uint32_t epoch = 0;
+  SignMode sign = SignMode::kFlip;
+  // Output (rows, C, H, W) or (rows, H, W, C), C-contiguous; H, W = the window size.
+  void* out = nullptr;
+  OutType out_type = OutType::kFloat32;
+  bool out_channels_last = false;
+  int64_t out_height = 0, out_width = 0;
+};
+
+// Bytes of mask keystream one row needs (one bit per element, C*H*W elements).
+inline int64_t mask_bytes_per_row(int64_t channels, int64_t height, int64_t width) {
+  return (channels * height * width + 7) / 8;
+}
+
+// Throws std::invalid_argument unless `args` is safe to run: shapes, strides, index ranges.
+void validate(const EncodeArgs& args);
+
+// CPU kernel: encodes all rows of `args` on `num_threads` threads (0: the default count).
+void encode_cpu(const EncodeArgs& args, int num_threads);
+
+// Mask spec v1 for `rows` rows: out[r, j] = +1 or -1, j = c*H*W + y*W + x.
+void mask_cpu(const uint8_t key[32], uint32_t epoch, const int64_t* row_id, int64_t rows,
+              int64_t elements_per_row, int8_t* out, int num_threads);
+
+// Raw ChaCha20 keystream: `blocks` blocks from `counter` (the building block of key sampling).
+void chacha20_keystream(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter,
+                        int64_t blocks, uint8_t* out);
+
+}  // namespace instahide

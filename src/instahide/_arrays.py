@@ -1,0 +1,131 @@
+"""Array intake shared by the encoder and the reference: numpy arrays and CPU torch tensors
+as numpy views (no copies), layouts, rows, labels and normalization, with clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+OUT_DTYPES = ("float32", "float16", "bfloat16")
+LAYOUTS = ("NCHW", "NHWC")
+_CHANNEL_COUNTS = (1, 3, 4)
+
+
+def is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "numpy")
+
+
+def as_numpy(x, name: str) -> np.ndarray:
+    """A numpy view of a numpy array or a CPU torch tensor; never a copy."""
+    if isinstance(x, np.ndarray):
+        return x
+    if is_torch(x):
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} is on {x.device}; this build encodes tensors on the CPU only")
+        if x.requires_grad:
+            x = x.detach()
+        return x.numpy()
+    raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+def channels_last(images: np.ndarray, layout: str | None) -> bool:
+    """Whether (N, ., ., .) images are NHWC; layout None guesses from the channel axis."""
+    if images.dtype not in (np.uint8, np.float32):
+        raise TypeError(f"images must be uint8 or float32, got {images.dtype}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be 4-d (N, C, H, W) or (N, H, W, C), got shape {images.shape}")
+    if layout is None:
+        first, last = images.shape[1] in _CHANNEL_COUNTS, images.shape[3] in _CHANNEL_COUNTS
+        if first == last:
+            raise ValueError(f"cannot tell the layout of images of shape {images.shape}: pass layout='NCHW' or 'NHWC'")
+        return last
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return layout == "NHWC"
+
+
+def row_ids(rows, n: int) -> np.ndarray:
+    """Epoch row ids as int64: all rows for None, a slice, or an index array."""
+    if rows is None:
+        return np.arange(n, dtype=np.int64)
+    if isinstance(rows, slice):
+        return np.arange(n, dtype=np.int64)[rows]
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
+        raise TypeError("rows must be a slice or a 1-d array of integers")
+    rows = rows.astype(np.int64, copy=False)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise ValueError(f"rows must lie in [0, {n}), got values in [{rows.min()}, {rows.max()}]")
+    return rows
+
+
+def check_keys(keys, n: int) -> None:
+    from .keys import Keys
+
+    if not isinstance(keys, Keys):
+        raise TypeError(f"keys must be instahide.Keys, got {type(keys).__name__}")
+    if keys.n != n:
+        raise ValueError(f"the keys are for {keys.n} rows but there are {n} images")
+    if keys.private_terms != keys.k:
+        raise ValueError("these keys have public terms; pass a public pool")
+    if keys.index.size and (keys.index.min() < 0 or keys.index.max() >= n):
+        raise ValueError(f"keys.index refers to images outside [0, {n})")
+
+
+def normalization(mean, std, channels: int):
+    """Per-channel mean and std as float32 arrays; None means 0 and 1."""
+    mean = np.zeros(channels, np.float32) if mean is None else np.asarray(mean, np.float32).reshape(-1)
+    std = np.ones(channels, np.float32) if std is None else np.asarray(std, np.float32).reshape(-1)
+    if mean.shape != (channels,) or std.shape != (channels,):
+        raise ValueError(f"mean and std need {channels} values (one per channel)")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise ValueError("mean must be finite and std finite and positive")
+    return mean, std
+
+
+def check_out_dtype(out_dtype: str) -> str:
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
+    return out_dtype
+
+
+def numpy_out_dtype(out_dtype: str):
+    """bfloat16, which numpy lacks, travels as uint16 bit patterns."""
+    return {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[check_out_dtype(out_dtype)]
+
+
+def to_out_dtype(x: np.ndarray, out_dtype: str) -> np.ndarray:
+    """float32 -> the output dtype, bfloat16 as uint16 bits rounded to nearest even."""
+    if check_out_dtype(out_dtype) != "bfloat16":
+        return x.astype(numpy_out_dtype(out_dtype))
+    bits = x.astype(np.float32).view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    nan = np.isnan(x)
+    return np.where(nan, ((bits >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16), rounded)
+
+
+def bfloat16_to_float32(bits) -> np.ndarray:
+    """Widens bfloat16 bit patterns (uint16, as numpy outputs carry them) to float32."""
+    bits = np.asarray(bits)
+    if bits.dtype != np.uint16:
+        raise TypeError("expected uint16 bfloat16 bit patterns")
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def check_labels(labels, n: int, num_classes: int | None):
+    """(labels as numpy, number of classes, whether they are soft): class ids (n,) of an
+    integer dtype, or soft labels (n, K) of a float dtype."""
+    labels = as_numpy(labels, "labels")
+    if labels.shape[:1] != (n,):
+        raise ValueError(f"labels must have one entry per image ({n}), got shape {labels.shape}")
+    if labels.ndim == 2 and np.issubdtype(labels.dtype, np.floating):
+        if num_classes is not None and labels.shape[1] != num_classes:
+            raise ValueError(f"soft labels have {labels.shape[1]} classes, num_classes={num_classes}")
+        return labels, labels.shape[1], True
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError("labels must be class ids (n,) of an integer dtype or soft labels (n, K) of a float dtype")
+    if n and labels.min() < 0:
+        raise ValueError("class ids must be >= 0")
+    classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    if n and labels.max() >= classes:
+        raise ValueError(f"class id {labels.max()} is not below num_classes={classes}")
+    return labels, classes, False

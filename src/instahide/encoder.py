@@ -1,0 +1,146 @@
+"""The encoder: options, validation, and dispatch to the compiled core."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _arrays, _core
+from .keys import Keys, check_secret_key, derive_keys, new_secret_key
+
+_SIGNS = {"flip": 0, "abs": 1, "none": 2}
+_OUT_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
+
+
+class Encoder:
+    """InstaHide encoder (inside-dataset mode: every term is a private image).
+
+    Row i of an epoch is ``sign_i * sum_t lam[i,t] * normalize(window_t(image index[i,t]))``
+    with the keys of that epoch; see docs/algorithm.md.
+
+    Args:
+        k: images mixed into each encoding.
+        upper: largest allowed coefficient; rows are drawn again while max(lam) > upper.
+        sign: "flip" (secret random sign per element), "abs" (|mixture|), or "none" (k-way mixup).
+        mean, std: per-channel normalization in [0, 1] units for uint8 input (None: 0 and 1).
+        pad: windows shift by dy, dx uniform in [-pad, pad], reading 0 outside the image.
+        hflip: flip each window horizontally with probability 1/2.
+        out_dtype: "float32", "float16" or "bfloat16" (numpy callers get bfloat16 as uint16 bits).
+        key: the 32-byte secret key; None draws one from the OS's cryptographic source.
+        distinct: no image appears twice within one encoding (default: the authors' independent
+            permutations, where it may).
+        layout: "NCHW", "NHWC" or None (inferred from the channel axis).
+        out_layout: "NCHW" or "NHWC".
+        num_classes: for class-id labels; None: max label + 1.
+        renormalize_labels: divide soft labels by the private terms' coefficient sum.
+        num_threads: CPU threads (0: the cores this process may use).
+    """
+
+    def __init__(self, k: int = 4, upper: float = 0.65, sign: str = "flip", mean=None, std=None, pad: int = 0,
+                 hflip: bool = False, out_dtype: str = "float32", key: bytes | None = None, *,
+                 distinct: bool = False, layout: str | None = None, out_layout: str = "NCHW",
+                 num_classes: int | None = None, renormalize_labels: bool = False, num_threads: int = 0) -> None:
+        if not isinstance(k, (int, np.integer)) or not 1 <= k <= 16:
+            raise ValueError(f"k must be an integer in [1, 16], got {k!r}")
+        if k > 1 and not 1.0 / k < upper <= 1.0:
+            raise ValueError(f"upper must be in (1/k, 1] = ({1.0 / k:.4g}, 1], got {upper}")
+        if sign not in _SIGNS:
+            raise ValueError(f"sign must be one of {tuple(_SIGNS)}, got {sign!r}")
+        if not isinstance(pad, (int, np.integer)) or pad < 0:
+            raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
+        if layout is not None and layout not in _arrays.LAYOUTS:
+            raise ValueError(f"layout must be 'NCHW', 'NHWC' or None, got {layout!r}")
+        if out_layout not in _arrays.LAYOUTS:
+            raise ValueError(f"out_layout must be 'NCHW' or 'NHWC', got {out_layout!r}")
+        if num_threads < 0:
+            raise ValueError("num_threads must be >= 0")
+        self.k, self.upper, self.sign, self.pad, self.hflip = int(k), float(upper), sign, int(pad), bool(hflip)
+        self.out_dtype = _arrays.check_out_dtype(out_dtype)
+        self.mean = None if mean is None else np.asarray(mean, np.float32)
+        self.std = None if std is None else np.asarray(std, np.float32)
+        self.distinct, self.layout, self.out_layout = bool(distinct), layout, out_layout
+        self.num_classes, self.renormalize_labels = num_classes, bool(renormalize_labels)
+        self.num_threads = int(num_threads)
+        self._secret = new_secret_key() if key is None else check_secret_key(key)
+
+    @property
+    def key(self) -> bytes:
+        """The secret key: it derives every epoch's keys. Keep it secret."""
+        return self._secret
+
+    def __repr__(self) -> str:
+        return (f"Encoder(k={self.k}, upper={self.upper}, sign={self.sign!r}, pad={self.pad}, hflip={self.hflip}, "
+                f"distinct={self.distinct}, out_dtype={self.out_dtype!r}, key=<hidden>)")
+
+    def keys(self, n: int, epoch: int) -> Keys:
+        """The keys of one epoch of n images: fresh partners, coefficients, windows and mask."""
+        return derive_keys(self._secret, epoch, n, k=self.k, upper=self.upper, distinct=self.distinct, pad=self.pad,
+                           hflip=self.hflip)
+
+    def encode(self, images, labels, keys: Keys, rows=None):
+        """Encodes `rows` of the epoch (an index array or slice; default all).
+
+        `images` (N, C, H, W) or (N, H, W, C), uint8 or float32, and `labels` (class ids (N,)
+        or soft labels (N, K)) are the whole private set: partners come from all of it.
+        Returns (encoded, soft_labels): numpy arrays, or torch tensors for torch input.
+        """
+        torch_input = _arrays.is_torch(images)
+        x = _arrays.as_numpy(images, "images")
+        channels_last = _arrays.channels_last(x, self.layout)
+        n = x.shape[0]
+        _arrays.check_keys(keys, n)
+        if keys.k != self.k:
+            raise ValueError(f"the keys have k={keys.k} terms, the encoder k={self.k}")
+        rows = _arrays.row_ids(rows, n)
+        channels, height, width = (x.shape[3], x.shape[1], x.shape[2]) if channels_last else x.shape[1:]
+        mean, std = _arrays.normalization(self.mean, self.std, channels)
+        unit = np.float32(1 / 255) if x.dtype == np.uint8 else np.float32(1)
+        source = (x, channels_last, (unit / std).tolist(), (mean / std).tolist())
+
+        out_shape = (len(rows), height, width, channels) if self.out_layout == "NHWC" else (len(rows), channels, height, width)
+        out = np.empty(out_shape, _arrays.numpy_out_dtype(self.out_dtype))
+        _core.encode([source], keys.private_terms, keys.index[rows], keys.lam[rows], keys.offset[rows],
+                     keys.flip[rows], rows, keys.mask_key, keys.epoch, _SIGNS[self.sign], out,
+                     _OUT_CODES[self.out_dtype], self.out_layout == "NHWC", self.num_threads)
+        soft = self._mix_labels(labels, keys, rows)
+        if torch_input:
+            return _to_torch(out, self.out_dtype), _to_torch(soft, "float32")
+        return out, soft
+
+    def _mix_labels(self, labels, keys: Keys, rows: np.ndarray) -> np.ndarray:
+        """sum over private terms of lam[i, t] * onehot(label of term t), as float32."""
+        labels, classes, soft_input = _arrays.check_labels(labels, keys.n, self.num_classes)
+        kp = keys.private_terms
+        index, lam = keys.index[rows, :kp], keys.lam[rows, :kp]
+        if soft_input:
+            soft = np.einsum("bt,btc->bc", lam, labels[index].astype(np.float32))
+        else:
+            soft = np.zeros((len(rows), classes), np.float32)
+            batch = np.arange(len(rows))
+            for t in range(kp):
+                soft[batch, labels[index[:, t]]] += lam[:, t]
+        if self.renormalize_labels:
+            soft /= lam.sum(axis=1, keepdims=True)
+        return soft
+
+
+def _to_torch(array: np.ndarray, dtype: str):
+    import torch
+
+    tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+def mask(key: bytes, epoch: int, rows, shape) -> np.ndarray:
+    """The sign mask of spec v1 as int8 +-1, shape (len(rows), *shape) with shape = (C, H, W);
+    `key` is the mask key (``Keys.mask_key``)."""
+    if not isinstance(key, (bytes, bytearray)) or len(key) != 32:
+        raise TypeError("the mask key must be 32 bytes (Keys.mask_key)")
+    if not 0 <= epoch < 2**32:
+        raise ValueError("the epoch must be in [0, 2^32)")
+    rows = np.ascontiguousarray(np.asarray(rows, np.int64).reshape(-1))
+    if rows.size and rows.min() < 0:
+        raise ValueError("row ids must be >= 0")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be (C, H, W) with positive sizes, got {shape}")
+    return _core.mask(bytes(key), int(epoch), rows, int(np.prod(shape))).reshape(len(rows), *shape)

@@ -1,0 +1,187 @@
+"""Keys of one epoch: which images, coefficients and windows make every encoding, plus the
+mask key. Everything derives from one 32-byte secret key; see docs/algorithm.md.
+
+Saved keys decrypt: whoever holds them (or the secret key) can undo the sign mask and knows
+every mixture. Keep them as secret as the data itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._random import Stream
+
+KEY_BYTES = 32
+_FORMAT = "instahide-keys-v1"
+_MAX_REDRAW_ROUNDS = 10_000
+
+# Stream domains: each random quantity of an epoch has its own ChaCha20 nonce.
+_COEFFICIENTS, _OFFSETS, _FLIPS = 1, 2, 3
+_PARTNER_SLOT, _DISTINCT_REPAIR = 16, 48
+
+
+def new_secret_key() -> bytes:
+    """32 bytes from the operating system's cryptographic source."""
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def check_secret_key(key) -> bytes:
+    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_BYTES:
+        raise TypeError(f"the secret key must be {KEY_BYTES} bytes (e.g. instahide.new_secret_key())")
+    return bytes(key)
+
+
+def _subkey(secret: bytes, purpose: bytes) -> bytes:
+    return hmac.new(secret, b"instahide " + purpose + b" v1", hashlib.sha256).digest()
+
+
+def mask_key_of(secret: bytes) -> bytes:
+    """The ChaCha20 key of the sign mask (mask spec v1), derived from the secret key."""
+    return _subkey(check_secret_key(secret), b"mask key")
+
+
+@dataclass(frozen=True, eq=False)
+class Keys:
+    """Per-row keys of one epoch: row i's encoding mixes, for t in range(k), the image
+    ``index[i, t]`` (of the private set for t < private_terms, else of the public pool),
+    seen through window ``offset[i, t]`` = (dy, dx) and ``flip[i, t]``, weighted ``lam[i, t]``;
+    its signs come from ChaCha20(mask_key, nonce=(epoch, i))."""
+
+    index: np.ndarray
+    lam: np.ndarray
+    offset: np.ndarray
+    flip: np.ndarray
+    epoch: int
+    mask_key: bytes
+    private_terms: int
+
+    def __post_init__(self) -> None:
+        def array(name, dtype, ndim):
+            value = np.asarray(getattr(self, name))
+            if value.dtype != dtype or value.ndim != ndim:
+                raise TypeError(f"Keys.{name} must be a {ndim}-d {np.dtype(dtype).name} array")
+            object.__setattr__(self, name, np.ascontiguousarray(value))
+            return value
+
+        index = array("index", np.int64, 2)
+        n, k = index.shape
+        for name, dtype, shape in (("lam", np.float32, (n, k)), ("offset", np.int32, (n, k, 2)),
+                                   ("flip", np.bool_, (n, k))):
+            if array(name, dtype, len(shape)).shape != shape:
+                raise ValueError(f"Keys.{name} has shape {getattr(self, name).shape}, expected {shape}")
+        if not 0 <= int(self.epoch) < 2**32:
+            raise ValueError("the epoch must be in [0, 2^32)")
+        if not isinstance(self.mask_key, bytes) or len(self.mask_key) != KEY_BYTES:
+            raise TypeError(f"the mask key must be {KEY_BYTES} bytes")
+        if not 1 <= int(self.private_terms) <= k:
+            raise ValueError(f"private_terms must be in [1, k={k}]")
+        object.__setattr__(self, "epoch", int(self.epoch))
+        object.__setattr__(self, "private_terms", int(self.private_terms))
+
+    @property
+    def n(self) -> int:
+        """Rows of the epoch."""
+        return self.index.shape[0]
+
+    @property
+    def k(self) -> int:
+        """Terms per encoding."""
+        return self.index.shape[1]
+
+    def __repr__(self) -> str:
+        return f"Keys(n={self.n}, k={self.k}, private_terms={self.private_terms}, epoch={self.epoch}, mask_key=<hidden>)"
+
+    def save(self, path) -> None:
+        """Writes the keys to an .npz file. Saved keys decrypt: store them like the data."""
+        np.savez(path, format=np.array(_FORMAT), index=self.index, lam=self.lam, offset=self.offset, flip=self.flip,
+                 epoch=np.array(self.epoch, np.int64), mask_key=np.frombuffer(self.mask_key, np.uint8),
+                 private_terms=np.array(self.private_terms, np.int64))
+
+    @classmethod
+    def load(cls, path) -> "Keys":
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            if "format" not in f or str(f["format"]) != _FORMAT:
+                raise ValueError(f"{path} is not an instahide keys file ({_FORMAT})")
+            return cls(index=f["index"], lam=f["lam"], offset=f["offset"], flip=f["flip"], epoch=int(f["epoch"]),
+                       mask_key=f["mask_key"].tobytes(), private_terms=int(f["private_terms"]))
+
+
+def derive_keys(secret: bytes, epoch: int, n: int, *, k: int, upper: float = 0.65, distinct: bool = False,
+                pad: int = 0, hflip: bool = False) -> Keys:
+    """The keys of one epoch of n rows (inside-dataset mode: all k terms private)."""
+    secret = check_secret_key(secret)
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n!r}")
+    if not 0 <= epoch < 2**32:
+        raise ValueError(f"the epoch must be in [0, 2^32), got {epoch}")
+    if k > 1 and not 1.0 / k < upper <= 1.0:
+        raise ValueError(f"upper must be in (1/k, 1] = ({1.0 / k:.4g}, 1], got {upper}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    if distinct and n < k:
+        raise ValueError(f"distinct partners need at least k={k} images, got {n}")
+    n, epoch = int(n), int(epoch)
+    sampling = _subkey(secret, b"sampling key")
+
+    def stream(domain: int) -> Stream:
+        return Stream(sampling, epoch, domain)
+
+    lam = _coefficients(stream(_COEFFICIENTS), n, k, upper)
+    index = np.empty((n, k), np.int64)
+    index[:, 0] = np.arange(n)
+    for t in range(1, k):
+        index[:, t] = stream(_PARTNER_SLOT + t).permutation(n)
+        if distinct:
+            _repair_repeats(index, t, stream(_DISTINCT_REPAIR + t))
+    offset = (stream(_OFFSETS).integers(-pad, pad + 1, (n, k, 2)) if pad else np.zeros((n, k, 2))).astype(np.int32)
+    flip = stream(_FLIPS).bits((n, k)) if hflip else np.zeros((n, k), bool)
+    return Keys(index=index, lam=lam, offset=offset, flip=flip, epoch=epoch, mask_key=mask_key_of(secret),
+                private_terms=k)
+
+
+def _coefficients(stream: Stream, n: int, k: int, upper: float) -> np.ndarray:
+    """|N(0,1)| per term, each row divided by its sum; rows with a coefficient above
+    `upper` are drawn again (the authors' rule)."""
+
+    def draw(rows: int) -> np.ndarray:
+        g = stream.half_normal((rows, k))
+        return g / g.sum(axis=1, keepdims=True)
+
+    lam = draw(n)
+    if k > 1:
+        redo = np.flatnonzero(lam.max(axis=1) > upper)
+        for _ in range(_MAX_REDRAW_ROUNDS):
+            if redo.size == 0:
+                break
+            lam[redo] = draw(redo.size)
+            redo = redo[lam[redo].max(axis=1) > upper]
+        else:
+            raise RuntimeError(f"coefficients kept exceeding upper={upper}; raise it further above 1/k")
+    return lam.astype(np.float32)
+
+
+def _repair_repeats(index: np.ndarray, t: int, stream: Stream) -> None:
+    """Makes slot t repeat no image of slots < t in any row, by swapping entries of slot t
+    between rows, so that the slot stays a permutation."""
+    n = index.shape[0]
+    column = index[:, t]
+
+    def clashes(row: int, image: int) -> bool:
+        return bool((index[row, :t] == image).any())
+
+    pending = np.flatnonzero((index[:, :t] == column[:, None]).any(axis=1))
+    for row in pending:
+        for _ in range(1000 * n):
+            if not clashes(row, column[row]):
+                break
+            other = int(stream.integers(0, n, 1)[0])
+            if not clashes(row, column[other]) and not clashes(other, column[row]):
+                column[row], column[other] = column[other], column[row]
+        else:
+            raise RuntimeError("could not find distinct partners")
