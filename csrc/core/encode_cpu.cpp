@@ -5,6 +5,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "chacha20.h"
 #include "encode.h"
 #include "float_convert.h"
@@ -17,6 +21,9 @@
 #else
 #define INSTAHIDE_VECTOR_CLONES
 #endif
+
+// Helpers of the cloned functions must inline into them to get their instruction set.
+#define INSTAHIDE_INLINE __attribute__((always_inline)) inline
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "keystream bytes are read as little-endian words");
 
@@ -95,137 +102,365 @@ void mask_keystream(const uint8_t key_bytes[32], uint32_t epoch, const int64_t* 
   flush();
 }
 
-inline float load_pixel(const uint8_t* p) { return float(*p); }
-inline float load_pixel(const float* p) { return *p; }
+INSTAHIDE_INLINE float load_pixel(const uint8_t* p) { return float(*p); }
+INSTAHIDE_INLINE float load_pixel(const float* p) { return *p; }
+
+// The accumulator holds a tile of output rows, either interleaved like the private images
+// ((y * W + x) * C + c) or planar (c * tile_rows * W + y * W + x), so that reads of
+// channels-last or channels-first sources run contiguously, in runs as long as possible.
+struct Tile {
+  int64_t C, H, W;
+  int64_t y0, rows;      // output rows [y0, y0 + rows)
+  int64_t plane;         // planar: distance between channel planes (tile capacity * W)
+  bool interleaved;
+};
 
 // Everything one term of one row needs.
 struct Term {
   const ImageSource* source;
-  const char* image;   // the term's image (bytes)
-  int64_t dy, dx;
+  const char* image;          // the term's image (bytes)
+  int64_t dy, dx;             // window offset
   bool flip;
-  bool contiguous;     // the source's pixel rows have the accumulator's layout
+  bool contiguous;            // the source's pixel rows have the accumulator's layout
   float alpha[kMaxChannels];  // lam * scale[c]
+  // alpha[i % C] for i < 48: the per-element factor of interleaved runs (48 % C == 0 for
+  // C <= 4, and 48 floats fill whole vectors of 4, 8 or 16 lanes).
+  float alpha_pattern[48];
 };
 
 // Per-thread buffers, reused across rows.
 struct Scratch {
-  std::vector<float> acc, acc_flipped, alpha_rep;
-  std::vector<uint32_t> sign;
+  std::vector<float> acc, acc_init, acc_flipped;
+  std::vector<uint32_t> planes;
   std::vector<uint8_t> keystream;
 };
 
+// Fetches the images of the next row a few cache lines at a time, spread over this row's
+// work: rows pick images at random, so the hardware prefetcher cannot see them coming, and a
+// burst of prefetches would stall on the CPU's few outstanding-miss slots instead of
+// overlapping with compute.
+struct Prefetcher {
+  const char* image[kMaxTerms];
+  int64_t bytes[kMaxTerms];
+  int count = 0, term = 0;
+  int64_t offset = 0;
+  int64_t per_step = 1;
+
+  INSTAHIDE_INLINE void step() {
+    for (int64_t i = 0; i < per_step && term < count; ++i) {
+      __builtin_prefetch(image[term] + offset);
+      offset += 64;
+      if (offset >= bytes[term]) offset = 0, ++term;
+    }
+  }
+  INSTAHIDE_INLINE void finish() {
+    while (term < count) step();
+  }
+};
+
+constexpr int64_t kBlock = 48;  // elements per accumulate step: whole vectors of 4, 8 or 16 lanes
+
 template <typename T>
-inline const T* pixel_ptr(const Term& t, int64_t ys, int64_t xs, int64_t c) {
+INSTAHIDE_INLINE const T* pixel_ptr(const Term& t, int64_t ys, int64_t xs, int64_t c) {
   const ImageSource& s = *t.source;
   return reinterpret_cast<const T*>(t.image) + ys * s.stride_h + xs * s.stride_w + c * s.stride_c;
 }
 
-// acc[p] += alpha * source pixel (p + dx), p in [lo, hi): one pixel row of one term.
-// `interleaved`: acc holds pixel rows as x*C + c, else c*W + x.
+// a[i] += pattern[i % 48] * p[i] for i < n; a and p start at a pixel boundary.
 template <typename T>
-inline void accumulate(float* acc, const Term& t, const float* alpha_rep, int64_t ys, int64_t lo, int64_t hi,
-                       int64_t C, int64_t W, bool interleaved) {
-  if (t.contiguous && interleaved) {
-    const T* p = pixel_ptr<T>(t, ys, lo + t.dx, 0);
-    float* a = acc + lo * C;
-    const float* al = alpha_rep + lo * C;
-    const int64_t n = (hi - lo) * C;
-    for (int64_t i = 0; i < n; ++i) a[i] += al[i] * load_pixel(p + i);
+INSTAHIDE_INLINE void accumulate_interleaved(float* __restrict a, const T* __restrict p, int64_t n,
+                                             const float* __restrict pattern, Prefetcher& pf) {
+  float pat[kBlock];
+  std::memcpy(pat, pattern, sizeof(pat));
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    for (int j = 0; j < kBlock; ++j) a[i + j] += pat[j] * load_pixel(p + i + j);
+    pf.step();
+  }
+  for (int j = 0; i + j < n; ++j) a[i + j] += pat[j] * load_pixel(p + i + j);
+}
+
+// a[i] += alpha * p[i] for i < n.
+template <typename T>
+INSTAHIDE_INLINE void accumulate_plane(float* __restrict a, const T* __restrict p, int64_t n, float alpha,
+                                       Prefetcher& pf) {
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    for (int j = 0; j < kBlock; ++j) a[i + j] += alpha * load_pixel(p + i + j);
+    pf.step();
+  }
+  for (; i < n; ++i) a[i] += alpha * load_pixel(p + i);
+}
+
+// Adds term t's window to the tile: output position (y, p) reads source pixel (y + dy, p + dx)
+// for p in [lo, hi); `acc` is the tile's accumulator (or its mirror image for flipped terms).
+template <typename T>
+INSTAHIDE_INLINE void accumulate_term(float* acc, const Term& t, const Tile& tile, int64_t lo, int64_t hi,
+                                      Prefetcher& pf) {
+  const ImageSource& src = *t.source;
+  const int64_t C = tile.C, W = tile.W;
+  const int64_t ya = std::max(tile.y0, -t.dy), yb = std::min(tile.y0 + tile.rows, src.height - t.dy);
+  if (ya >= yb || lo >= hi) return;  // rows outside the source read padding (0)
+  // Whole source rows that follow each other in memory merge into one run.
+  const bool whole_rows = lo == 0 && hi == W && src.width == W;
+  if (t.contiguous && tile.interleaved) {
+    if (whole_rows && src.stride_h == W * C) {
+      accumulate_interleaved(acc + (ya - tile.y0) * W * C, pixel_ptr<T>(t, ya + t.dy, t.dx, 0), (yb - ya) * W * C,
+                             t.alpha_pattern, pf);
+    } else {
+      for (int64_t y = ya; y < yb; ++y)
+        accumulate_interleaved(acc + ((y - tile.y0) * W + lo) * C, pixel_ptr<T>(t, y + t.dy, lo + t.dx, 0),
+                               (hi - lo) * C, t.alpha_pattern, pf);
+    }
   } else if (t.contiguous) {
     for (int64_t c = 0; c < C; ++c) {
-      const T* p = pixel_ptr<T>(t, ys, lo + t.dx, c);
-      float* a = acc + c * W + lo;
-      const float al = t.alpha[c];
-      for (int64_t i = 0; i < hi - lo; ++i) a[i] += al * load_pixel(p + i);
-    }
-  } else {
-    const int64_t sw = t.source->stride_w;
-    for (int64_t c = 0; c < C; ++c) {
-      const T* p = pixel_ptr<T>(t, ys, lo + t.dx, c);
-      const float al = t.alpha[c];
-      for (int64_t i = 0; i < hi - lo; ++i) {
-        int64_t x = lo + i;
-        acc[interleaved ? x * C + c : c * W + x] += al * load_pixel(p + i * sw);
+      float* plane = acc + c * tile.plane - tile.y0 * W;  // indexed by y * W + x
+      if (whole_rows && src.stride_h == W) {
+        accumulate_plane(plane + ya * W, pixel_ptr<T>(t, ya + t.dy, t.dx, c), (yb - ya) * W, t.alpha[c], pf);
+      } else {
+        for (int64_t y = ya; y < yb; ++y)
+          accumulate_plane(plane + y * W + lo, pixel_ptr<T>(t, y + t.dy, lo + t.dx, c), hi - lo, t.alpha[c], pf);
       }
     }
+  } else {  // any other strides: element by element
+    const int64_t sw = src.stride_w;
+    for (int64_t y = ya; y < yb; ++y)
+      for (int64_t c = 0; c < C; ++c) {
+        const T* p = pixel_ptr<T>(t, y + t.dy, lo + t.dx, c);
+        const int64_t ty = y - tile.y0;
+        for (int64_t x = lo; x < hi; ++x)
+          acc[tile.interleaved ? (ty * W + x) * C + c : c * tile.plane + ty * W + x] +=
+              t.alpha[c] * load_pixel(p + (x - lo) * sw);
+      }
   }
 }
 
-struct ToHalf { static uint16_t go(uint32_t b) { return float_to_float16(b); } };
-struct ToBFloat { static uint16_t go(uint32_t b) { return float_to_bfloat16(b); } };
-struct ToFloat { static float go(uint32_t b) { return bits_float(b); } };
+// Whether term t reads whole source rows, one after another in memory, for every row of the
+// tile: its window is then one run per tile (per channel plane when planar).
+INSTAHIDE_INLINE bool covers_tile(const Term& t, const Tile& tile) {
+  const ImageSource& src = *t.source;
+  return t.contiguous && t.dx == 0 && src.width == tile.W && tile.y0 + t.dy >= 0 &&
+         tile.y0 + tile.rows + t.dy <= src.height && src.stride_h == (tile.interleaved ? tile.W * tile.C : tile.W);
+}
 
-// Writes pixel row y: out = convert((acc & keep) ^ sign), from the accumulator's layout to
-// the output's.
-template <typename Conv, typename Out>
-inline void store_row(Out* out_image, const float* acc, const uint32_t* sign, uint32_t keep, int64_t y,
-                      int64_t C, int64_t H, int64_t W, bool acc_interleaved, bool out_interleaved) {
-  const uint32_t* a = reinterpret_cast<const uint32_t*>(acc);
-  if (out_interleaved) {
-    Out* o = out_image + y * W * C;
-    if (acc_interleaved) {
-      for (int64_t i = 0; i < W * C; ++i) o[i] = Conv::go((a[i] & keep) ^ sign[i]);
+// a[i] = (kInit ? init[i % 48] : a[i]) + sum_u factor[u][i % 48] * p[u][i] for i < n: N terms
+// in one pass over the accumulator.
+template <typename T, int N, bool kInit>
+INSTAHIDE_INLINE void mix_run(float* __restrict a, const T* const* src, const float (*factor)[kBlock],
+                              const float* init, int64_t n, Prefetcher& pf) {
+  const T* p[N];
+  float f[N][kBlock], z[kBlock];
+  for (int u = 0; u < N; ++u) p[u] = src[u], std::memcpy(f[u], factor[u], sizeof(f[u]));
+  if (kInit) std::memcpy(z, init, sizeof(z));
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    for (int j = 0; j < kBlock; ++j) {
+      float v = kInit ? z[j] : a[i + j];
+      for (int u = 0; u < N; ++u) v += f[u][j] * load_pixel(p[u] + i + j);
+      a[i + j] = v;
+    }
+    pf.step();
+  }
+  for (int j = 0; i + j < n; ++j) {
+    float v = kInit ? z[j] : a[i + j];
+    for (int u = 0; u < N; ++u) v += f[u][j] * load_pixel(p[u] + i + j);
+    a[i + j] = v;
+  }
+}
+
+template <typename T, bool kInit>
+INSTAHIDE_INLINE void mix_group(float* a, const T* const* p, const float (*factor)[kBlock], int count,
+                                const float* init, int64_t n, Prefetcher& pf) {
+  switch (count) {
+    case 1: mix_run<T, 1, kInit>(a, p, factor, init, n, pf); break;
+    case 2: mix_run<T, 2, kInit>(a, p, factor, init, n, pf); break;
+    case 3: mix_run<T, 3, kInit>(a, p, factor, init, n, pf); break;
+    default: mix_run<T, 4, kInit>(a, p, factor, init, n, pf); break;
+  }
+}
+
+// Mixes up to 4 tile-covering terms (same pixel type) into `target` in one pass; `init`
+// (48-periodic interleaved, or per channel) starts the accumulator unless it is null.
+template <typename T>
+INSTAHIDE_INLINE void mix_covering(float* target, const Term* const* terms, int count, const Tile& tile,
+                                   const float* init_pattern, const float* init_plane, Prefetcher& pf) {
+  const T* p[4];
+  float factor[4][kBlock];
+  if (tile.interleaved) {
+    for (int u = 0; u < count; ++u) {
+      p[u] = pixel_ptr<T>(*terms[u], tile.y0 + terms[u]->dy, 0, 0);
+      std::memcpy(factor[u], terms[u]->alpha_pattern, sizeof(factor[u]));
+    }
+    const int64_t n = tile.rows * tile.W * tile.C;
+    if (init_pattern) mix_group<T, true>(target, p, factor, count, init_pattern, n, pf);
+    else mix_group<T, false>(target, p, factor, count, nullptr, n, pf);
+    return;
+  }
+  for (int64_t c = 0; c < tile.C; ++c) {
+    float init[kBlock];
+    for (int u = 0; u < count; ++u) {
+      p[u] = pixel_ptr<T>(*terms[u], tile.y0 + terms[u]->dy, 0, c);
+      std::fill_n(factor[u], kBlock, terms[u]->alpha[c]);
+    }
+    const int64_t n = tile.rows * tile.W;
+    if (init_plane) {
+      std::fill_n(init, kBlock, init_plane[c]);
+      mix_group<T, true>(target + c * tile.plane, p, factor, count, init, n, pf);
     } else {
-      for (int64_t x = 0; x < W; ++x)
-        for (int64_t c = 0; c < C; ++c) o[x * C + c] = Conv::go((a[c * W + x] & keep) ^ sign[c * W + x]);
-    }
-  } else {
-    for (int64_t c = 0; c < C; ++c) {
-      Out* o = out_image + (c * H + y) * W;
-      if (acc_interleaved) {
-        if (C == 3) {
-          for (int64_t x = 0; x < W; ++x) o[x] = Conv::go((a[x * 3 + c] & keep) ^ sign[x * 3 + c]);
-        } else {
-          for (int64_t x = 0; x < W; ++x) o[x] = Conv::go((a[x * C + c] & keep) ^ sign[x * C + c]);
-        }
-      } else {
-        const uint32_t* ac = a + c * W;
-        const uint32_t* sc = sign + c * W;
-        for (int64_t x = 0; x < W; ++x) o[x] = Conv::go((ac[x] & keep) ^ sc[x]);
-      }
+      mix_group<T, false>(target + c * tile.plane, p, factor, count, nullptr, n, pf);
     }
   }
 }
 
-// Sign words of pixel row y in the accumulator's layout: bit j = c*H*W + y*W + x of the row's
-// keystream, as 0 or 0x80000000.
-inline void sign_row(uint32_t* sign, const uint8_t* keystream, int64_t y, int64_t C, int64_t H, int64_t W,
-                     bool interleaved) {
-  for (int64_t c = 0; c < C; ++c) {
-    const int64_t j0 = c * H * W + y * W;
-    for (int64_t x0 = 0; x0 < W; x0 += 32) {
-      const int64_t j = j0 + x0;
-      uint64_t word;
-      std::memcpy(&word, keystream + (j >> 3), 8);
-      const uint32_t bits = uint32_t(word >> (j & 7));
-      const int64_t n = std::min<int64_t>(32, W - x0);
-      if (interleaved) {
-        for (int64_t i = 0; i < n; ++i) sign[(x0 + i) * C + c] = ((bits >> i) & 1u) << 31;
-      } else {
-        for (int64_t i = 0; i < n; ++i) sign[c * W + x0 + i] = ((bits >> i) & 1u) << 31;
+// acc[y, x] += mirror[y, W-1-x] over the tile: flipped windows were gathered mirrored.
+INSTAHIDE_INLINE void add_mirrored(float* __restrict acc, const float* __restrict mirror, const Tile& tile) {
+  const int64_t C = tile.C, W = tile.W;
+  if (tile.interleaved) {
+    for (int64_t y = 0; y < tile.rows; ++y)
+      for (int64_t x = 0; x < W; ++x)
+        for (int64_t c = 0; c < C; ++c) acc[(y * W + x) * C + c] += mirror[(y * W + W - 1 - x) * C + c];
+  } else {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t y = 0; y < tile.rows; ++y) {
+        float* a = acc + c * tile.plane + y * W;
+        const float* m = mirror + c * tile.plane + y * W;
+        for (int64_t x = 0; x < W; ++x) a[x] += m[W - 1 - x];
       }
+  }
+}
+
+struct ToHalf { static INSTAHIDE_INLINE uint16_t go(uint32_t b) { return float_to_float16(b); } };
+struct ToBFloat { static INSTAHIDE_INLINE uint16_t go(uint32_t b) { return float_to_bfloat16(b); } };
+struct ToFloat { static INSTAHIDE_INLINE float go(uint32_t b) { return bits_float(b); } };
+
+// dst[c * n + i] = src[i * C + c]: n interleaved pixels to planes (C == 3 spelled out to vectorize).
+INSTAHIDE_INLINE void deinterleave(uint32_t* __restrict dst, const uint32_t* __restrict src, int64_t C, int64_t n) {
+  if (C == 3) {
+    for (int64_t i = 0; i < n; ++i) {
+      dst[i] = src[3 * i];
+      dst[n + i] = src[3 * i + 1];
+      dst[2 * n + i] = src[3 * i + 2];
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < C; ++c) dst[c * n + i] = src[i * C + c];
+  }
+}
+
+// Flips the sign of planes[i], i < n, where bit j0 + i of the row's keystream is set.
+INSTAHIDE_INLINE void apply_sign(uint32_t* __restrict plane, const uint8_t* __restrict keystream, int64_t j0, int64_t n) {
+  for (int64_t i0 = 0; i0 < n; i0 += 32) {
+    const int64_t j = j0 + i0;
+    uint64_t word;
+    std::memcpy(&word, keystream + (j >> 3), 8);
+    const uint32_t bits = uint32_t(word >> (j & 7));
+    const int64_t m = std::min<int64_t>(32, n - i0);
+    for (int64_t i = 0; i < m; ++i) plane[i0 + i] ^= ((bits >> i) & 1u) << 31;
+  }
+}
+
+// memcpy with non-temporal stores where the CPU has them: the output goes to memory without
+// first being read into the cache (a plain store reads the line it writes).
+INSTAHIDE_INLINE void stream_copy(void* dst, const void* src, int64_t bytes) {
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+#if defined(__SSE2__)
+  const int64_t head = std::min<int64_t>(bytes, (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15);
+  std::memcpy(d, s, size_t(head));
+  int64_t i = head;
+  for (; i + 16 <= bytes; i += 16)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+  std::memcpy(d + i, s + i, size_t(bytes - i));
+#else
+  std::memcpy(d, s, size_t(bytes));
+#endif
+}
+
+// Signs and writes the tile: planes hold channel c's rows at c * plane_stride (float bits).
+template <typename Conv, typename Out>
+INSTAHIDE_INLINE void store_tile(const EncodeArgs& args, Out* out_image, uint32_t* planes, int64_t plane_stride,
+                       const uint8_t* keystream, const Tile& tile) {
+  const int64_t C = tile.C, H = tile.H, W = tile.W, n = tile.rows * W;
+  for (int64_t c = 0; c < C; ++c) {
+    uint32_t* p = planes + c * plane_stride;
+    if (args.sign == SignMode::kFlip) {
+      apply_sign(p, keystream, (c * H + tile.y0) * W, n);  // mask bit j = c*H*W + y*W + x
+    } else if (args.sign == SignMode::kAbs) {
+      for (int64_t i = 0; i < n; ++i) p[i] &= 0x7fffffffu;
     }
   }
+  if (!args.out_channels_last) {
+    for (int64_t c = 0; c < C; ++c) {
+      uint32_t* p = planes + c * plane_stride;
+      Out* converted = reinterpret_cast<Out*>(p);  // in place: element i lands at or before p + i
+      if (sizeof(Out) != 4)
+        for (int64_t i = 0; i < n; ++i) converted[i] = Conv::go(p[i]);
+      stream_copy(out_image + (c * H + tile.y0) * W, converted, n * int64_t(sizeof(Out)));
+    }
+  } else if (C == 3) {
+    Out* __restrict o = out_image + tile.y0 * W * 3;
+    const uint32_t *p0 = planes, *p1 = planes + plane_stride, *p2 = planes + 2 * plane_stride;
+    for (int64_t i = 0; i < n; ++i) {
+      o[3 * i] = Conv::go(p0[i]);
+      o[3 * i + 1] = Conv::go(p1[i]);
+      o[3 * i + 2] = Conv::go(p2[i]);
+    }
+  } else {
+    Out* o = out_image + tile.y0 * W * C;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < C; ++c) o[i * C + c] = Conv::go(planes[c * plane_stride + i]);
+  }
+}
+
+INSTAHIDE_INLINE int64_t pixel_bytes(const ImageSource& s) { return s.pixel == PixelType::kUint8 ? 1 : 4; }
+
+// The first byte of term t's image in row r.
+INSTAHIDE_INLINE const char* term_image(const EncodeArgs& args, int64_t r, int64_t t) {
+  const ImageSource& s = args.sources[t < args.private_terms ? 0 : 1];
+  return static_cast<const char*>(s.data) + args.index[r * args.k + t] * s.stride_n * pixel_bytes(s);
+}
+
+// The images row r reads, to fetch while the current row computes.
+INSTAHIDE_INLINE void plan_prefetch(const EncodeArgs& args, int64_t r, Prefetcher& pf) {
+  pf = Prefetcher();
+  if (r >= args.rows) return;
+  int64_t lines = 0, elements = 0;
+  for (int64_t t = 0; t < args.k; ++t) {
+    const ImageSource& s = args.sources[t < args.private_terms ? 0 : 1];
+    const int64_t bytes = s.channels * s.height * s.width * pixel_bytes(s);
+    elements += s.channels * args.out_height * args.out_width;
+    if (s.stride_n * pixel_bytes(s) != bytes) continue;  // not a compact image: leave it to the hardware
+    pf.image[pf.count] = term_image(args, r, t);
+    pf.bytes[pf.count++] = bytes;
+    lines += (bytes + 63) / 64;
+  }
+  const int64_t steps = std::max<int64_t>(1, elements / kBlock);
+  pf.per_step = (lines + steps - 1) / steps;
+}
+
+constexpr int64_t kTileElements = 4096;  // accumulator floats per tile (L1-sized)
+
+inline int64_t tile_rows(int64_t C, int64_t H, int64_t W) {
+  return std::max<int64_t>(1, std::min<int64_t>(H, kTileElements / (C * W)));
 }
 
 template <typename Conv, typename Out>
-__attribute__((always_inline)) inline void encode_row(const EncodeArgs& args, int64_t r, const uint8_t* keystream, Scratch& s) {
+INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, int64_t r, const uint8_t* keystream,
+                                                      Scratch& s) {
   const ImageSource& priv = args.sources[0];
   const int64_t C = priv.channels, H = args.out_height, W = args.out_width;
   const int64_t k = args.k;
   const bool interleaved = priv.stride_c == 1 && priv.stride_w == C;
 
   Term terms[kMaxTerms];
-  float beta[kMaxChannels] = {};
+  float beta[kMaxChannels] = {};  // sum_t lam_t * shift[c]: the normalization's constant part
   bool any_flip = false;
   for (int64_t t = 0; t < k; ++t) {
     Term& term = terms[t];
     const ImageSource& src = args.sources[t < args.private_terms ? 0 : 1];
     const int64_t at = r * k + t;
     term.source = &src;
-    const int64_t elem = src.pixel == PixelType::kUint8 ? 1 : 4;
-    term.image = static_cast<const char*>(src.data) + args.index[at] * src.stride_n * elem;
+    term.image = term_image(args, r, t);
     term.dy = args.offset[2 * at];
     term.dx = args.offset[2 * at + 1];
     term.flip = args.flip[at] != 0;
@@ -236,56 +471,93 @@ __attribute__((always_inline)) inline void encode_row(const EncodeArgs& args, in
       term.alpha[c] = lam * src.scale[c];
       beta[c] += lam * src.shift[c];
     }
-    if (interleaved)
-      for (int64_t x = 0; x < W; ++x)
-        for (int64_t c = 0; c < C; ++c) s.alpha_rep[(t * W + x) * C + c] = term.alpha[c];
+    for (int j = 0; j < 48; j += int(C))
+      for (int64_t c = 0; c < C; ++c) term.alpha_pattern[j + c] = term.alpha[c];
   }
+  Prefetcher pf;
+  plan_prefetch(args, r + 1, pf);
 
-  uint32_t keep = args.sign == SignMode::kAbs ? 0x7fffffffu : 0xffffffffu;
-  void* out_image = static_cast<char*>(args.out) +
-                    r * C * H * W * (args.out_type == OutType::kFloat32 ? 4 : 2);
+  const int64_t capacity = tile_rows(C, H, W);
+  // Every accumulator element starts from -beta[c] (padding reads 0, which normalizes to
+  // -shift): one interleaved pixel row of that, copied per tile row.
+  float* init_row = s.acc_init.data();
+  if (interleaved)
+    for (int64_t x = 0; x < W; ++x)
+      for (int64_t c = 0; c < C; ++c) init_row[x * C + c] = -beta[c];
+  float init_pattern[kBlock], init_plane[kMaxChannels];
+  const float zero_pattern[kBlock] = {}, zero_plane[kMaxChannels] = {};
+  for (int j = 0; j < kBlock; j += int(C))
+    for (int64_t c = 0; c < C; ++c) init_pattern[j + c] = -beta[c];
+  for (int64_t c = 0; c < C; ++c) init_plane[c] = -beta[c];
+
+  Out* out_image = static_cast<Out*>(args.out) + r * C * H * W;
   float* acc = s.acc.data();
-  float* acc_flipped = s.acc_flipped.data();
-  for (int64_t y = 0; y < H; ++y) {
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t x = 0; x < W; ++x) acc[interleaved ? x * C + c : c * W + x] = -beta[c];
-    if (any_flip) std::fill(acc_flipped, acc_flipped + C * W, 0.0f);
-    for (int64_t t = 0; t < k; ++t) {
-      const Term& term = terms[t];
-      const ImageSource& src = *term.source;
-      const int64_t ys = y + term.dy;
-      if (ys < 0 || ys >= src.height) continue;  // the whole pixel row reads padding (0)
-      // Window position p reads source column p + dx; flipped windows store position p at
-      // output column W-1-p, so they gather into acc_flipped and get mirrored once below.
-      const int64_t lo = std::max<int64_t>(0, -term.dx);
-      const int64_t hi = std::min<int64_t>(W, src.width - term.dx);
-      if (lo >= hi) continue;
-      float* target = term.flip ? acc_flipped : acc;
-      const float* alpha_rep = s.alpha_rep.data() + t * W * C;
-      if (src.pixel == PixelType::kUint8)
-        accumulate<uint8_t>(target, term, alpha_rep, ys, lo, hi, C, W, interleaved);
-      else
-        accumulate<float>(target, term, alpha_rep, ys, lo, hi, C, W, interleaved);
-    }
-    if (any_flip) {
-      if (interleaved) {
-        for (int64_t x = 0; x < W; ++x)
-          for (int64_t c = 0; c < C; ++c) acc[x * C + c] += acc_flipped[(W - 1 - x) * C + c];
-      } else {
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t x = 0; x < W; ++x) acc[c * W + x] += acc_flipped[c * W + W - 1 - x];
+  float* mirror = s.acc_flipped.data();
+  for (int64_t y0 = 0; y0 < H; y0 += capacity) {
+    const Tile tile{C, H, W, y0, std::min(capacity, H - y0), capacity * W, interleaved};
+    // Terms whose windows cover the tile with whole source rows mix up to 4 at a time, the
+    // first pass writing the accumulator's initial value too.
+    bool acc_ready = false, mirror_ready = false;
+    bool covering[kMaxTerms] = {};
+    for (int flipped = 0; flipped < 2; ++flipped)
+      for (PixelType pixel : {PixelType::kUint8, PixelType::kFloat32}) {
+        const Term* group[kMaxTerms];
+        int count = 0;
+        for (int64_t t = 0; t < k; ++t)
+          if (terms[t].flip == bool(flipped) && terms[t].source->pixel == pixel && covers_tile(terms[t], tile))
+            group[count++] = &terms[t], covering[t] = true;
+        for (int g = 0; g < count; g += 4) {
+          bool& ready = flipped ? mirror_ready : acc_ready;
+          const float* pattern = ready ? nullptr : flipped ? zero_pattern : init_pattern;
+          const float* plane = ready ? nullptr : flipped ? zero_plane : init_plane;
+          float* target = flipped ? mirror : acc;
+          if (pixel == PixelType::kUint8)
+            mix_covering<uint8_t>(target, group + g, std::min(4, count - g), tile, pattern, plane, pf);
+          else
+            mix_covering<float>(target, group + g, std::min(4, count - g), tile, pattern, plane, pf);
+          ready = true;
+        }
+      }
+    if (!acc_ready) {
+      for (int64_t y = 0; y < tile.rows; ++y) {
+        if (interleaved) {
+          std::memcpy(acc + y * W * C, init_row, sizeof(float) * size_t(W * C));
+        } else {
+          for (int64_t c = 0; c < C; ++c) std::fill_n(acc + c * tile.plane + y * W, W, -beta[c]);
+        }
       }
     }
-    if (args.sign == SignMode::kFlip) sign_row(s.sign.data(), keystream, y, C, H, W, interleaved);
-    store_row<Conv>(static_cast<Out*>(out_image), acc, s.sign.data(), keep, y, C, H, W, interleaved,
-                    args.out_channels_last);
+    if (any_flip && !mirror_ready) std::fill(mirror, mirror + C * capacity * W, 0.0f);
+    for (int64_t t = 0; t < k; ++t) {
+      if (covering[t]) continue;
+      const Term& term = terms[t];
+      // Window position p reads source column p + dx; a flipped window puts position p at
+      // output column W-1-p, so it gathers into `mirror`, added back mirrored below.
+      const int64_t lo = std::max<int64_t>(0, -term.dx);
+      const int64_t hi = std::min<int64_t>(W, term.source->width - term.dx);
+      float* target = term.flip ? mirror : acc;
+      if (term.source->pixel == PixelType::kUint8)
+        accumulate_term<uint8_t>(target, term, tile, lo, hi, pf);
+      else
+        accumulate_term<float>(target, term, tile, lo, hi, pf);
+    }
+    if (any_flip) add_mirrored(acc, mirror, tile);
+    uint32_t* planes = reinterpret_cast<uint32_t*>(acc);
+    int64_t plane_stride = tile.plane;
+    if (interleaved) {
+      deinterleave(s.planes.data(), planes, C, tile.rows * W);
+      planes = s.planes.data();
+      plane_stride = tile.rows * W;
+    }
+    store_tile<Conv>(args, out_image, planes, plane_stride, keystream, tile);
   }
+  pf.finish();
 }
 
 // Rows [r0, r1) with the keystream of row r at keystream + (r - r0) * stride. One cloned
 // function per output type so that the inlined row kernel is compiled for each vector width.
 template <typename Conv, typename Out>
-__attribute__((always_inline)) inline void encode_rows(const EncodeArgs& args, int64_t r0, int64_t r1,
+INSTAHIDE_INLINE void encode_rows(const EncodeArgs& args, int64_t r0, int64_t r1,
                                                        const uint8_t* keystream, int64_t stride, Scratch& s) {
   for (int64_t r = r0; r < r1; ++r) encode_row<Conv, Out>(args, r, keystream + (r - r0) * stride, s);
 }
@@ -311,10 +583,11 @@ void encode_all(const EncodeArgs& args, int num_threads) {
   const int64_t tasks = (args.rows + kRowsPerTask - 1) / kRowsPerTask;
   parallel_for(tasks, num_threads, [&](int64_t task) {
     thread_local Scratch s;
-    s.acc.resize(size_t(C * W));
-    s.acc_flipped.resize(size_t(C * W));
-    s.alpha_rep.resize(size_t(args.k * C * W));
-    s.sign.assign(size_t(C * W), 0u);
+    const size_t tile_size = size_t(C * W * tile_rows(C, H, W));
+    s.acc.resize(tile_size);
+    s.acc_init.resize(size_t(C * W));
+    s.acc_flipped.resize(tile_size);
+    s.planes.resize(tile_size);
     const int64_t r0 = task * kRowsPerTask, r1 = std::min(args.rows, r0 + kRowsPerTask);
     if (args.sign == SignMode::kFlip) {
       s.keystream.resize(size_t((r1 - r0) * stride));
