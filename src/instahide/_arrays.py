@@ -48,11 +48,11 @@ def row_ids(rows, n: int) -> np.ndarray:
     if rows is None:
         return np.arange(n, dtype=np.int64)
     if isinstance(rows, slice):
-        return np.arange(n, dtype=np.int64)[rows]
+        return np.ascontiguousarray(np.arange(n, dtype=np.int64)[rows])
     rows = np.asarray(rows)
     if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
         raise TypeError("rows must be a slice or a 1-d array of integers")
-    rows = rows.astype(np.int64, copy=False)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
     if rows.size and (rows.min() < 0 or rows.max() >= n):
         raise ValueError(f"rows must lie in [0, {n}), got values in [{rows.min()}, {rows.max()}]")
     return rows
@@ -96,7 +96,8 @@ def numpy_out_dtype(out_dtype: str):
 def to_out_dtype(x: np.ndarray, out_dtype: str) -> np.ndarray:
     """float32 -> the output dtype, bfloat16 as uint16 bits rounded to nearest even."""
     if check_out_dtype(out_dtype) != "bfloat16":
-        return x.astype(numpy_out_dtype(out_dtype))
+        with np.errstate(over="ignore"):  # overflow to inf is the conversion's defined result
+            return x.astype(numpy_out_dtype(out_dtype))
     bits = x.astype(np.float32).view(np.uint32)
     rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
     nan = np.isnan(x)

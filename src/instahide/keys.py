@@ -167,21 +167,20 @@ def _coefficients(stream: Stream, n: int, k: int, upper: float) -> np.ndarray:
 
 
 def _repair_repeats(index: np.ndarray, t: int, stream: Stream) -> None:
-    """Makes slot t repeat no image of slots < t in any row, by swapping entries of slot t
-    between rows, so that the slot stays a permutation."""
+    """Makes slot t repeat no image of slots < t in any row by swapping entries of slot t
+    between rows (so that the slot stays a permutation): a random walk that fixes one clashing
+    row per swap and may move the clash to the other row, until none is left."""
     n = index.shape[0]
-    column = index[:, t]
+    column = index[:, t]  # a view: swaps edit the keys
 
     def clashes(row: int, image: int) -> bool:
         return bool((index[row, :t] == image).any())
 
-    pending = np.flatnonzero((index[:, :t] == column[:, None]).any(axis=1))
-    for row in pending:
-        for _ in range(1000 * n):
-            if not clashes(row, column[row]):
-                break
-            other = int(stream.integers(0, n, 1)[0])
-            if not clashes(row, column[other]) and not clashes(other, column[row]):
+    for _ in range(_MAX_REDRAW_ROUNDS):
+        pending = np.flatnonzero((index[:, :t] == column[:, None]).any(axis=1))
+        if pending.size == 0:
+            return
+        for row, other in zip(pending, stream.integers(0, n, pending.size)):
+            if clashes(row, column[row]) and not clashes(row, column[other]):
                 column[row], column[other] = column[other], column[row]
-        else:
-            raise RuntimeError("could not find distinct partners")
+    raise RuntimeError("could not find distinct partners")

@@ -1,0 +1,440 @@
+// CUDA kernel of the fused encoder: the semantics of encode_cpu (see reference.py), with one
+// thread block per chunk of up to kChunkPixels output pixels of one row, all channels.
+//
+// A block first computes, in parallel, what the chunk needs: the ChaCha20 keystream blocks of
+// its mask bits (warp 0, one block per thread) and the per-term parameters of its row (warp 1,
+// one term per thread), both into shared memory. Then each thread owns kPixelsPerThread pixels
+// (kThreads apart, so that a warp's pixels are adjacent) and accumulates all channels of them,
+// term by term: a term's parameters are read once per thread, and the thread's
+// kPixelsPerThread * C gathers of a term are independent loads in flight together. Writes
+// of a warp are contiguous for both output layouts.
+#include "encode_cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "chacha20.h"
+#include "encode.h"
+
+namespace instahide {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kPixelsPerThread = 4;
+constexpr int kChunkPixels = kThreads * kPixelsPerThread;
+// A channel's kChunkPixels mask bits start anywhere in a 512-bit ChaCha20 block, so they
+// span at most this many blocks.
+constexpr int kBlocksPerChannel = (kChunkPixels + 511) / 512 + 1;
+constexpr int kWordsPerChannel = 16 * kBlocksPerChannel;
+constexpr int kTermWarpStart = 32;  // threads [32, 32 + k) load the terms, warp 0 the keystream
+static_assert(kBlocksPerChannel * kMaxChannels <= 32, "keystream blocks are one per thread of warp 0");
+static_assert(kTermWarpStart + kMaxTerms <= kThreads, "terms are one per thread of warp 1");
+
+// Host and device versions of the few intrinsics (host: the emulation in tests).
+INSTAHIDE_HD uint32_t mul_hi(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umulhi(a, b);
+#else
+  return uint32_t((uint64_t(a) * b) >> 32);
+#endif
+}
+
+template <typename T>
+INSTAHIDE_HD T load_readonly(const T* p) {
+#if defined(__CUDA_ARCH__)
+  return __ldg(p);
+#else
+  return *p;
+#endif
+}
+
+INSTAHIDE_HD uint32_t bits_of(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+
+INSTAHIDE_HD float float_of(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+// n / d for n, d < 2^31 by a multiply-high and a shift (d fixed per launch).
+struct FastDiv {
+  uint32_t magic, shift;
+  INSTAHIDE_HD uint32_t div(uint32_t n) const { return (mul_hi(n, magic) + n) >> shift; }
+};
+
+FastDiv make_fast_div(uint32_t d) {
+  uint32_t shift = 0;
+  while ((uint64_t(1) << shift) < d) ++shift;
+  const uint64_t magic = ((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d)) / d + 1;
+  return {uint32_t(magic), shift};
+}
+
+struct Source {
+  const char* data;
+  int64_t count;
+  int64_t image_bytes;  // stride_n in bytes
+  int64_t stride_c, stride_h, stride_w;  // elements
+  uint32_t height, width;
+  bool u8;
+  float scale[kMaxChannels], shift[kMaxChannels];
+};
+
+// Everything the kernel reads besides device memory (passed by value).
+struct Params {
+  Source src[2];
+  const int64_t* row_id;
+  const int64_t* index;
+  const float* lam;
+  const int32_t* offset;
+  const uint8_t* flip;
+  void* out;
+  ChaChaInput key;  // mask key and epoch; the row id goes into nonce[1], nonce[2] per row
+  SignMode sign;
+  int k, private_terms, C;
+  uint32_t H, W, HW;  // output window; C * H * W < 2^31
+  FastDiv div_w;
+  int64_t chunks_per_row, items;  // items = rows * chunks_per_row
+};
+
+// One term of the block's row, in shared memory.
+struct Term {
+  const char* image;  // null: index out of range, the term reads zeros
+  int64_t stride_c, stride_h, stride_w;
+  int32_t dy, dx;
+  uint32_t height, width;
+  bool flip, u8;
+  float alpha[kMaxChannels];      // lam * scale[c]
+  float lam_shift[kMaxChannels];  // lam * shift[c]
+};
+
+struct Shared {
+  Term term[kMaxTerms];
+  uint32_t keystream[kMaxChannels * kWordsPerChannel];  // channel c's words at c * kWordsPerChannel
+  uint32_t first_block[kMaxChannels];                   // the block of channel c's first word
+};
+
+// Phase 1 of a chunk (row, pixels [p0, p1)), thread `tid`: keystream and terms into `sh`.
+INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int tid, int64_t row, uint32_t p0, uint32_t p1) {
+  if (P.sign == SignMode::kFlip && tid < 32) {
+    // Mask bit j = c*HW + p: channel c needs the bits [c*HW + p0, c*HW + p1), 512 per block.
+    int b = tid;
+    for (int c = 0; c < P.C; ++c) {
+      const uint32_t first = (uint32_t(c) * P.HW + p0) >> 9;
+      const uint32_t last = (uint32_t(c) * P.HW + p1 - 1) >> 9;
+      const int n = int(last - first + 1);
+      if (tid == 0) sh.first_block[c] = first;
+      if (b >= 0 && b < n) {
+        ChaChaInput in = P.key;
+        const uint64_t id = uint64_t(P.row_id[row]);
+        in.nonce[1] = uint32_t(id);
+        in.nonce[2] = uint32_t(id >> 32);
+        uint32_t words[16];
+        chacha20_block(in, first + uint32_t(b), words);
+        uint32_t* dst = sh.keystream + c * kWordsPerChannel + b * 16;
+        for (int i = 0; i < 16; ++i) dst[i] = words[i];
+      }
+      b -= n;
+    }
+  }
+  const int t = tid - kTermWarpStart;
+  if (t >= 0 && t < P.k) {
+    const int64_t at = row * P.k + t;
+    const Source& s = P.src[t < P.private_terms ? 0 : 1];
+    Term& term = sh.term[t];
+    const int64_t idx = P.index[at];
+    term.image = idx >= 0 && idx < s.count ? s.data + idx * s.image_bytes : nullptr;
+    term.stride_c = s.stride_c;
+    term.stride_h = s.stride_h;
+    term.stride_w = s.stride_w;
+    term.dy = P.offset[2 * at];
+    term.dx = P.offset[2 * at + 1];
+    term.height = s.height;
+    term.width = s.width;
+    term.flip = P.flip[at] != 0;
+    term.u8 = s.u8;
+    const float lam = P.lam[at];
+    for (int c = 0; c < kMaxChannels; ++c) {
+      term.alpha[c] = c < P.C ? lam * s.scale[c] : 0.0f;
+      term.lam_shift[c] = c < P.C ? lam * s.shift[c] : 0.0f;
+    }
+  }
+}
+
+// acc[i][c] += alpha[c] * pixel (c, y[i] + dy, x'[i] + dx) of the term, 0 outside its image.
+// U: unsigned offset arithmetic within an image (32 bits where every offset fits in int32).
+template <typename T, typename U>
+INSTAHIDE_HD void gather_term(const Params& P, const Term& term, const uint32_t (&y)[kPixelsPerThread],
+                              const uint32_t (&x)[kPixelsPerThread], const bool (&live)[kPixelsPerThread],
+                              float (&acc)[kPixelsPerThread][kMaxChannels]) {
+  using S = typename std::conditional<sizeof(U) == 4, int32_t, int64_t>::type;
+  const T* image = reinterpret_cast<const T*>(term.image);
+  float v[kPixelsPerThread][kMaxChannels];
+  // All loads first, so that they are in flight together.
+#pragma unroll
+  for (int i = 0; i < kPixelsPerThread; ++i) {
+    // Unsigned wrap-around makes one compare test both ends: y + dy < 0 wraps above height.
+    const uint32_t ys = y[i] + uint32_t(term.dy);
+    const uint32_t xs = (term.flip ? P.W - 1 - x[i] : x[i]) + uint32_t(term.dx);
+    const bool in = live[i] && image != nullptr && ys < term.height && xs < term.width;
+    const U at = in ? U(ys) * U(term.stride_h) + U(xs) * U(term.stride_w) : U(0);
+#pragma unroll
+    for (int c = 0; c < kMaxChannels; ++c) {
+      v[i][c] = 0.0f;
+      if (c < P.C && in) v[i][c] = float(load_readonly(image + S(at + U(c) * U(term.stride_c))));
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kPixelsPerThread; ++i)
+#pragma unroll
+    for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = fmaf(term.alpha[c], v[i][c], acc[i][c]);
+}
+
+template <typename Out>
+INSTAHIDE_HD Out convert(float v);
+template <>
+INSTAHIDE_HD float convert<float>(float v) { return v; }
+template <>
+INSTAHIDE_HD __half convert<__half>(float v) { return __float2half_rn(v); }
+template <>
+INSTAHIDE_HD __nv_bfloat16 convert<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Phase 2 of a chunk, thread `tid`: mixes, signs and writes its pixels p0 + i * kThreads + tid.
+template <typename Out, bool kChannelsLast, typename U>
+INSTAHIDE_HD void compute_chunk(const Params& P, const Shared& sh, int tid, int64_t row, uint32_t p0, uint32_t p1) {
+  const int C = P.C;
+  // Padding reads 0, which normalizes to -shift: every element starts from -sum_t lam*shift[c].
+  float beta[kMaxChannels] = {};
+  for (int t = 0; t < P.k; ++t)
+#pragma unroll
+    for (int c = 0; c < kMaxChannels; ++c) beta[c] += sh.term[t].lam_shift[c];
+
+  uint32_t y[kPixelsPerThread], x[kPixelsPerThread];
+  bool live[kPixelsPerThread];
+  float acc[kPixelsPerThread][kMaxChannels];
+#pragma unroll
+  for (int i = 0; i < kPixelsPerThread; ++i) {
+    const uint32_t p = p0 + uint32_t(i * kThreads + tid);
+    live[i] = p < p1;
+    y[i] = P.div_w.div(p);
+    x[i] = p - y[i] * P.W;
+#pragma unroll
+    for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = -beta[c];
+  }
+  for (int t = 0; t < P.k; ++t) {
+    const Term& term = sh.term[t];
+    if (term.u8)
+      gather_term<uint8_t, U>(P, term, y, x, live, acc);
+    else
+      gather_term<float, U>(P, term, y, x, live, acc);
+  }
+
+  Out* out = static_cast<Out*>(P.out) + row * int64_t(C) * P.HW;
+#pragma unroll
+  for (int i = 0; i < kPixelsPerThread; ++i) {
+    if (!live[i]) continue;
+    const uint32_t p = p0 + uint32_t(i * kThreads + tid);
+#pragma unroll
+    for (int c = 0; c < kMaxChannels; ++c) {
+      if (c >= C) break;
+      uint32_t bits = bits_of(acc[i][c]);
+      if (P.sign == SignMode::kFlip) {
+        // Bit j of the keystream is bit j % 32 of its little-endian word j / 32.
+        const uint32_t j = uint32_t(c) * P.HW + p;
+        const uint32_t word = sh.keystream[c * kWordsPerChannel + (j >> 5) - sh.first_block[c] * 16];
+        bits ^= ((word >> (j & 31)) & 1u) << 31;
+      } else if (P.sign == SignMode::kAbs) {
+        bits &= 0x7fffffffu;
+      }
+      const uint32_t o = kChannelsLast ? p * uint32_t(C) + uint32_t(c) : uint32_t(c) * P.HW + p;
+      out[o] = convert<Out>(float_of(bits));
+    }
+  }
+}
+
+INSTAHIDE_HD void chunk_of(const Params& P, int64_t item, int64_t& row, uint32_t& p0, uint32_t& p1) {
+  row = item / P.chunks_per_row;
+  p0 = uint32_t(item - row * P.chunks_per_row) * uint32_t(kChunkPixels);
+  p1 = p0 + uint32_t(kChunkPixels) < P.HW ? p0 + uint32_t(kChunkPixels) : P.HW;
+}
+
+template <typename Out, bool kChannelsLast, typename U>
+__global__ void __launch_bounds__(kThreads) encode_kernel(const Params P) {
+  __shared__ Shared sh;
+  for (int64_t item = blockIdx.x; item < P.items; item += gridDim.x) {
+    int64_t row;
+    uint32_t p0, p1;
+    chunk_of(P, item, row, p0, p1);
+    __syncthreads();  // the previous chunk is done with `sh`
+    setup_chunk(P, sh, int(threadIdx.x), row, p0, p1);
+    __syncthreads();
+    compute_chunk<Out, kChannelsLast, U>(P, sh, int(threadIdx.x), row, p0, p1);
+  }
+}
+
+void check_arg(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument(message);
+}
+
+void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+// |a| * b + acc, saturating at INT64_MAX (a span of offsets that cannot fit anything).
+int64_t add_span(int64_t acc, int64_t stride, int64_t extent) {
+  const uint64_t a = stride < 0 ? uint64_t(0) - uint64_t(stride) : uint64_t(stride);
+  int64_t product, sum;
+  if (a > uint64_t(INT64_MAX) || __builtin_mul_overflow(int64_t(a), extent, &product) ||
+      __builtin_add_overflow(acc, product, &sum))
+    return INT64_MAX;
+  return sum;
+}
+
+// Host-side checks (no device memory is read) and the kernel's parameters.
+Params prepare(const EncodeArgs& a, bool& wide) {
+  check_arg(a.k >= 1 && a.k <= kMaxTerms, "k = " + std::to_string(a.k) + " must be in [1, " +
+                                              std::to_string(kMaxTerms) + "]");
+  check_arg(a.private_terms >= 1 && a.private_terms <= a.k,
+            "private_terms = " + std::to_string(a.private_terms) + " must be in [1, k]");
+  check_arg(a.rows >= 0, "rows = " + std::to_string(a.rows) + " must be >= 0");
+  check_arg(a.out_height > 0 && a.out_width > 0, "the output window must have a positive size");
+  check_arg(a.sign == SignMode::kFlip || a.sign == SignMode::kAbs || a.sign == SignMode::kNone, "unknown sign mode");
+  check_arg(a.out_type == OutType::kFloat32 || a.out_type == OutType::kFloat16 || a.out_type == OutType::kBFloat16,
+            "unknown output type");
+  const int64_t C = a.sources[0].channels;
+  check_arg(C >= 1 && C <= kMaxChannels, "private images: channels = " + std::to_string(C) + " must be in [1, 4]");
+  check_arg(a.out_height <= INT32_MAX && a.out_width <= INT32_MAX &&
+                a.out_height * a.out_width <= INT32_MAX / C,
+            "the output window is too large for the CUDA kernel (C*H*W must be < 2^31)");
+
+  Params P = {};
+  wide = false;
+  const int used = a.private_terms < a.k ? 2 : 1;
+  for (int i = 0; i < used; ++i) {
+    const ImageSource& s = a.sources[i];
+    const std::string name = i == 0 ? "private images" : "public images";
+    check_arg(s.count > 0, name + ": the set is empty");
+    check_arg(s.data != nullptr, name + ": no data");
+    check_arg(s.channels == C, "public and private images must have the same channel count");
+    check_arg(s.height > 0 && s.width > 0, name + ": images must have a positive size");
+    check_arg(s.height <= INT32_MAX && s.width <= INT32_MAX, name + ": images are too large for the CUDA kernel");
+    check_arg(s.pixel == PixelType::kUint8 || s.pixel == PixelType::kFloat32, name + ": unknown pixel type");
+    Source& d = P.src[i];
+    d.data = static_cast<const char*>(s.data);
+    d.count = s.count;
+    d.u8 = s.pixel == PixelType::kUint8;
+    d.image_bytes = s.stride_n * (d.u8 ? 1 : 4);
+    d.stride_c = s.stride_c;
+    d.stride_h = s.stride_h;
+    d.stride_w = s.stride_w;
+    d.height = uint32_t(s.height);
+    d.width = uint32_t(s.width);
+    for (int c = 0; c < kMaxChannels; ++c) d.scale[c] = s.scale[c], d.shift[c] = s.shift[c];
+    // Offsets within an image are computed in 32 bits where all of them fit.
+    int64_t span = add_span(0, s.stride_c, C - 1);
+    span = add_span(span, s.stride_h, s.height - 1);
+    span = add_span(span, s.stride_w, s.width - 1);
+    wide |= span > INT32_MAX;
+  }
+  P.row_id = a.row_id;
+  P.index = a.index;
+  P.lam = a.lam;
+  P.offset = a.offset;
+  P.flip = a.flip;
+  P.out = a.out;
+  P.key = mask_input(a.mask_key, a.epoch, 0);
+  P.sign = a.sign;
+  P.k = a.k;
+  P.private_terms = a.private_terms;
+  P.C = int(C);
+  P.H = uint32_t(a.out_height);
+  P.W = uint32_t(a.out_width);
+  P.HW = P.H * P.W;
+  P.div_w = make_fast_div(P.W);
+  P.chunks_per_row = (int64_t(P.HW) + kChunkPixels - 1) / kChunkPixels;
+  check_arg(a.rows <= INT64_MAX / P.chunks_per_row, "rows = " + std::to_string(a.rows) + " is too large");
+  P.items = a.rows * P.chunks_per_row;
+  return P;
+}
+
+template <typename Out, bool kChannelsLast, typename U>
+void launch(const Params& P, cudaStream_t stream) {
+  const unsigned grid = unsigned(std::min<int64_t>(P.items, INT32_MAX));  // the kernel loops beyond
+  encode_kernel<Out, kChannelsLast, U><<<grid, kThreads, 0, stream>>>(P);
+  check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
+}
+
+template <typename Out>
+void launch_out(const Params& P, bool channels_last, bool wide, cudaStream_t stream) {
+  if (channels_last)
+    wide ? launch<Out, true, uint64_t>(P, stream) : launch<Out, true, uint32_t>(P, stream);
+  else
+    wide ? launch<Out, false, uint64_t>(P, stream) : launch<Out, false, uint32_t>(P, stream);
+}
+
+}  // namespace
+
+void encode_cuda(const EncodeArgs& args, void* stream) {
+  bool wide = false;
+  const Params P = prepare(args, wide);
+  if (args.rows == 0) return;
+  check_arg(args.index && args.lam && args.offset && args.flip && args.out, "encode_cuda: a null key or output pointer");
+  check_arg(args.sign != SignMode::kFlip || args.row_id, "encode_cuda: no row ids for the mask");
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (args.out_type) {
+    case OutType::kFloat32: launch_out<float>(P, args.out_channels_last, wide, s); break;
+    case OutType::kFloat16: launch_out<__half>(P, args.out_channels_last, wide, s); break;
+    case OutType::kBFloat16: launch_out<__nv_bfloat16>(P, args.out_channels_last, wide, s); break;
+  }
+}
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the error so that it is not reported by a later call
+    return 0;
+  }
+  return n;
+}
+
+std::string cuda_status() {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return std::string("CUDA unavailable: ") + cudaGetErrorString(err);
+  }
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  auto version = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+  std::string text = "driver " + version(driver) + ", runtime " + version(runtime) + ": ";
+  if (n == 0) return text + "no CUDA device";
+  text += std::to_string(n) + " device(s)";
+  for (int i = 0; i < n; ++i) {
+    cudaDeviceProp prop;
+    const cudaError_t e = cudaGetDeviceProperties(&prop, i);
+    text += i == 0 ? ": " : "; ";
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      text += std::to_string(i) + " (" + cudaGetErrorString(e) + ")";
+    } else {
+      text += std::to_string(i) + " " + prop.name + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ")";
+    }
+  }
+  return text;
+}
+
+}  // namespace instahide
