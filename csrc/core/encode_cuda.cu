@@ -5,9 +5,9 @@
 // its mask bits (warp 0, one block per thread) and the per-term parameters of its row (warp 1,
 // one term per thread), both into shared memory. Then each thread owns kPixelsPerThread pixels
 // (kThreads apart, so that a warp's pixels are adjacent) and accumulates all channels of them,
-// term by term: a term's parameters are read once per thread, and the thread's
-// kPixelsPerThread * C gathers of a term are independent loads in flight together. Writes
-// of a warp are contiguous for both output layouts.
+// two terms at a time: a term's parameters are read once per thread, and the thread's
+// 2 * kPixelsPerThread * C gathers are independent loads in flight together. A warp's writes
+// are contiguous for both output layouts; the mask bits come from shared memory.
 #include "encode_cuda.h"
 
 #include <cuda_bf16.h>
@@ -15,7 +15,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -38,6 +37,13 @@ constexpr int kWordsPerChannel = 16 * kBlocksPerChannel;
 constexpr int kTermWarpStart = 32;  // threads [32, 32 + k) load the terms, warp 0 the keystream
 static_assert(kBlocksPerChannel * kMaxChannels <= 32, "keystream blocks are one per thread of warp 0");
 static_assert(kTermWarpStart + kMaxTerms <= kThreads, "terms are one per thread of warp 1");
+
+// `#pragma unroll` in device code only: the host pass (the emulation in tests) would warn.
+#if defined(__CUDA_ARCH__)
+#define INSTAHIDE_UNROLL _Pragma("unroll")
+#else
+#define INSTAHIDE_UNROLL
+#endif
 
 // Host and device versions of the few intrinsics (host: the emulation in tests).
 INSTAHIDE_HD uint32_t mul_hi(uint32_t a, uint32_t b) {
@@ -111,7 +117,7 @@ struct Params {
 
 // One term of the block's row, in shared memory.
 struct Term {
-  const char* image;  // null: index out of range, the term reads zeros
+  const char* image;  // null, and height = width = 0, where the index is out of range
   int64_t stride_c, stride_h, stride_w;
   int32_t dy, dx;
   uint32_t height, width;
@@ -155,14 +161,15 @@ INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int tid, int64_t row,
     const Source& s = P.src[t < P.private_terms ? 0 : 1];
     Term& term = sh.term[t];
     const int64_t idx = P.index[at];
-    term.image = idx >= 0 && idx < s.count ? s.data + idx * s.image_bytes : nullptr;
+    const bool valid = idx >= 0 && idx < s.count;
+    term.image = valid ? s.data + idx * s.image_bytes : nullptr;
     term.stride_c = s.stride_c;
     term.stride_h = s.stride_h;
     term.stride_w = s.stride_w;
     term.dy = P.offset[2 * at];
     term.dx = P.offset[2 * at + 1];
-    term.height = s.height;
-    term.width = s.width;
+    term.height = valid ? s.height : 0;  // no pixel of an invalid image is read
+    term.width = valid ? s.width : 0;
     term.flip = P.flip[at] != 0;
     term.u8 = s.u8;
     const float lam = P.lam[at];
@@ -173,33 +180,63 @@ INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int tid, int64_t row,
   }
 }
 
-// acc[i][c] += alpha[c] * pixel (c, y[i] + dy, x'[i] + dx) of the term, 0 outside its image.
-// U: unsigned offset arithmetic within an image (32 bits where every offset fits in int32).
-template <typename T, typename U>
-INSTAHIDE_HD void gather_term(const Params& P, const Term& term, const uint32_t (&y)[kPixelsPerThread],
-                              const uint32_t (&x)[kPixelsPerThread], const bool (&live)[kPixelsPerThread],
-                              float (&acc)[kPixelsPerThread][kMaxChannels]) {
+// Exact: a uint8 in the low mantissa bits of 2^23 (an OR and an add, both full rate, where
+// an integer-to-float conversion runs at a quarter of it).
+INSTAHIDE_HD float to_float(uint8_t v) { return float_of(0x4b000000u | v) - 8388608.0f; }
+INSTAHIDE_HD float to_float(float v) { return v; }
+
+// acc[i][c] += alpha[c] * pixel (c, y[i] + dy, x'[i] + dx) for the N terms at `terms`, in
+// order, where a pixel outside its image reads 0. kC: the channel count, 0 where it is read
+// from P at run time. U: unsigned offset arithmetic within an image (32 bits where every
+// offset fits in int32). All loads of the N terms come first, so that they are in flight
+// together: the loads of one term alone do not cover the memory latency.
+template <int kC, typename T, typename U, int N>
+INSTAHIDE_HD void gather_terms(const Params& P, const Term* terms, const uint32_t (&y)[kPixelsPerThread],
+                               const uint32_t (&x)[kPixelsPerThread], const bool (&live)[kPixelsPerThread],
+                               float (&acc)[kPixelsPerThread][kMaxChannels]) {
   using S = typename std::conditional<sizeof(U) == 4, int32_t, int64_t>::type;
-  const T* image = reinterpret_cast<const T*>(term.image);
-  float v[kPixelsPerThread][kMaxChannels];
-  // All loads first, so that they are in flight together.
-#pragma unroll
-  for (int i = 0; i < kPixelsPerThread; ++i) {
-    // Unsigned wrap-around makes one compare test both ends: y + dy < 0 wraps above height.
-    const uint32_t ys = y[i] + uint32_t(term.dy);
-    const uint32_t xs = (term.flip ? P.W - 1 - x[i] : x[i]) + uint32_t(term.dx);
-    const bool in = live[i] && image != nullptr && ys < term.height && xs < term.width;
-    const U at = in ? U(ys) * U(term.stride_h) + U(xs) * U(term.stride_w) : U(0);
-#pragma unroll
-    for (int c = 0; c < kMaxChannels; ++c) {
-      v[i][c] = 0.0f;
-      if (c < P.C && in) v[i][c] = float(load_readonly(image + S(at + U(c) * U(term.stride_c))));
+  const int C = kC ? kC : P.C;
+  float v[N][kPixelsPerThread][kMaxChannels];
+  INSTAHIDE_UNROLL
+  for (int n = 0; n < N; ++n) {
+    // The term's fields once, in registers; the pixel loop is then branch-free, its loads
+    // predicated on `in`.
+    const Term& term = terms[n];
+    const T* image = reinterpret_cast<const T*>(term.image);
+    const U stride_c = U(term.stride_c), stride_h = U(term.stride_h), stride_w = U(term.stride_w);
+    const uint32_t dy = uint32_t(term.dy), dx = uint32_t(term.dx), height = term.height, width = term.width;
+    const bool flip = term.flip;
+    INSTAHIDE_UNROLL
+    for (int i = 0; i < kPixelsPerThread; ++i) {
+      // Unsigned wrap-around makes one compare test both ends: y + dy < 0 wraps above height.
+      const uint32_t ys = y[i] + dy;
+      const uint32_t xs = (flip ? P.W - 1 - x[i] : x[i]) + dx;
+      const bool in = live[i] & (ys < height) & (xs < width);
+      const U at = U(ys) * stride_h + U(xs) * stride_w;  // wraps harmlessly where !in
+      INSTAHIDE_UNROLL
+      for (int c = 0; c < kMaxChannels; ++c) {
+        v[n][i][c] = 0.0f;
+        if (c < C) v[n][i][c] = to_float(in ? load_readonly(image + S(at + U(c) * stride_c)) : T(0));
+      }
     }
   }
-#pragma unroll
-  for (int i = 0; i < kPixelsPerThread; ++i)
-#pragma unroll
-    for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = fmaf(term.alpha[c], v[i][c], acc[i][c]);
+  INSTAHIDE_UNROLL
+  for (int n = 0; n < N; ++n)
+    INSTAHIDE_UNROLL
+    for (int i = 0; i < kPixelsPerThread; ++i)
+      INSTAHIDE_UNROLL
+      for (int c = 0; c < kMaxChannels; ++c)
+        if (c < C) acc[i][c] = fmaf(terms[n].alpha[c], v[n][i][c], acc[i][c]);
+}
+
+// All k terms, of one pixel type T, two at a time.
+template <int kC, typename T, typename U>
+INSTAHIDE_HD void gather_all(const Params& P, const Shared& sh, const uint32_t (&y)[kPixelsPerThread],
+                             const uint32_t (&x)[kPixelsPerThread], const bool (&live)[kPixelsPerThread],
+                             float (&acc)[kPixelsPerThread][kMaxChannels]) {
+  int t = 0;
+  for (; t + 2 <= P.k; t += 2) gather_terms<kC, T, U, 2>(P, sh.term + t, y, x, live, acc);
+  if (t < P.k) gather_terms<kC, T, U, 1>(P, sh.term + t, y, x, live, acc);
 }
 
 template <typename Out>
@@ -211,56 +248,81 @@ INSTAHIDE_HD __half convert<__half>(float v) { return __float2half_rn(v); }
 template <>
 INSTAHIDE_HD __nv_bfloat16 convert<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// Signs, converts and writes the thread's pixels (one copy per sign mode keeps the branch on
+// it out of the per-element code).
+template <typename Out, bool kChannelsLast, int kC, SignMode kSign>
+INSTAHIDE_HD void store_pixels(const Params& P, const Shared& sh, int tid, int64_t row, uint32_t p0,
+                               const bool (&live)[kPixelsPerThread],
+                               const float (&acc)[kPixelsPerThread][kMaxChannels]) {
+  const int C = kC ? kC : P.C;
+  // Keystream word of mask bit j = c*HW + p, for channel c: ks[c] + j / 32.
+  const uint32_t* ks[kMaxChannels];
+  INSTAHIDE_UNROLL
+  for (int c = 0; c < kMaxChannels; ++c)
+    ks[c] = kSign == SignMode::kFlip && c < C ? sh.keystream + c * kWordsPerChannel - sh.first_block[c] * 16 : nullptr;
+  Out* out = static_cast<Out*>(P.out) + row * int64_t(C) * P.HW;
+  INSTAHIDE_UNROLL
+  for (int i = 0; i < kPixelsPerThread; ++i) {
+    if (!live[i]) continue;
+    const uint32_t p = p0 + uint32_t(i * kThreads + tid);
+    Out* o = out + (kChannelsLast ? p * uint32_t(C) : p);  // channel 0 of pixel p
+    INSTAHIDE_UNROLL
+    for (int c = 0; c < kMaxChannels; ++c) {
+      if (c >= C) break;
+      uint32_t bits = bits_of(acc[i][c]);
+      if (kSign == SignMode::kFlip) {
+        // Bit j of the keystream is bit j % 32 of its little-endian word j / 32.
+        const uint32_t j = uint32_t(c) * P.HW + p;
+        bits ^= ((ks[c][j >> 5] >> (j & 31)) & 1u) << 31;
+      } else if (kSign == SignMode::kAbs) {
+        bits &= 0x7fffffffu;
+      }
+      o[kChannelsLast ? c : c * int64_t(P.HW)] = convert<Out>(float_of(bits));
+    }
+  }
+}
+
 // Phase 2 of a chunk, thread `tid`: mixes, signs and writes its pixels p0 + i * kThreads + tid.
-template <typename Out, bool kChannelsLast, typename U>
+template <typename Out, bool kChannelsLast, typename U, int kC>
 INSTAHIDE_HD void compute_chunk(const Params& P, const Shared& sh, int tid, int64_t row, uint32_t p0, uint32_t p1) {
-  const int C = P.C;
   // Padding reads 0, which normalizes to -shift: every element starts from -sum_t lam*shift[c].
   float beta[kMaxChannels] = {};
-  for (int t = 0; t < P.k; ++t)
-#pragma unroll
+  for (int t = 0; t < P.k; ++t) {
+    INSTAHIDE_UNROLL
     for (int c = 0; c < kMaxChannels; ++c) beta[c] += sh.term[t].lam_shift[c];
+  }
 
   uint32_t y[kPixelsPerThread], x[kPixelsPerThread];
   bool live[kPixelsPerThread];
   float acc[kPixelsPerThread][kMaxChannels];
-#pragma unroll
+  INSTAHIDE_UNROLL
   for (int i = 0; i < kPixelsPerThread; ++i) {
     const uint32_t p = p0 + uint32_t(i * kThreads + tid);
     live[i] = p < p1;
     y[i] = P.div_w.div(p);
     x[i] = p - y[i] * P.W;
-#pragma unroll
+    INSTAHIDE_UNROLL
     for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = -beta[c];
   }
-  for (int t = 0; t < P.k; ++t) {
-    const Term& term = sh.term[t];
-    if (term.u8)
-      gather_term<uint8_t, U>(P, term, y, x, live, acc);
-    else
-      gather_term<float, U>(P, term, y, x, live, acc);
+  // Terms of one pixel type go two at a time (see gather_terms); mixed ones one at a time.
+  const bool one_source = P.private_terms == P.k;
+  if (P.src[0].u8 && (one_source || P.src[1].u8)) {
+    gather_all<kC, uint8_t, U>(P, sh, y, x, live, acc);
+  } else if (!P.src[0].u8 && (one_source || !P.src[1].u8)) {
+    gather_all<kC, float, U>(P, sh, y, x, live, acc);
+  } else {
+    for (int t = 0; t < P.k; ++t) {
+      if (sh.term[t].u8)
+        gather_terms<kC, uint8_t, U, 1>(P, sh.term + t, y, x, live, acc);
+      else
+        gather_terms<kC, float, U, 1>(P, sh.term + t, y, x, live, acc);
+    }
   }
 
-  Out* out = static_cast<Out*>(P.out) + row * int64_t(C) * P.HW;
-#pragma unroll
-  for (int i = 0; i < kPixelsPerThread; ++i) {
-    if (!live[i]) continue;
-    const uint32_t p = p0 + uint32_t(i * kThreads + tid);
-#pragma unroll
-    for (int c = 0; c < kMaxChannels; ++c) {
-      if (c >= C) break;
-      uint32_t bits = bits_of(acc[i][c]);
-      if (P.sign == SignMode::kFlip) {
-        // Bit j of the keystream is bit j % 32 of its little-endian word j / 32.
-        const uint32_t j = uint32_t(c) * P.HW + p;
-        const uint32_t word = sh.keystream[c * kWordsPerChannel + (j >> 5) - sh.first_block[c] * 16];
-        bits ^= ((word >> (j & 31)) & 1u) << 31;
-      } else if (P.sign == SignMode::kAbs) {
-        bits &= 0x7fffffffu;
-      }
-      const uint32_t o = kChannelsLast ? p * uint32_t(C) + uint32_t(c) : uint32_t(c) * P.HW + p;
-      out[o] = convert<Out>(float_of(bits));
-    }
+  switch (P.sign) {
+    case SignMode::kFlip: store_pixels<Out, kChannelsLast, kC, SignMode::kFlip>(P, sh, tid, row, p0, live, acc); break;
+    case SignMode::kAbs: store_pixels<Out, kChannelsLast, kC, SignMode::kAbs>(P, sh, tid, row, p0, live, acc); break;
+    default: store_pixels<Out, kChannelsLast, kC, SignMode::kNone>(P, sh, tid, row, p0, live, acc); break;
   }
 }
 
@@ -270,7 +332,7 @@ INSTAHIDE_HD void chunk_of(const Params& P, int64_t item, int64_t& row, uint32_t
   p1 = p0 + uint32_t(kChunkPixels) < P.HW ? p0 + uint32_t(kChunkPixels) : P.HW;
 }
 
-template <typename Out, bool kChannelsLast, typename U>
+template <typename Out, bool kChannelsLast, typename U, int kC>
 __global__ void __launch_bounds__(kThreads) encode_kernel(const Params P) {
   __shared__ Shared sh;
   for (int64_t item = blockIdx.x; item < P.items; item += gridDim.x) {
@@ -280,7 +342,7 @@ __global__ void __launch_bounds__(kThreads) encode_kernel(const Params P) {
     __syncthreads();  // the previous chunk is done with `sh`
     setup_chunk(P, sh, int(threadIdx.x), row, p0, p1);
     __syncthreads();
-    compute_chunk<Out, kChannelsLast, U>(P, sh, int(threadIdx.x), row, p0, p1);
+    compute_chunk<Out, kChannelsLast, U, kC>(P, sh, int(threadIdx.x), row, p0, p1);
   }
 }
 
@@ -369,19 +431,32 @@ Params prepare(const EncodeArgs& a, bool& wide) {
   return P;
 }
 
-template <typename Out, bool kChannelsLast, typename U>
+template <typename Out, bool kChannelsLast, typename U, int kC>
 void launch(const Params& P, cudaStream_t stream) {
   const unsigned grid = unsigned(std::min<int64_t>(P.items, INT32_MAX));  // the kernel loops beyond
-  encode_kernel<Out, kChannelsLast, U><<<grid, kThreads, 0, stream>>>(P);
+  encode_kernel<Out, kChannelsLast, U, kC><<<grid, kThreads, 0, stream>>>(P);
   check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
+}
+
+// One kernel per channel count for images whose offsets fit in 32 bits; one generic kernel
+// (run-time channel count, 64-bit offsets) for the rest.
+template <typename Out, bool kChannelsLast>
+void launch_layout(const Params& P, bool wide, cudaStream_t stream) {
+  if (wide) return launch<Out, kChannelsLast, uint64_t, 0>(P, stream);
+  switch (P.C) {
+    case 1: return launch<Out, kChannelsLast, uint32_t, 1>(P, stream);
+    case 2: return launch<Out, kChannelsLast, uint32_t, 2>(P, stream);
+    case 3: return launch<Out, kChannelsLast, uint32_t, 3>(P, stream);
+    default: return launch<Out, kChannelsLast, uint32_t, 4>(P, stream);
+  }
 }
 
 template <typename Out>
 void launch_out(const Params& P, bool channels_last, bool wide, cudaStream_t stream) {
   if (channels_last)
-    wide ? launch<Out, true, uint64_t>(P, stream) : launch<Out, true, uint32_t>(P, stream);
+    launch_layout<Out, true>(P, wide, stream);
   else
-    wide ? launch<Out, false, uint64_t>(P, stream) : launch<Out, false, uint32_t>(P, stream);
+    launch_layout<Out, false>(P, wide, stream);
 }
 
 }  // namespace
@@ -417,9 +492,9 @@ std::string cuda_status() {
     return std::string("CUDA unavailable: ") + cudaGetErrorString(err);
   }
   int driver = 0, runtime = 0;
-  cudaDriverGetVersion(&driver);
-  cudaRuntimeGetVersion(&runtime);
-  auto version = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+  if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = -1, (void)cudaGetLastError();
+  if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) runtime = -1, (void)cudaGetLastError();
+  auto version = [](int v) { return v < 0 ? std::string("?") : std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
   std::string text = "driver " + version(driver) + ", runtime " + version(runtime) + ": ";
   if (n == 0) return text + "no CUDA device";
   text += std::to_string(n) + " device(s)";

@@ -1,0 +1,117 @@
+"""Encoding throughput on one workload, all implementations in one run, against the copy
+bandwidth of this machine.
+
+    python benchmarks/encode_throughput.py [--json results.json]
+
+Workload: CIFAR shape (3x32x32 uint8, the CIFAR-10 training set from ../shared/data, or
+random images where absent), k=4, batches of 512 rows of one epoch's keys in shuffled order,
+float32 NCHW output. Bytes moved per image = every source window read once at its dtype + the
+output written once. Reported: median images/s over repeats, GB/s, and the fraction of the
+copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workloads  # noqa: E402
+
+import instahide  # noqa: E402
+
+
+def time_batches(encode, batches, repeats: int, warmup: int = 2) -> float:
+    """Median seconds per image over `repeats` passes over `batches`."""
+    for rows in batches[:warmup]:
+        encode(rows)
+    per_image = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for rows in batches:
+            encode(rows)
+        per_image.append((time.perf_counter() - start) / sum(len(r) for r in batches))
+    return float(np.median(per_image))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=0, help="0: the cores this process may use")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10")
+    parser.add_argument("--skip", nargs="*", default=[], help="implementations to leave out")
+    args = parser.parse_args(argv)
+
+    threads = args.threads or instahide.available_cores()
+    w = workloads.load_workload(k=args.k, batch=args.batch, synthetic=args.synthetic)
+    order = np.random.default_rng(0).permutation(w.n)
+    batches = [order[i:i + w.batch] for i in range(0, w.n, w.batch)]
+    print(f"{w.source}: {w.n} images {w.images.shape[1:]}, k={w.k}, batch {w.batch}, {threads} threads, "
+          f"{w.bytes_per_image} bytes moved per image")
+
+    copy = workloads.copy_bandwidth(threads=threads)
+    copy_gbps = max(copy.values())
+    print("copy bandwidth: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in copy.items()))
+
+    implementations = {
+        "fused_cpu": (lambda: workloads.make_fused_cpu(w, threads), batches),
+        "numpy_reference": (lambda: workloads.make_numpy_reference(w), batches[:8]),
+        "numpy_vectorized": (lambda: workloads.make_numpy_vectorized(w), batches[:24]),
+        "torch_ops": (lambda: workloads.make_torch_ops(w, threads), batches[:24]),
+    }
+    results = []
+    for name, (make, subset) in implementations.items():
+        if name in args.skip:
+            continue
+        try:
+            encode = make()
+        except ImportError as error:
+            print(f"{name}: skipped ({error})")
+            continue
+        seconds = time_batches(encode, subset, args.repeats)
+        ips = 1.0 / seconds
+        gbps = ips * w.bytes_per_image / 1e9
+        results.append({"impl": name, "images_per_s": ips, "gbps": gbps, "fraction_of_copy": gbps / copy_gbps})
+        del encode
+
+    key_seconds = min(timeit_keys(w) for _ in range(3))
+    fused = next((r for r in results if r["impl"] == "fused_cpu"), None)
+    print(f"\n{'impl':<18}{'images/s':>14}{'GB/s':>9}{'of copy':>9}{'fused is':>11}")
+    for r in results:
+        ratio = f"{fused['images_per_s'] / r['images_per_s']:.1f}x" if fused else "-"
+        print(f"{r['impl']:<18}{r['images_per_s']:>14,.0f}{r['gbps']:>9.2f}{r['fraction_of_copy']:>9.2f}{ratio:>11}")
+    print(f"\nkeys of one epoch ({w.n} rows, k={w.k}): {key_seconds * 1e3:.1f} ms")
+    report = {
+        "copy_gbps": copy_gbps,
+        "copy": copy,
+        "results": results,
+        "workload": {"source": w.source, "n": w.n, "shape": list(w.images.shape[1:]), "k": w.k, "batch": w.batch,
+                     "bytes_per_image": w.bytes_per_image, "threads": threads, "out_dtype": "float32"},
+        "keys_seconds_per_epoch": key_seconds,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cores": instahide.available_cores()},
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+def timeit_keys(w) -> float:
+    encoder = instahide.Encoder(k=w.k)
+    start = time.perf_counter()
+    encoder.keys(w.n, 0)
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The encoders the benchmarks compare, on one shared workload (CIFAR shape, k terms, batches
+of rows from one epoch's keys). Each `make_*` returns a function encoding one batch of rows."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import instahide
+from instahide import reference
+
+CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+CIFAR_STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
+
+
+@dataclass
+class Workload:
+    images: np.ndarray  # (n, H, W, C) uint8, as stored
+    labels: np.ndarray
+    k: int
+    batch: int
+    source: str
+
+    @property
+    def n(self) -> int:
+        return len(self.images)
+
+    @property
+    def bytes_per_image(self) -> int:
+        """Every source window read once at its dtype + the float32 output written once."""
+        n, h, w, c = self.images.shape
+        return self.k * h * w * c * self.images.itemsize + h * w * c * 4
+
+
+def load_workload(k: int = 4, batch: int = 512, synthetic: bool = False, n: int = 50_000) -> Workload:
+    if not synthetic:
+        try:
+            from instahide.datasets import load_cifar10
+
+            images, labels = load_cifar10("train")
+            return Workload(images[:n], labels[:n], k, batch, "CIFAR-10 training images (JPEG copy)")
+        except (FileNotFoundError, ImportError) as error:
+            print(f"CIFAR-10 unavailable ({error}); using random images")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return Workload(images, rng.integers(0, 10, n), k, batch, "random uint8 images")
+
+
+def make_fused_cpu(w: Workload, threads: int = 0):
+    encoder = instahide.Encoder(k=w.k, mean=CIFAR_MEAN, std=CIFAR_STD, num_threads=threads)
+    keys = encoder.keys(w.n, 0)
+    return lambda rows: encoder.encode(w.images, w.labels, keys, rows=rows)
+
+
+def make_numpy_reference(w: Workload):
+    keys = instahide.Encoder(k=w.k).keys(w.n, 0)
+    return lambda rows: reference.encode(w.images, w.labels, keys, rows=rows, mean=CIFAR_MEAN, std=CIFAR_STD)
+
+
+def make_numpy_vectorized(w: Workload):
+    """numpy written for speed: float32, a 256-entry lookup per channel for the normalization,
+    one gather per term, the sign from numpy's (non-cryptographic) generator."""
+    keys = instahide.Encoder(k=w.k).keys(w.n, 0)
+    rng = np.random.default_rng()
+    lut = (np.arange(256, dtype=np.float32)[:, None] / 255 - CIFAR_MEAN) / CIFAR_STD  # (256, C)
+    lut_planar = np.ascontiguousarray(lut.T)  # (C, 256)
+    planar = np.ascontiguousarray(w.images.transpose(0, 3, 1, 2))  # NCHW once, outside the timing
+    classes = int(w.labels.max()) + 1
+
+    def encode(rows):
+        index, lam = keys.index[rows], keys.lam[rows]
+        mixed = np.zeros((len(rows), *planar.shape[1:]), np.float32)
+        for t in range(w.k):
+            pixels = planar[index[:, t]]  # (B, C, H, W) uint8
+            for c in range(planar.shape[1]):
+                mixed[:, c] += lam[:, t, None, None] * lut_planar[c][pixels[:, c]]
+        mixed *= rng.integers(0, 2, mixed.shape, dtype=np.int8) * np.float32(2) - np.float32(1)
+        soft = np.zeros((len(rows), classes), np.float32)
+        for t in range(w.k):
+            soft[np.arange(len(rows)), w.labels[index[:, t]]] += lam[:, t]
+        return mixed, soft
+
+    return encode
+
+
+def make_torch_ops(w: Workload, threads: int = 0):
+    """The authors' PyTorch-op encoding (train_inside.py): the set as float tensors after
+    ToTensor + Normalize (prepared once, outside the timing), coefficients scaled per row,
+    `randperm` partner gathers, a `randint` sign mask."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    x = torch.from_numpy(w.images).permute(0, 3, 1, 2).float().div_(255)
+    x = ((x - torch.from_numpy(CIFAR_MEAN)[:, None, None]) / torch.from_numpy(CIFAR_STD)[:, None, None]).contiguous()
+    y = torch.from_numpy(w.labels)
+    keys = instahide.Encoder(k=w.k).keys(w.n, 0)  # the same coefficients and partners
+    lams = torch.from_numpy(keys.lam)
+    perms = [torch.from_numpy(keys.index[:, t]) for t in range(w.k)]
+
+    def vec_mul_ten(vec, tensor):
+        return vec.reshape(-1, *([1] * (tensor.dim() - 1))) * tensor
+
+    def encode(rows):
+        rows = torch.from_numpy(rows)
+        lam = lams[rows]
+        mixed = vec_mul_ten(lam[:, 0], x[rows])
+        ys = [y[rows]]
+        for t in range(1, w.k):
+            index = perms[t][rows]
+            mixed += vec_mul_ten(lam[:, t], x[index])
+            ys.append(y[index])
+        sign = torch.randint(2, size=list(mixed.shape)) * 2.0 - 1
+        mixed *= sign
+        return mixed, ys, lam
+
+    return encode
+
+
+def copy_bandwidth(threads: int = 2, megabytes: int = 256, repeats: int = 7) -> dict:
+    """Bytes read + written per second by a large array copy: numpy's single-threaded copy and
+    the same split over `threads` threads (numpy releases the GIL while copying)."""
+    src = np.ones(megabytes << 20, np.uint8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # fault the pages in
+
+    def single():
+        np.copyto(dst, src)
+
+    def threaded():
+        step = len(src) // threads
+        parts = [threading.Thread(target=np.copyto, args=(dst[i * step:(i + 1) * step], src[i * step:(i + 1) * step]))
+                 for i in range(threads)]
+        for p in parts:
+            p.start()
+        for p in parts:
+            p.join()
+
+    result = {}
+    for name, fn in (("single_thread", single), (f"{threads}_threads", threaded)):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        result[name] = 2 * src.nbytes / float(np.median(times)) / 1e9
+    return result
