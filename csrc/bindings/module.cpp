@@ -11,6 +11,9 @@
 
 #include "../core/encode.h"
 #include "../core/thread_pool.h"
+#if INSTAHIDE_WITH_CUDA
+#include "../core/encode_cuda.h"
+#endif
 
 namespace py = pybind11;
 using namespace instahide;
@@ -135,6 +138,91 @@ py::array_t<uint8_t> chacha20(const py::bytes& key, const py::bytes& nonce, uint
   return out;
 }
 
+// A CUDA source: (pointer, pixel type 0 uint8 / 1 float32, (N, C, H, W), element strides in
+// that order, scale[C], shift[C]). The Python layer reads these off the tensor.
+ImageSource read_device_source(const py::tuple& spec) {
+  if (spec.size() != 6) fail("a device source is (pointer, pixel, shape, strides, scale, shift)");
+  ImageSource s;
+  s.data = reinterpret_cast<const void*>(spec[0].cast<uintptr_t>());
+  const int pixel = spec[1].cast<int>();
+  if (pixel != 0 && pixel != 1) fail("pixel type must be 0 (uint8) or 1 (float32)");
+  s.pixel = PixelType(pixel);
+  auto shape = spec[2].cast<std::array<int64_t, 4>>();
+  auto strides = spec[3].cast<std::array<int64_t, 4>>();
+  s.count = shape[0], s.channels = shape[1], s.height = shape[2], s.width = shape[3];
+  s.stride_n = strides[0], s.stride_c = strides[1], s.stride_h = strides[2], s.stride_w = strides[3];
+  auto scale = spec[4].cast<std::vector<float>>();
+  auto shift = spec[5].cast<std::vector<float>>();
+  if (s.channels < 1 || s.channels > kMaxChannels) fail("images must have 1 to 4 channels");
+  if (int64_t(scale.size()) != s.channels || int64_t(shift.size()) != s.channels)
+    fail("scale and shift need one value per channel");
+  for (int64_t c = 0; c < s.channels; ++c) s.scale[c] = scale[c], s.shift[c] = shift[c];
+  return s;
+}
+
+// The CUDA kernel on device pointers (keys tables of `rows` rows, output C-contiguous),
+// queued on `stream` of `device`; returns before the kernel ends.
+void encode_on_cuda(const py::list& sources, int private_terms, int64_t rows, int k, uintptr_t index, uintptr_t lam,
+                 uintptr_t offset, uintptr_t flip, uintptr_t row_id, const py::bytes& mask_key, uint32_t epoch, int sign,
+                 uintptr_t out, int out_type, bool out_channels_last, int64_t out_height, int64_t out_width, int device,
+                 uintptr_t stream) {
+#if INSTAHIDE_WITH_CUDA
+  EncodeArgs a;
+  if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
+  for (size_t i = 0; i < sources.size(); ++i) a.sources[i] = read_device_source(sources[i].cast<py::tuple>());
+  a.private_terms = private_terms, a.rows = rows, a.k = k;
+  a.index = reinterpret_cast<const int64_t*>(index);
+  a.lam = reinterpret_cast<const float*>(lam);
+  a.offset = reinterpret_cast<const int32_t*>(offset);
+  a.flip = reinterpret_cast<const uint8_t*>(flip);
+  a.row_id = reinterpret_cast<const int64_t*>(row_id);
+  read_key(mask_key, a.mask_key);
+  a.epoch = epoch;
+  if (sign < 0 || sign > 2) fail("sign must be 0 (flip), 1 (abs) or 2 (none)");
+  a.sign = SignMode(sign);
+  if (out_type < 0 || out_type > 2) fail("out_type must be 0, 1 or 2");
+  a.out = reinterpret_cast<void*>(out);
+  a.out_type = OutType(out_type);
+  a.out_channels_last = out_channels_last;
+  a.out_height = out_height, a.out_width = out_width;
+  py::gil_scoped_release release;
+  encode_cuda_on_device(a, device, reinterpret_cast<void*>(stream));
+#else
+  (void)sources, (void)private_terms, (void)rows, (void)k, (void)index, (void)lam, (void)offset, (void)flip;
+  (void)row_id, (void)mask_key, (void)epoch, (void)sign, (void)out, (void)out_type, (void)out_channels_last;
+  (void)out_height, (void)out_width, (void)device, (void)stream;
+  throw std::runtime_error("instahide was built without CUDA (no nvcc at build time, or INSTAHIDE_CUDA=off)");
+#endif
+}
+
+py::dict build_info() {
+  py::dict info;
+#if INSTAHIDE_WITH_CUDA
+  info["cuda_compiled"] = true;
+  info["cuda_architectures"] = std::string(INSTAHIDE_CUDA_ARCHS);
+  info["cuda_toolkit"] = std::string(INSTAHIDE_CUDA_VERSION);
+  info["cuda_devices"] = cuda_device_count();
+  info["cuda_status"] = cuda_status();
+#else
+  info["cuda_compiled"] = false;
+  info["cuda_architectures"] = "";
+  info["cuda_toolkit"] = "";
+  info["cuda_devices"] = 0;
+  info["cuda_status"] = "not compiled with CUDA";
+#endif
+  info["cpu_cores"] = available_cores();
+  return info;
+}
+
+int pointer_device(uintptr_t pointer) {
+#if INSTAHIDE_WITH_CUDA
+  return cuda_pointer_device(reinterpret_cast<const void*>(pointer));
+#else
+  (void)pointer;
+  return -1;
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -148,5 +236,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("available_cores", &available_cores);
   m.def("get_num_threads", &default_threads);
   m.def("set_num_threads", &set_default_threads, py::arg("n"));
-  m.attr("cuda_compiled") = false;
+  m.def("encode_cuda", &encode_on_cuda, py::arg("sources"), py::arg("private_terms"), py::arg("rows"), py::arg("k"),
+        py::arg("index"), py::arg("lam"), py::arg("offset"), py::arg("flip"), py::arg("row_id"), py::arg("mask_key"),
+        py::arg("epoch"), py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"),
+        py::arg("out_height"), py::arg("out_width"), py::arg("device"), py::arg("stream"));
+  m.def("build_info", &build_info);
+  m.def("pointer_device", &pointer_device, py::arg("pointer"));
 }

@@ -475,6 +475,25 @@ void encode_cuda(const EncodeArgs& args, void* stream) {
   }
 }
 
+void encode_cuda_on_device(const EncodeArgs& args, int device, void* stream) {
+  int previous = 0;
+  check_cuda(cudaGetDevice(&previous), "cudaGetDevice");
+  if (previous != device) check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  try {
+    encode_cuda(args, stream);
+  } catch (...) {
+    if (previous != device) (void)cudaSetDevice(previous);
+    throw;
+  }
+  if (previous != device) check_cuda(cudaSetDevice(previous), "cudaSetDevice");
+}
+
+int cuda_pointer_device(const void* pointer) {
+  cudaPointerAttributes attributes;
+  check_cuda(cudaPointerGetAttributes(&attributes, pointer), "cudaPointerGetAttributes");
+  return attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged ? attributes.device : -1;
+}
+
 int cuda_device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -18,6 +18,12 @@ namespace instahide {
 // as an all-zero image instead of reading out of bounds.
 void encode_cuda(const EncodeArgs& args, void* stream);
 
+// encode_cuda on `device`, restoring the caller's current device afterwards.
+void encode_cuda_on_device(const EncodeArgs& args, int device, void* stream);
+
+// The device owning a device (or managed) pointer; -1 for host memory.
+int cuda_pointer_device(const void* pointer);
+
 // Usable CUDA devices; 0 (never throws) where there is no driver or no device.
 int cuda_device_count();
 

@@ -19,7 +19,8 @@ __all__ = [
 
 
 def build_info() -> dict:
-    """How the compiled core was built, and whether a CUDA device is usable now."""
+    """How the compiled core was built (CUDA compiled in, for which architectures), whether a
+    CUDA device is usable now, and the CPU threads in use."""
     from . import _core
 
-    return {"version": __version__, "cuda_compiled": bool(_core.cuda_compiled), "cpu_threads": get_num_threads()}
+    return {"version": __version__, **_core.build_info(), "cpu_threads": get_num_threads()}

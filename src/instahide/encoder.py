@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _arrays, _core
+from . import _arrays, _core, _cuda
 from .keys import Keys, check_secret_key, derive_keys, new_secret_key
 
 _SIGNS = {"flip": 0, "abs": 1, "none": 2}
@@ -63,6 +63,14 @@ class Encoder:
         self._secret = new_secret_key() if key is None else check_secret_key(key)
 
     @property
+    def _sign_code(self) -> int:
+        return _SIGNS[self.sign]
+
+    @property
+    def _out_code(self) -> int:
+        return _OUT_CODES[self.out_dtype]
+
+    @property
     def key(self) -> bytes:
         """The secret key: it derives every epoch's keys. Keep it secret."""
         return self._secret
@@ -81,8 +89,12 @@ class Encoder:
 
         `images` (N, C, H, W) or (N, H, W, C), uint8 or float32, and `labels` (class ids (N,)
         or soft labels (N, K)) are the whole private set: partners come from all of it.
-        Returns (encoded, soft_labels): numpy arrays, or torch tensors for torch input.
+        Returns (encoded, soft_labels): numpy arrays, or torch tensors for torch input. Images
+        on a GPU (torch CUDA tensors, CuPy arrays) encode there, on the current stream,
+        asynchronously; the outputs are on the same device.
         """
+        if _cuda.is_cuda_array(images):
+            return _cuda.encode(self, images, labels, keys, rows)
         torch_input = _arrays.is_torch(images)
         x = _arrays.as_numpy(images, "images")
         channels_last = _arrays.channels_last(x, self.layout)
@@ -99,8 +111,8 @@ class Encoder:
         out_shape = (len(rows), height, width, channels) if self.out_layout == "NHWC" else (len(rows), channels, height, width)
         out = np.empty(out_shape, _arrays.numpy_out_dtype(self.out_dtype))
         _core.encode([source], keys.private_terms, keys.index[rows], keys.lam[rows], keys.offset[rows],
-                     keys.flip[rows], rows, keys.mask_key, keys.epoch, _SIGNS[self.sign], out,
-                     _OUT_CODES[self.out_dtype], self.out_layout == "NHWC", self.num_threads)
+                     keys.flip[rows], rows, keys.mask_key, keys.epoch, self._sign_code, out, self._out_code,
+                     self.out_layout == "NHWC", self.num_threads)
         soft = self._mix_labels(labels, keys, rows)
         if torch_input:
             return _to_torch(out, self.out_dtype), _to_torch(soft, "float32")

@@ -1,0 +1,139 @@
+"""Encoding arrays that live on a GPU: torch CUDA tensors and other objects exposing
+``__cuda_array_interface__`` (e.g. CuPy), read through their pointers, shapes and strides
+(no libtorch link, as faiss's contrib/torch_utils does). The kernel runs on the caller's
+current stream of the array's device, asynchronously.
+
+Keys are uploaded once per epoch and device (cached on the Keys object); each batch gathers
+its rows on the device. Output is allocated on the same device by the array's own library.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from . import _arrays, _core
+
+_PIXEL = {np.dtype(np.uint8): 0, np.dtype(np.float32): 1}
+_device_tables: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def is_cuda_array(x) -> bool:
+    if _arrays.is_torch(x):
+        return x.device.type == "cuda"
+    return hasattr(x, "__cuda_array_interface__")
+
+
+class _Library:
+    """The few array operations the CUDA path needs, from torch or CuPy."""
+
+    def __init__(self, x) -> None:
+        if _arrays.is_torch(x):
+            import torch
+
+            self.name, self.xp = "torch", torch
+            self.device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        elif type(x).__module__.split(".")[0] == "cupy":
+            import cupy
+
+            self.name, self.xp = "cupy", cupy
+            self.device = x.device.id
+        else:
+            raise TypeError(f"{type(x).__name__} exposes __cuda_array_interface__ but is neither a torch tensor "
+                            "nor a CuPy array; convert it to one of those")
+
+    def stream(self) -> int:
+        if self.name == "torch":
+            return self.xp.cuda.current_stream(self.device).cuda_stream
+        with self.xp.cuda.Device(self.device):
+            return self.xp.cuda.get_current_stream().ptr
+
+    def upload(self, array: np.ndarray):
+        if self.name == "torch":
+            return self.xp.from_numpy(np.ascontiguousarray(array)).to(f"cuda:{self.device}", non_blocking=False)
+        with self.xp.cuda.Device(self.device):
+            return self.xp.asarray(array)
+
+    def empty(self, shape, dtype: str):
+        if self.name == "torch":
+            return self.xp.empty(shape, dtype=getattr(self.xp, dtype), device=f"cuda:{self.device}")
+        if dtype == "bfloat16":
+            raise TypeError("CuPy has no bfloat16: use out_dtype float32 or float16, or torch tensors")
+        with self.xp.cuda.Device(self.device):
+            return self.xp.empty(shape, dtype=dtype)
+
+    @staticmethod
+    def pointer(a) -> int:
+        return a.__cuda_array_interface__["data"][0]
+
+
+def _interface(x, name: str):
+    """(pointer, dtype, shape, strides in elements) of a CUDA array."""
+    cai = x.__cuda_array_interface__
+    dtype = np.dtype(cai["typestr"])
+    shape = tuple(cai["shape"])
+    strides = cai.get("strides")
+    if strides is None:  # C-contiguous
+        strides = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * dtype.itemsize for i in range(len(shape)))
+    if any(s % dtype.itemsize for s in strides):
+        raise ValueError(f"{name}: strides must be multiples of the element size")
+    return cai["data"][0], dtype, shape, tuple(s // dtype.itemsize for s in strides)
+
+
+def _tables(keys, lib: _Library):
+    """The keys' per-row tables on the device, uploaded once per (keys, device)."""
+    per_keys = _device_tables.setdefault(keys, {})
+    if lib.device not in per_keys:
+        per_keys[lib.device] = {name: lib.upload(value) for name, value in (
+            ("index", keys.index), ("lam", keys.lam), ("offset", keys.offset), ("flip", keys.flip.view(np.uint8)))}
+    return per_keys[lib.device]
+
+
+def encode(encoder, images, labels, keys, rows):
+    """Encoder.encode for CUDA images; returns arrays of the images' library on its device."""
+    lib = _Library(images)
+    pointer, dtype, shape, strides = _interface(images, "images")
+    if dtype not in _PIXEL:
+        raise TypeError(f"images must be uint8 or float32, got {dtype}")
+    if len(shape) != 4:
+        raise ValueError(f"images must be 4-d (N, C, H, W) or (N, H, W, C), got shape {shape}")
+    owner = _core.pointer_device(pointer) if shape[0] else lib.device
+    if owner != lib.device:
+        raise ValueError(f"images claim device {lib.device} but their memory is on device {owner}")
+    channels_last = _arrays.channels_last(np.empty((0, *shape[1:]), dtype), encoder.layout)
+    axes = (0, 3, 1, 2) if channels_last else (0, 1, 2, 3)
+    n, channels, height, width = (shape[a] for a in axes)
+    _arrays.check_keys(keys, n)
+    if keys.k != encoder.k:
+        raise ValueError(f"the keys have k={keys.k} terms, the encoder k={encoder.k}")
+    rows = _arrays.row_ids(rows, n)
+    mean, std = _arrays.normalization(encoder.mean, encoder.std, channels)
+    unit = np.float32(1 / 255) if dtype == np.uint8 else np.float32(1)
+    source = (pointer, _PIXEL[dtype], (n, channels, height, width), tuple(strides[a] for a in axes),
+              (unit / std).tolist(), (mean / std).tolist())
+
+    out_shape = (len(rows), height, width, channels) if encoder.out_layout == "NHWC" else (len(rows), channels, height, width)
+    out = lib.empty(out_shape, encoder.out_dtype)
+    soft = encoder._mix_labels(_host_labels(labels), keys, rows)
+    if len(rows) == 0:
+        return out, lib.upload(soft)
+    tables = _tables(keys, lib)
+    device_rows = lib.upload(rows)
+    batch = {name: table[device_rows] for name, table in tables.items()}  # gathers on the device
+    if lib.name == "torch":
+        batch = {name: t.contiguous() for name, t in batch.items()}
+    _core.encode_cuda([source], keys.private_terms, len(rows), keys.k, lib.pointer(batch["index"]),
+                      lib.pointer(batch["lam"]), lib.pointer(batch["offset"]), lib.pointer(batch["flip"]),
+                      lib.pointer(device_rows), keys.mask_key, keys.epoch, encoder._sign_code, lib.pointer(out),
+                      encoder._out_code, encoder.out_layout == "NHWC", height, width, lib.device, lib.stream())
+    return out, lib.upload(soft)
+
+
+def _host_labels(labels):
+    """Labels for the (small) soft-label computation, which runs on the host."""
+    if _arrays.is_torch(labels):
+        return labels.detach().cpu().numpy()
+    if hasattr(labels, "__cuda_array_interface__") and hasattr(labels, "get"):
+        return labels.get()  # CuPy
+    return labels

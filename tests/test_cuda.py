@@ -1,0 +1,154 @@
+"""The CUDA kernel against the CPU core and the numpy reference. The GPU tests skip where no
+CUDA device is usable; the build tests always run."""
+
+import itertools
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import instahide
+from instahide import reference
+
+from conftest import CIFAR_MEAN, CIFAR_STD
+from helpers import assert_encodings_close, assert_signs_identical
+
+INFO = instahide.build_info()
+
+
+def test_cuda_objects_compiled_when_nvcc_is_present():
+    if os.environ.get("INSTAHIDE_CUDA") == "off":
+        pytest.skip("built with INSTAHIDE_CUDA=off")
+    if shutil.which("nvcc") is None and not INFO["cuda_compiled"]:
+        pytest.skip("no nvcc on this machine")
+    assert INFO["cuda_compiled"], "nvcc is on PATH but the CUDA kernels were not compiled in"
+    assert "80" in INFO["cuda_architectures"] and "90" in INFO["cuda_architectures"]
+
+
+def test_build_info_reports_the_device_state():
+    assert isinstance(INFO["cuda_status"], str) and INFO["cuda_status"]
+    assert INFO["cuda_devices"] >= 0 and INFO["cpu_cores"] >= 1
+
+
+@pytest.mark.skipif(not INFO["cuda_compiled"] or INFO["cuda_devices"] > 0, reason="needs a CUDA build without a GPU")
+def test_cuda_errors_become_python_exceptions_without_a_device():
+    with pytest.raises(RuntimeError, match="cuda"):
+        instahide._core.encode_cuda([(1, 0, (1, 3, 4, 4), (48, 16, 4, 1), [1.0] * 3, [0.0] * 3)], 1, 1, 1, 8, 8, 8, 8, 8,
+                                    bytes(32), 0, 0, 8, 0, False, 4, 4, 0, 0)
+
+
+torch = pytest.importorskip("torch")
+needs_gpu = pytest.mark.skipif(not (INFO["cuda_devices"] > 0 and torch.cuda.is_available()), reason="no usable CUDA device")
+
+
+def encode_three_ways(images, labels, encoder, keys, rows=None):
+    """(CUDA output on the host, CPU output, reference output)."""
+    gpu, gpu_soft = encoder.encode(images.cuda(), labels.cuda(), keys, rows=rows)
+    torch.cuda.synchronize()
+    cpu, cpu_soft = encoder.encode(images, labels, keys, rows=rows)
+    ref, _ = reference.encode(images.numpy(), labels.numpy(), keys, rows=rows, sign=encoder.sign, mean=encoder.mean,
+                              std=encoder.std, layout=encoder.layout, out_layout=encoder.out_layout,
+                              out_dtype=encoder.out_dtype)
+    to_numpy = (lambda t: t.view(torch.int16).cpu().numpy().view(np.uint16)) if encoder.out_dtype == "bfloat16" else (
+        lambda t: t.cpu().numpy())
+    np.testing.assert_allclose(gpu_soft.cpu().numpy(), cpu_soft.numpy(), rtol=1e-6)
+    return to_numpy(gpu), to_numpy(cpu), ref
+
+
+@needs_gpu
+@pytest.mark.parametrize("layout,out_layout,dtype", itertools.product(["NHWC", "NCHW"], ["NCHW", "NHWC"], ["uint8", "float32"]))
+@pytest.mark.parametrize("out_dtype", ["float32", "float16", "bfloat16"])
+def test_cuda_matches_cpu_and_reference(layout, out_layout, dtype, out_dtype):
+    rng = np.random.default_rng()
+    x = rng.integers(0, 256, (64, 20, 18, 3)).astype(dtype)
+    if layout == "NCHW":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    images, labels = torch.from_numpy(x), torch.from_numpy(rng.integers(0, 10, 64))
+    for options in (dict(k=4), dict(k=3, pad=4, hflip=True, sign="abs"), dict(k=6, distinct=True, sign="none")):
+        encoder = instahide.Encoder(mean=CIFAR_MEAN, std=CIFAR_STD, out_dtype=out_dtype, layout=layout,
+                                    out_layout=out_layout, **options)
+        keys = encoder.keys(64, int(rng.integers(0, 2**32)))
+        gpu, cpu, ref = encode_three_ways(images, labels, encoder, keys, rows=rng.permutation(64)[:50])
+        assert_encodings_close(gpu, cpu, out_dtype)
+        assert_encodings_close(gpu, ref, out_dtype)
+        if encoder.sign == "flip":
+            assert_signs_identical(gpu, ref, out_dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("k", range(1, 9))
+def test_cuda_every_k_on_real_images(cifar_test, k):
+    images, labels = (torch.from_numpy(a) for a in cifar_test)
+    encoder = instahide.Encoder(k=k, mean=CIFAR_MEAN, std=CIFAR_STD, pad=4, hflip=True)
+    keys = encoder.keys(len(images), k)
+    gpu, cpu, ref = encode_three_ways(images, labels, encoder, keys, rows=np.arange(0, len(images), 7))
+    assert_encodings_close(gpu, cpu, "float32")
+    assert_encodings_close(gpu, ref, "float32")
+    assert_signs_identical(gpu, ref, "float32")
+
+
+@needs_gpu
+def test_cuda_mask_is_bit_exact():
+    images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (300,))
+    key = instahide.new_secret_key()
+    keys = instahide.Encoder(k=4, key=key).keys(300, 5)
+    signed = instahide.Encoder(k=4, key=key).encode(images.cuda(), labels, keys)[0].cpu().numpy()
+    plain = instahide.Encoder(k=4, key=key, sign="none").encode(images.cuda(), labels, keys)[0].cpu().numpy()
+    mask = instahide.mask(keys.mask_key, keys.epoch, np.arange(300), (3, 32, 32))
+    assert np.array_equal(signed.view(np.uint32), plain.view(np.uint32) ^ np.where(mask < 0, np.uint32(1 << 31), 0))
+
+
+@needs_gpu
+def test_cuda_non_contiguous_inputs():
+    base = torch.randint(0, 256, (40, 40, 36, 3), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (20,))
+    view = base[::2, 3:35, 2:34]
+    encoder = instahide.Encoder(k=3, pad=2, hflip=True)
+    keys = encoder.keys(20, 0)
+    gpu, _ = encoder.encode(base.cuda()[::2, 3:35, 2:34], labels, keys)
+    cpu, _ = encoder.encode(view, labels, keys)
+    assert_encodings_close(gpu.cpu().numpy(), cpu.numpy(), "float32")
+
+
+@needs_gpu
+def test_cuda_runs_on_the_current_stream():
+    images = torch.randint(0, 256, (4096, 32, 32, 3), dtype=torch.uint8, device="cuda")
+    labels = torch.randint(0, 10, (4096,))
+    encoder = instahide.Encoder(k=4)
+    keys = encoder.keys(4096, 0)
+    expected, _ = encoder.encode(images, labels, keys)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # keep the side stream busy: a wrong stream would race ahead
+        out, _ = encoder.encode(images, labels, keys)
+    side.synchronize()
+    assert torch.equal(out, expected)
+
+
+@needs_gpu
+def test_cuda_empty_batch_and_device_guard():
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8, device="cuda")
+    encoder = instahide.Encoder(k=2)
+    keys = encoder.keys(10, 0)
+    out, soft = encoder.encode(images, torch.zeros(10, dtype=torch.int64), keys, rows=np.array([], np.int64))
+    assert out.shape == (0, 3, 8, 8) and out.is_cuda
+    if torch.cuda.device_count() > 1:
+        on_one = images.to("cuda:1")
+        before = torch.cuda.current_device()
+        out, _ = encoder.encode(on_one, torch.zeros(10, dtype=torch.int64), keys)
+        assert out.device.index == 1 and torch.cuda.current_device() == before
+        expected, _ = encoder.encode(images, torch.zeros(10, dtype=torch.int64), keys)
+        assert torch.equal(out.cpu(), expected.cpu())
+
+
+@needs_gpu
+def test_cuda_bad_inputs():
+    encoder = instahide.Encoder(k=2)
+    keys = encoder.keys(10, 0)
+    with pytest.raises(TypeError, match="uint8 or float32"):
+        encoder.encode(torch.zeros((10, 3, 8, 8), dtype=torch.float64, device="cuda"), torch.zeros(10, dtype=torch.int64), keys)
+    with pytest.raises(ValueError, match="20 rows|10 rows"):
+        encoder.encode(torch.zeros((20, 3, 8, 8), dtype=torch.uint8, device="cuda"), torch.zeros(20, dtype=torch.int64), keys)
