@@ -28,6 +28,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={build_type}",
             f"-DINSTAHIDE_CUDA={os.environ.get('INSTAHIDE_CUDA', 'auto')}",
         ]
+        cmake_args += [arg for arg in os.environ.get("CMAKE_ARGS", "").split(" ") if arg]  # e.g. GPU architectures
         try:
             import ninja  # noqa: F401
 

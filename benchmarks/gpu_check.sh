@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One script for a GPU session (under 8 minutes on an H100): build the package with the CUDA
+# kernels, run the CUDA tests, time the GPU path. Needs python3 with torch, pybind11, numpy,
+# cmake and ninja; downloads nothing. Results go to ${OUT:-.}/gpu_check/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-.}/gpu_check"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
+
+# Build in place for this machine's GPU (plus the portable sm_80/sm_90 set).
+export INSTAHIDE_CUDA=on
+arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+cmake_args="-DINSTAHIDE_CUDA_ARCHITECTURES=80-real;90-real;90-virtual"
+[ -n "$arch" ] && [ "$arch" != 80 ] && [ "$arch" != 90 ] && cmake_args="-DINSTAHIDE_CUDA_ARCHITECTURES=80-real;90-real;${arch}-real;90-virtual"
+CMAKE_ARGS="$cmake_args" python3 setup.py -q build_ext --inplace 2>&1 | tail -20
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+python3 -c "import instahide, json; print(json.dumps(instahide.build_info(), indent=1))" | tee "$out/build_info.json"
+
+# Correctness first: CUDA vs CPU vs reference.
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_chacha20.py tests/test_encode.py 2>&1 | tee "$out/tests.txt" | tail -15
+
+# Then throughput.
+python3 benchmarks/gpu_throughput.py --json "$out/gpu_throughput.json" 2>&1 | tee "$out/gpu_throughput.txt"
