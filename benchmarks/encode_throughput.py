@@ -21,23 +21,24 @@ import time
 
 import numpy as np
 
+try:
+    from tqdm import tqdm
+except ImportError:  # progress bars are optional
+    def tqdm(iterable, **_):
+        return iterable
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads  # noqa: E402
 
 import instahide  # noqa: E402
 
 
-def time_batches(encode, batches, repeats: int, warmup: int = 2) -> float:
-    """Median seconds per image over `repeats` passes over `batches`."""
-    for rows in batches[:warmup]:
+def time_pass(encode, batches) -> float:
+    """Seconds per image of one pass over `batches`."""
+    start = time.perf_counter()
+    for rows in batches:
         encode(rows)
-    per_image = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for rows in batches:
-            encode(rows)
-        per_image.append((time.perf_counter() - start) / sum(len(r) for r in batches))
-    return float(np.median(per_image))
+    return (time.perf_counter() - start) / sum(len(r) for r in batches)
 
 
 def main(argv=None) -> dict:
@@ -46,7 +47,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0, help="0: the cores this process may use")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9, help="rounds; medians are reported")
     parser.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10")
     parser.add_argument("--skip", nargs="*", default=[], help="implementations to leave out")
     args = parser.parse_args(argv)
@@ -58,30 +59,40 @@ def main(argv=None) -> dict:
     print(f"{w.source}: {w.n} images {w.images.shape[1:]}, k={w.k}, batch {w.batch}, {threads} threads, "
           f"{w.bytes_per_image} bytes moved per image")
 
-    copy = workloads.copy_bandwidth(threads=threads)
-    copy_gbps = max(copy.values())
-    print("copy bandwidth: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in copy.items()))
-
     implementations = {
         "fused_cpu": (lambda: workloads.make_fused_cpu(w, threads), batches),
         "numpy_reference": (lambda: workloads.make_numpy_reference(w), batches[:8]),
         "numpy_vectorized": (lambda: workloads.make_numpy_vectorized(w), batches[:24]),
         "torch_ops": (lambda: workloads.make_torch_ops(w, threads), batches[:24]),
     }
-    results = []
+    encoders = {}
     for name, (make, subset) in implementations.items():
         if name in args.skip:
             continue
         try:
-            encode = make()
+            encoders[name] = (make(), subset)
         except ImportError as error:
             print(f"{name}: skipped ({error})")
-            continue
-        seconds = time_batches(encode, subset, args.repeats)
-        ips = 1.0 / seconds
+    for encode, subset in encoders.values():  # warm-up
+        for rows in subset[:2]:
+            encode(rows)
+
+    # Rounds: every implementation and the copy once per round, so that all of them see the
+    # same machine state; medians over rounds.
+    per_image = {name: [] for name in encoders}
+    copies = []
+    for _ in tqdm(range(args.repeats), desc="rounds", disable=not sys.stderr.isatty()):
+        copies.append(workloads.copy_bandwidth(threads=threads, repeats=3))
+        for name, (encode, subset) in encoders.items():
+            per_image[name].append(time_pass(encode, subset))
+    copy = {kind: float(np.median([c[kind] for c in copies])) for kind in copies[0]}
+    copy_gbps = max(copy.values())
+    print("copy bandwidth: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in copy.items()))
+    results = []
+    for name, seconds in per_image.items():
+        ips = 1.0 / float(np.median(seconds))
         gbps = ips * w.bytes_per_image / 1e9
         results.append({"impl": name, "images_per_s": ips, "gbps": gbps, "fraction_of_copy": gbps / copy_gbps})
-        del encode
 
     key_seconds = min(timeit_keys(w) for _ in range(3))
     fused = next((r for r in results if r["impl"] == "fused_cpu"), None)

@@ -56,7 +56,7 @@ def test_keys_that_do_not_match(setup):
     bad_index[5, 2] = 20
     forged = instahide.Keys(index=bad_index, lam=keys.lam, offset=keys.offset, flip=keys.flip, epoch=0,
                             mask_key=keys.mask_key, private_terms=3)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match=r"keys.index\[5, 2\] = 20 is out of range"):
         encoder.encode(images, labels, forged)
     with pytest.raises(ValueError, match="outside"):
         instahide.reference.encode(images, labels, forged)

@@ -148,7 +148,7 @@ struct Prefetcher {
 
   INSTAHIDE_INLINE void step() {
     for (int64_t i = 0; i < per_step && term < count; ++i) {
-      __builtin_prefetch(image[term] + offset);
+      __builtin_prefetch(image[term] + offset, 0, 1);  // to L2: the row after this one reads it
       offset += 64;
       if (offset >= bytes[term]) offset = 0, ++term;
     }
@@ -376,6 +376,33 @@ INSTAHIDE_INLINE void stream_copy(void* dst, const void* src, int64_t bytes) {
 #endif
 }
 
+// One output plane run straight from the accumulator: 32 elements at a time are gathered
+// (every `stride`-th word: 1 planar, C interleaved), signed by mask bits j0 + i, converted and
+// streamed out, so the tile is read once and the output written once.
+template <typename Conv, typename Out, int kStride>
+INSTAHIDE_INLINE void store_plane(Out* dst, const uint32_t* __restrict src, int64_t stride,
+                                  const uint8_t* __restrict keystream, int64_t j0, int64_t n, uint32_t keep, bool flip) {
+  const int64_t s = kStride > 0 ? kStride : stride;
+  alignas(64) Out chunk[32];
+  for (int64_t i0 = 0; i0 < n; i0 += 32) {
+    uint32_t bits = 0;
+    if (flip) {
+      const int64_t j = j0 + i0;
+      uint64_t word;
+      std::memcpy(&word, keystream + (j >> 3), 8);
+      bits = uint32_t(word >> (j & 7));
+    }
+    const uint32_t* p = src + i0 * s;
+    const int64_t m = std::min<int64_t>(32, n - i0);
+    if (m == 32) {
+      for (int i = 0; i < 32; ++i) chunk[i] = Conv::go((p[i * s] & keep) ^ (((bits >> i) & 1u) << 31));
+    } else {
+      for (int64_t i = 0; i < m; ++i) chunk[i] = Conv::go((p[i * s] & keep) ^ (((bits >> i) & 1u) << 31));
+    }
+    stream_copy(dst + i0, chunk, m * int64_t(sizeof(Out)));
+  }
+}
+
 // Signs and writes the tile: planes hold channel c's rows at c * plane_stride (float bits).
 template <typename Conv, typename Out>
 INSTAHIDE_INLINE void store_tile(const EncodeArgs& args, Out* out_image, uint32_t* planes, int64_t plane_stride,
@@ -542,6 +569,22 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, int64_t r, const uint8_
         accumulate_term<float>(target, term, tile, lo, hi, pf);
     }
     if (any_flip) add_mirrored(acc, mirror, tile);
+    const uint32_t* acc_bits = reinterpret_cast<const uint32_t*>(acc);
+    if (!args.out_channels_last) {
+      const uint32_t keep = args.sign == SignMode::kAbs ? 0x7fffffffu : 0xffffffffu;
+      const bool flip = args.sign == SignMode::kFlip;
+      for (int64_t c = 0; c < C; ++c) {
+        Out* dst = out_image + (c * H + y0) * W;
+        const int64_t j0 = (c * H + y0) * W, n = tile.rows * W;  // mask bit j = c*H*W + y*W + x
+        if (!interleaved)
+          store_plane<Conv, Out, 1>(dst, acc_bits + c * tile.plane, 1, keystream, j0, n, keep, flip);
+        else if (C == 3)
+          store_plane<Conv, Out, 3>(dst, acc_bits + c, 3, keystream, j0, n, keep, flip);
+        else
+          store_plane<Conv, Out, 0>(dst, acc_bits + c, C, keystream, j0, n, keep, flip);
+      }
+      continue;
+    }
     uint32_t* planes = reinterpret_cast<uint32_t*>(acc);
     int64_t plane_stride = tile.plane;
     if (interleaved) {

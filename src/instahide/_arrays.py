@@ -58,7 +58,9 @@ def row_ids(rows, n: int) -> np.ndarray:
     return rows
 
 
-def check_keys(keys, n: int) -> None:
+def check_keys(keys, n: int, check_indices: bool = True) -> None:
+    """Keys for n images; `check_indices=False` leaves the index range to the compiled core,
+    which checks every row it encodes (a full scan per batch would cost more than a batch)."""
     from .keys import Keys
 
     if not isinstance(keys, Keys):
@@ -67,7 +69,7 @@ def check_keys(keys, n: int) -> None:
         raise ValueError(f"the keys are for {keys.n} rows but there are {n} images")
     if keys.private_terms != keys.k:
         raise ValueError("these keys have public terms; pass a public pool")
-    if keys.index.size and (keys.index.min() < 0 or keys.index.max() >= n):
+    if check_indices and keys.index.size and (keys.index.min() < 0 or keys.index.max() >= n):
         raise ValueError(f"keys.index refers to images outside [0, {n})")
 
 

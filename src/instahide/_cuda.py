@@ -104,14 +104,15 @@ def encode(encoder, images, labels, keys, rows):
     channels_last = _arrays.channels_last(np.empty((0, *shape[1:]), dtype), encoder.layout)
     axes = (0, 3, 1, 2) if channels_last else (0, 1, 2, 3)
     n, channels, height, width = (shape[a] for a in axes)
-    _arrays.check_keys(keys, n)
+    _arrays.check_keys(keys, n, check_indices=False)
     if keys.k != encoder.k:
         raise ValueError(f"the keys have k={keys.k} terms, the encoder k={encoder.k}")
     rows = _arrays.row_ids(rows, n)
-    mean, std = _arrays.normalization(encoder.mean, encoder.std, channels)
-    unit = np.float32(1 / 255) if dtype == np.uint8 else np.float32(1)
+    used = keys.index[rows]  # the kernel reads indices from device memory: check this batch's here
+    if used.size and (used.min() < 0 or used.max() >= n):
+        raise ValueError(f"keys.index refers to images outside [0, {n})")
     source = (pointer, _PIXEL[dtype], (n, channels, height, width), tuple(strides[a] for a in axes),
-              (unit / std).tolist(), (mean / std).tolist())
+              *encoder._scale_shift(channels, dtype))
 
     out_shape = (len(rows), height, width, channels) if encoder.out_layout == "NHWC" else (len(rows), channels, height, width)
     out = lib.empty(out_shape, encoder.out_dtype)

@@ -61,6 +61,7 @@ class Encoder:
         self.num_classes, self.renormalize_labels = num_classes, bool(renormalize_labels)
         self.num_threads = int(num_threads)
         self._secret = new_secret_key() if key is None else check_secret_key(key)
+        self._normalization: dict = {}
 
     @property
     def _sign_code(self) -> int:
@@ -99,14 +100,12 @@ class Encoder:
         x = _arrays.as_numpy(images, "images")
         channels_last = _arrays.channels_last(x, self.layout)
         n = x.shape[0]
-        _arrays.check_keys(keys, n)
+        _arrays.check_keys(keys, n, check_indices=False)
         if keys.k != self.k:
             raise ValueError(f"the keys have k={keys.k} terms, the encoder k={self.k}")
         rows = _arrays.row_ids(rows, n)
         channels, height, width = (x.shape[3], x.shape[1], x.shape[2]) if channels_last else x.shape[1:]
-        mean, std = _arrays.normalization(self.mean, self.std, channels)
-        unit = np.float32(1 / 255) if x.dtype == np.uint8 else np.float32(1)
-        source = (x, channels_last, (unit / std).tolist(), (mean / std).tolist())
+        source = (x, channels_last, *self._scale_shift(channels, x.dtype))
 
         out_shape = (len(rows), height, width, channels) if self.out_layout == "NHWC" else (len(rows), channels, height, width)
         out = np.empty(out_shape, _arrays.numpy_out_dtype(self.out_dtype))
@@ -118,6 +117,15 @@ class Encoder:
             return _to_torch(out, self.out_dtype), _to_torch(soft, "float32")
         return out, soft
 
+    def _scale_shift(self, channels: int, dtype) -> tuple:
+        """Per-channel (scale, shift) of v' = v * scale - shift: unit/std and mean/std."""
+        cache_key = (channels, np.dtype(dtype))
+        if cache_key not in self._normalization:
+            mean, std = _arrays.normalization(self.mean, self.std, channels)
+            unit = np.float32(1 / 255) if np.dtype(dtype) == np.uint8 else np.float32(1)
+            self._normalization[cache_key] = ((unit / std).tolist(), (mean / std).tolist())
+        return self._normalization[cache_key]
+
     def _mix_labels(self, labels, keys: Keys, rows: np.ndarray) -> np.ndarray:
         """sum over private terms of lam[i, t] * onehot(label of term t), as float32."""
         labels, classes, soft_input = _arrays.check_labels(labels, keys.n, self.num_classes)
@@ -125,11 +133,10 @@ class Encoder:
         index, lam = keys.index[rows, :kp], keys.lam[rows, :kp]
         if soft_input:
             soft = np.einsum("bt,btc->bc", lam, labels[index].astype(np.float32))
-        else:
-            soft = np.zeros((len(rows), classes), np.float32)
-            batch = np.arange(len(rows))
-            for t in range(kp):
-                soft[batch, labels[index[:, t]]] += lam[:, t]
+        else:  # one weighted count per (row, class)
+            cells = np.arange(len(rows))[:, None] * classes + labels[index]
+            soft = np.bincount(cells.reshape(-1), weights=lam.reshape(-1), minlength=len(rows) * classes)
+            soft = soft.reshape(len(rows), classes).astype(np.float32)
         if self.renormalize_labels:
             soft /= lam.sum(axis=1, keepdims=True)
         return soft
