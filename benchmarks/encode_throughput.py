@@ -61,6 +61,8 @@ def main(argv=None) -> dict:
 
     implementations = {
         "fused_cpu": (lambda: workloads.make_fused_cpu(w, threads), batches),
+        # the authors' CIFAR augmentation (pad-4 random crop, horizontal flip) fused in
+        "fused_cpu_augment": (lambda: workloads.make_fused_cpu(w, threads, pad=4, hflip=True), batches),
         "numpy_reference": (lambda: workloads.make_numpy_reference(w), batches[:8]),
         "numpy_vectorized": (lambda: workloads.make_numpy_vectorized(w), batches[:24]),
         "torch_ops": (lambda: workloads.make_torch_ops(w, threads), batches[:24]),

@@ -49,8 +49,8 @@ def load_workload(k: int = 4, batch: int = 512, synthetic: bool = False, n: int 
     return Workload(images, rng.integers(0, 10, n), k, batch, "random uint8 images")
 
 
-def make_fused_cpu(w: Workload, threads: int = 0):
-    encoder = instahide.Encoder(k=w.k, mean=CIFAR_MEAN, std=CIFAR_STD, num_threads=threads)
+def make_fused_cpu(w: Workload, threads: int = 0, **options):
+    encoder = instahide.Encoder(k=w.k, mean=CIFAR_MEAN, std=CIFAR_STD, num_threads=threads, **options)
     keys = encoder.keys(w.n, 0)
     return lambda rows: encoder.encode(w.images, w.labels, keys, rows=rows)
 
