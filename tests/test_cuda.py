@@ -57,7 +57,7 @@ def encode_three_ways(images, labels, encoder, keys, rows=None):
 
 
 @needs_gpu
-@pytest.mark.parametrize("layout,out_layout,dtype", itertools.product(["NHWC", "NCHW"], ["NCHW", "NHWC"], ["uint8", "float32"]))
+@pytest.mark.parametrize("layout,out_layout,dtype", list(itertools.product(["NHWC", "NCHW"], ["NCHW", "NHWC"], ["uint8", "float32"])))
 @pytest.mark.parametrize("out_dtype", ["float32", "float16", "bfloat16"])
 def test_cuda_matches_cpu_and_reference(layout, out_layout, dtype, out_dtype):
     rng = np.random.default_rng()
