@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,20 +168,50 @@ def _coefficients(stream: Stream, n: int, k: int, upper: float) -> np.ndarray:
 
 
 def _repair_repeats(index: np.ndarray, t: int, stream: Stream) -> None:
-    """Makes slot t repeat no image of slots < t in any row by swapping entries of slot t
-    between rows (so that the slot stays a permutation): a random walk that fixes one clashing
-    row per swap and may move the clash to the other row, until none is left."""
+    """Makes slot t repeat no image of slots < t in any row while it stays a permutation.
+
+    Rows whose slot-t image clashes give their images up; each such row (in random order)
+    then takes a freed image it may hold, or, where none fits, re-routes images along an
+    augmenting path (bipartite matching of rows to images), which always exists: the slots
+    so far form a Latin rectangle, and those always extend (Hall's theorem)."""
     n = index.shape[0]
-    column = index[:, t]  # a view: swaps edit the keys
+    column = index[:, t]  # a view: the repair edits the keys
+    previous = index[:, :t]
+    clashing = np.flatnonzero((previous == column[:, None]).any(axis=1))
+    if clashing.size == 0:
+        return
+    clashing = clashing[stream.permutation(clashing.size)]
+    owner = np.empty(n, np.int64)
+    owner[column] = np.arange(n)
+    free = [int(image) for image in column[clashing][stream.permutation(clashing.size)]]
+    owner[free] = -1
 
-    def clashes(row: int, image: int) -> bool:
-        return bool((index[row, :t] == image).any())
+    def allowed(row: int, image: int) -> bool:
+        return not (previous[row] == image).any()
 
-    for _ in range(_MAX_REDRAW_ROUNDS):
-        pending = np.flatnonzero((index[:, :t] == column[:, None]).any(axis=1))
-        if pending.size == 0:
-            return
-        for row, other in zip(pending, stream.integers(0, n, pending.size)):
-            if clashes(row, column[row]) and not clashes(row, column[other]):
-                column[row], column[other] = column[other], column[row]
-    raise RuntimeError("could not find distinct partners")
+    for start in clashing:
+        start = int(start)
+        reached_by = {start: -1}  # row -> the image through which the search reached it
+        came_from = {}  # image -> the row that asked for it
+        queue, found = deque([start]), None
+        while queue and found is None:
+            row = queue.popleft()
+            found = next(((row, f) for f in free if allowed(row, f)), None)
+            if found:
+                break
+            for image in np.flatnonzero(~np.isin(np.arange(n), previous[row])):
+                image = int(image)
+                if image not in came_from and owner[image] >= 0 and owner[image] not in reached_by:
+                    came_from[image] = row
+                    reached_by[int(owner[image])] = image
+                    queue.append(int(owner[image]))
+        if found is None:
+            raise RuntimeError("could not find distinct partners")
+        row, image = found
+        free.remove(image)
+        while True:  # shift images back along the path
+            given_up = reached_by[row]
+            column[row], owner[image] = image, row
+            if given_up < 0:
+                break
+            row, image = came_from[given_up], given_up
