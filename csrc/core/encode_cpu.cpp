@@ -403,10 +403,11 @@ INSTAHIDE_INLINE void store_plane(Out* dst, const uint32_t* __restrict src, int6
   }
 }
 
-// Signs and writes the tile: planes hold channel c's rows at c * plane_stride (float bits).
+// Signs and writes the tile to channels-last output: planes hold channel c's rows at
+// c * plane_stride (float bits).
 template <typename Conv, typename Out>
-INSTAHIDE_INLINE void store_tile(const EncodeArgs& args, Out* out_image, uint32_t* planes, int64_t plane_stride,
-                       const uint8_t* keystream, const Tile& tile) {
+INSTAHIDE_INLINE void store_tile_channels_last(const EncodeArgs& args, Out* out_image, uint32_t* planes,
+                                               int64_t plane_stride, const uint8_t* keystream, const Tile& tile) {
   const int64_t C = tile.C, H = tile.H, W = tile.W, n = tile.rows * W;
   for (int64_t c = 0; c < C; ++c) {
     uint32_t* p = planes + c * plane_stride;
@@ -416,16 +417,8 @@ INSTAHIDE_INLINE void store_tile(const EncodeArgs& args, Out* out_image, uint32_
       for (int64_t i = 0; i < n; ++i) p[i] &= 0x7fffffffu;
     }
   }
-  if (!args.out_channels_last) {
-    for (int64_t c = 0; c < C; ++c) {
-      uint32_t* p = planes + c * plane_stride;
-      Out* converted = reinterpret_cast<Out*>(p);  // in place: element i lands at or before p + i
-      if (sizeof(Out) != 4)
-        for (int64_t i = 0; i < n; ++i) converted[i] = Conv::go(p[i]);
-      stream_copy(out_image + (c * H + tile.y0) * W, converted, n * int64_t(sizeof(Out)));
-    }
-  } else if (C == 3) {
-    Out* __restrict o = out_image + tile.y0 * W * 3;
+  Out* __restrict o = out_image + tile.y0 * W * C;
+  if (C == 3) {
     const uint32_t *p0 = planes, *p1 = planes + plane_stride, *p2 = planes + 2 * plane_stride;
     for (int64_t i = 0; i < n; ++i) {
       o[3 * i] = Conv::go(p0[i]);
@@ -433,7 +426,6 @@ INSTAHIDE_INLINE void store_tile(const EncodeArgs& args, Out* out_image, uint32_
       o[3 * i + 2] = Conv::go(p2[i]);
     }
   } else {
-    Out* o = out_image + tile.y0 * W * C;
     for (int64_t i = 0; i < n; ++i)
       for (int64_t c = 0; c < C; ++c) o[i * C + c] = Conv::go(planes[c * plane_stride + i]);
   }
@@ -592,7 +584,7 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, int64_t r, const uint8_
       planes = s.planes.data();
       plane_stride = tile.rows * W;
     }
-    store_tile<Conv>(args, out_image, planes, plane_stride, keystream, tile);
+    store_tile_channels_last<Conv>(args, out_image, planes, plane_stride, keystream, tile);
   }
   pf.finish();
 }
