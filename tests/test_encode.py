@@ -4,6 +4,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import instahide
 from instahide import reference
@@ -190,3 +192,18 @@ def test_real_cifar_masks_are_the_spec(cifar_test):
     # bit-exact: the masked output is the unmasked one with the sign bit flipped where mask = -1
     flipped = unsigned.view(np.uint32) ^ np.where(mask < 0, np.uint32(1 << 31), np.uint32(0))
     assert np.array_equal(signed.view(np.uint32), flipped)
+
+
+@given(n=st.integers(1, 12), channels=st.sampled_from([1, 3, 4]), height=st.integers(1, 20), width=st.integers(1, 20),
+       k=st.integers(1, 6), pad=st.integers(0, 6), hflip=st.booleans(), sign=st.sampled_from(["flip", "abs", "none"]),
+       dtype=st.sampled_from(["uint8", "float32"]), layout=st.sampled_from(["NCHW", "NHWC"]),
+       out_layout=st.sampled_from(["NCHW", "NHWC"]), out_dtype=st.sampled_from(["float32", "float16", "bfloat16"]),
+       epoch=st.integers(0, 2**32 - 1), threads=st.integers(0, 3))
+def test_property_core_equals_reference(n, channels, height, width, k, pad, hflip, sign, dtype, layout, out_layout,
+                                        out_dtype, epoch, threads):
+    rng = np.random.default_rng(epoch)
+    images = make_images(rng, n, channels, height, width, dtype, layout)
+    mean, std = rng.uniform(0, 1, channels), rng.uniform(0.1, 1, channels)
+    encoder = instahide.Encoder(k=k, upper=max(0.65, 1 / k + 0.1), sign=sign, mean=mean, std=std, pad=pad, hflip=hflip,
+                                out_dtype=out_dtype, layout=layout, out_layout=out_layout, num_threads=threads)
+    check_against_reference(images, rng.integers(0, 5, n), encoder, encoder.keys(n, epoch))
