@@ -152,3 +152,18 @@ def test_cuda_bad_inputs():
         encoder.encode(torch.zeros((10, 3, 8, 8), dtype=torch.float64, device="cuda"), torch.zeros(10, dtype=torch.int64), keys)
     with pytest.raises(ValueError, match="20 rows|10 rows"):
         encoder.encode(torch.zeros((20, 3, 8, 8), dtype=torch.uint8, device="cuda"), torch.zeros(20, dtype=torch.int64), keys)
+
+
+@needs_gpu
+def test_cupy_arrays_encode_like_torch_tensors():
+    cupy = pytest.importorskip("cupy")
+    images = np.random.default_rng(0).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    labels = np.random.default_rng(1).integers(0, 10, 64)
+    encoder = instahide.Encoder(k=4, pad=2, hflip=True, out_dtype="float16")
+    keys = encoder.keys(64, 3)
+    out, soft = encoder.encode(cupy.asarray(images), cupy.asarray(labels), keys)
+    cupy.cuda.get_current_stream().synchronize()
+    expected, expected_soft = encoder.encode(images, labels, keys)
+    assert isinstance(out, cupy.ndarray) and out.dtype == np.float16
+    assert_encodings_close(out.get(), expected, "float16")
+    np.testing.assert_allclose(soft.get(), expected_soft, rtol=1e-6)
