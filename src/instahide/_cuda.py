@@ -63,9 +63,9 @@ class _Library:
         with self.xp.cuda.Device(self.device):
             return self.xp.empty(shape, dtype=dtype)
 
-    @staticmethod
-    def pointer(a) -> int:
-        return a.__cuda_array_interface__["data"][0]
+    def pointer(self, a) -> int:
+        # torch refuses __cuda_array_interface__ for bfloat16 tensors: ask it directly
+        return a.data_ptr() if self.name == "torch" else a.__cuda_array_interface__["data"][0]
 
 
 def _interface(x, name: str):
