@@ -71,12 +71,43 @@ ImageSource read_source(const py::tuple& spec) {
   return s;
 }
 
+// (pixels (total,) uint8/float32, channels, offsets (m,) int64, sizes (m, 2) int32, scale[C],
+// shift[C]) -> a packed ImageSource of m channels-last images of their own sizes.
+ImageSource read_packed_source(const py::tuple& spec) {
+  py::array pixels = spec[0].cast<py::array>();
+  ImageSource s;
+  if (py::dtype::of<uint8_t>().is(pixels.dtype())) s.pixel = PixelType::kUint8;
+  else if (py::dtype::of<float>().is(pixels.dtype())) s.pixel = PixelType::kFloat32;
+  else throw py::type_error("packed images must be uint8 or float32");
+  if (pixels.ndim() != 1 || !(pixels.flags() & py::array::c_style)) fail("packed images must be a contiguous 1-d buffer");
+  s.channels = spec[1].cast<int64_t>();
+  if (s.channels < 1 || s.channels > kMaxChannels) fail("images must have 1 to 4 channels");
+  const py::array offsets = spec[2].cast<py::array>(), sizes = spec[3].cast<py::array>();
+  if (offsets.ndim() != 1) fail("packed image offsets must be 1-d");
+  s.count = offsets.shape(0);
+  s.image_offset = table<int64_t>(offsets, "offsets", {s.count});
+  s.image_size = table<int32_t>(sizes, "sizes", {s.count, 2});
+  s.packed_elements = pixels.shape(0);
+  s.data = pixels.data();
+  s.stride_c = 1, s.stride_w = s.channels;
+  s.height = s.width = 1;  // unused: every image has its own size
+  auto scale = spec[4].cast<std::vector<float>>();
+  auto shift = spec[5].cast<std::vector<float>>();
+  if (int64_t(scale.size()) != s.channels || int64_t(shift.size()) != s.channels)
+    fail("scale and shift need one value per channel");
+  for (int64_t c = 0; c < s.channels; ++c) s.scale[c] = scale[c], s.shift[c] = shift[c];
+  return s;
+}
+
 void encode(const py::list& sources, int private_terms, const py::array& index, const py::array& lam,
             const py::array& offset, const py::array& flip, const py::array& row_id, const py::bytes& mask_key,
             uint32_t epoch, int sign, py::array out, int out_type, bool out_channels_last, int num_threads) {
   EncodeArgs a;
   if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
-  for (size_t i = 0; i < sources.size(); ++i) a.sources[i] = read_source(sources[i].cast<py::tuple>());
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const py::tuple spec = sources[i].cast<py::tuple>();
+    a.sources[i] = spec.size() == 6 ? read_packed_source(spec) : read_source(spec);
+  }
   if (index.ndim() != 2) fail("index: must have shape (rows, k)");
   a.rows = index.shape(0);
   a.k = int(index.shape(1));

@@ -22,6 +22,13 @@ struct ImageSource {
   int64_t count = 0;
   int64_t channels = 0, height = 0, width = 0;
   int64_t stride_n = 0, stride_c = 0, stride_h = 0, stride_w = 0;  // in elements
+  // A packed set of images of different sizes (a public pool): image i starts at element
+  // image_offset[i] and has image_size[2i] x image_size[2i+1] (H, W) pixels in channels-last
+  // rows (stride_h = W * channels, stride_w = channels, stride_c = 1); stride_n, height and
+  // width are unused. Both null for equally sized images addressed by the strides.
+  const int64_t* image_offset = nullptr;
+  const int32_t* image_size = nullptr;
+  int64_t packed_elements = 0;  // length of the packed buffer, for bounds checks
   // Normalization v' = v * scale[c] - shift[c], i.e. scale = unit/std, shift = mean/std.
   float scale[kMaxChannels] = {};
   float shift[kMaxChannels] = {};

@@ -119,6 +119,8 @@ struct Tile {
 struct Term {
   const ImageSource* source;
   const char* image;          // the term's image (bytes)
+  int64_t height, width;      // the term's image size
+  int64_t stride_h;           // elements between its pixel rows
   int64_t dy, dx;             // window offset
   bool flip;
   bool contiguous;            // the source's pixel rows have the accumulator's layout
@@ -163,7 +165,7 @@ constexpr int64_t kBlock = 48;  // elements per accumulate step: whole vectors o
 template <typename T>
 INSTAHIDE_INLINE const T* pixel_ptr(const Term& t, int64_t ys, int64_t xs, int64_t c) {
   const ImageSource& s = *t.source;
-  return reinterpret_cast<const T*>(t.image) + ys * s.stride_h + xs * s.stride_w + c * s.stride_c;
+  return reinterpret_cast<const T*>(t.image) + ys * t.stride_h + xs * s.stride_w + c * s.stride_c;
 }
 
 // a[i] += pattern[i % 48] * p[i] for i < n; a and p start at a pixel boundary.
@@ -199,12 +201,12 @@ INSTAHIDE_INLINE void accumulate_term(float* acc, const Term& t, const Tile& til
                                       Prefetcher& pf) {
   const ImageSource& src = *t.source;
   const int64_t C = tile.C, W = tile.W;
-  const int64_t ya = std::max(tile.y0, -t.dy), yb = std::min(tile.y0 + tile.rows, src.height - t.dy);
+  const int64_t ya = std::max(tile.y0, -t.dy), yb = std::min(tile.y0 + tile.rows, t.height - t.dy);
   if (ya >= yb || lo >= hi) return;  // rows outside the source read padding (0)
   // Whole source rows that follow each other in memory merge into one run.
-  const bool whole_rows = lo == 0 && hi == W && src.width == W;
+  const bool whole_rows = lo == 0 && hi == W && t.width == W;
   if (t.contiguous && tile.interleaved) {
-    if (whole_rows && src.stride_h == W * C) {
+    if (whole_rows && t.stride_h == W * C) {
       accumulate_interleaved(acc + (ya - tile.y0) * W * C, pixel_ptr<T>(t, ya + t.dy, t.dx, 0), (yb - ya) * W * C,
                              t.alpha_pattern, pf);
     } else {
@@ -215,7 +217,7 @@ INSTAHIDE_INLINE void accumulate_term(float* acc, const Term& t, const Tile& til
   } else if (t.contiguous) {
     for (int64_t c = 0; c < C; ++c) {
       float* plane = acc + c * tile.plane - tile.y0 * W;  // indexed by y * W + x
-      if (whole_rows && src.stride_h == W) {
+      if (whole_rows && t.stride_h == W) {
         accumulate_plane(plane + ya * W, pixel_ptr<T>(t, ya + t.dy, t.dx, c), (yb - ya) * W, t.alpha[c], pf);
       } else {
         for (int64_t y = ya; y < yb; ++y)
@@ -238,9 +240,8 @@ INSTAHIDE_INLINE void accumulate_term(float* acc, const Term& t, const Tile& til
 // Whether term t reads whole source rows, one after another in memory, for every row of the
 // tile: its window is then one run per tile (per channel plane when planar).
 INSTAHIDE_INLINE bool covers_tile(const Term& t, const Tile& tile) {
-  const ImageSource& src = *t.source;
-  return t.contiguous && t.dx == 0 && src.width == tile.W && tile.y0 + t.dy >= 0 &&
-         tile.y0 + tile.rows + t.dy <= src.height && src.stride_h == (tile.interleaved ? tile.W * tile.C : tile.W);
+  return t.contiguous && t.dx == 0 && t.width == tile.W && tile.y0 + t.dy >= 0 &&
+         tile.y0 + tile.rows + t.dy <= t.height && t.stride_h == (tile.interleaved ? tile.W * tile.C : tile.W);
 }
 
 // a[i] = (kInit ? init[i % 48] : a[i]) + sum_u factor[u][i % 48] * p[u][i] for i < n: N terms
@@ -436,7 +437,9 @@ INSTAHIDE_INLINE int64_t pixel_bytes(const ImageSource& s) { return s.pixel == P
 // The first byte of term t's image in row r.
 INSTAHIDE_INLINE const char* term_image(const EncodeArgs& args, int64_t r, int64_t t) {
   const ImageSource& s = args.sources[t < args.private_terms ? 0 : 1];
-  return static_cast<const char*>(s.data) + args.index[r * args.k + t] * s.stride_n * pixel_bytes(s);
+  const int64_t i = args.index[r * args.k + t];
+  const int64_t first = s.image_offset ? s.image_offset[i] : i * s.stride_n;
+  return static_cast<const char*>(s.data) + first * pixel_bytes(s);
 }
 
 // The images row r reads, to fetch while the current row computes.
@@ -446,9 +449,11 @@ INSTAHIDE_INLINE void plan_prefetch(const EncodeArgs& args, int64_t r, Prefetche
   int64_t lines = 0, elements = 0;
   for (int64_t t = 0; t < args.k; ++t) {
     const ImageSource& s = args.sources[t < args.private_terms ? 0 : 1];
-    const int64_t bytes = s.channels * s.height * s.width * pixel_bytes(s);
+    const int64_t i = args.index[r * args.k + t];
+    const int64_t pixels = s.image_size ? int64_t(s.image_size[2 * i]) * s.image_size[2 * i + 1] : s.height * s.width;
+    const int64_t bytes = s.channels * pixels * pixel_bytes(s);
     elements += s.channels * args.out_height * args.out_width;
-    if (s.stride_n * pixel_bytes(s) != bytes) continue;  // not a compact image: leave it to the hardware
+    if (!s.image_offset && s.stride_n * pixel_bytes(s) != bytes) continue;  // not compact: leave it to the hardware
     pf.image[pf.count] = term_image(args, r, t);
     pf.bytes[pf.count++] = bytes;
     lines += (bytes + 63) / 64;
@@ -480,6 +485,10 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, int64_t r, const uint8_
     const int64_t at = r * k + t;
     term.source = &src;
     term.image = term_image(args, r, t);
+    const int64_t i = args.index[at];
+    term.height = src.image_size ? src.image_size[2 * i] : src.height;
+    term.width = src.image_size ? src.image_size[2 * i + 1] : src.width;
+    term.stride_h = src.image_size ? term.width * C : src.stride_h;
     term.dy = args.offset[2 * at];
     term.dx = args.offset[2 * at + 1];
     term.flip = args.flip[at] != 0;
@@ -553,7 +562,7 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, int64_t r, const uint8_
       // Window position p reads source column p + dx; a flipped window puts position p at
       // output column W-1-p, so it gathers into `mirror`, added back mirrored below.
       const int64_t lo = std::max<int64_t>(0, -term.dx);
-      const int64_t hi = std::min<int64_t>(W, term.source->width - term.dx);
+      const int64_t hi = std::min<int64_t>(W, term.width - term.dx);
       float* target = term.flip ? mirror : acc;
       if (term.source->pixel == PixelType::kUint8)
         accumulate_term<uint8_t>(target, term, tile, lo, hi, pf);
@@ -660,6 +669,16 @@ void validate(const EncodeArgs& a) {
           std::string(name) + ": " + describe("channels", s.channels) + " must be in [1, 4]");
     check(s.height > 0 && s.width > 0, std::string(name) + ": images must have a positive size");
     check(s.channels == a.sources[0].channels, "public and private images must have the same channel count");
+    if (s.image_offset || s.image_size) {
+      check(s.image_offset && s.image_size, std::string(name) + ": packed images need offsets and sizes");
+      check(s.stride_c == 1 && s.stride_w == s.channels, std::string(name) + ": packed images are channels-last");
+      for (int64_t i = 0; i < s.count; ++i) {
+        const int64_t h = s.image_size[2 * i], w = s.image_size[2 * i + 1], first = s.image_offset[i];
+        if (h <= 0 || w <= 0 || first < 0 || first + h * w * s.channels > s.packed_elements)
+          throw std::invalid_argument(std::string(name) + ": image " + std::to_string(i) +
+                                      " lies outside the packed buffer or has no pixels");
+      }
+    }
   }
   for (int64_t r = 0; r < a.rows; ++r)
     for (int t = 0; t < a.k; ++t) {

@@ -462,6 +462,8 @@ void launch_out(const Params& P, bool channels_last, bool wide, cudaStream_t str
 }  // namespace
 
 void encode_cuda(const EncodeArgs& args, void* stream) {
+  for (const ImageSource& source : args.sources)
+    check_arg(!source.image_offset && !source.image_size, "encode_cuda: packed image sets (public pools of mixed sizes) are CPU-only so far");
   bool wide = false;
   const Params P = prepare(args, wide);
   if (args.rows == 0) return;

@@ -9,11 +9,12 @@ from ._arrays import bfloat16_to_float32
 from ._core import available_cores, get_num_threads, set_num_threads
 from .encoder import Encoder, mask
 from .keys import Keys, derive_keys, mask_key_of, new_secret_key
+from .pool import PublicPool
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Encoder", "Keys", "mask", "reference", "derive_keys", "mask_key_of", "new_secret_key", "bfloat16_to_float32",
+    "Encoder", "Keys", "PublicPool", "mask", "reference", "derive_keys", "mask_key_of", "new_secret_key", "bfloat16_to_float32",
     "available_cores", "get_num_threads", "set_num_threads", "build_info",
 ]
 

@@ -58,7 +58,7 @@ def row_ids(rows, n: int) -> np.ndarray:
     return rows
 
 
-def check_keys(keys, n: int, check_indices: bool = True) -> None:
+def check_keys(keys, n: int, check_indices: bool = True, public=None) -> None:
     """Keys for n images; `check_indices=False` leaves the index range to the compiled core,
     which checks every row it encodes (a full scan per batch would cost more than a batch)."""
     from .keys import Keys
@@ -67,10 +67,15 @@ def check_keys(keys, n: int, check_indices: bool = True) -> None:
         raise TypeError(f"keys must be instahide.Keys, got {type(keys).__name__}")
     if keys.n != n:
         raise ValueError(f"the keys are for {keys.n} rows but there are {n} images")
-    if keys.private_terms != keys.k:
-        raise ValueError("these keys have public terms; pass a public pool")
-    if check_indices and keys.index.size and (keys.index.min() < 0 or keys.index.max() >= n):
-        raise ValueError(f"keys.index refers to images outside [0, {n})")
+    kp = keys.private_terms
+    if kp != keys.k and public is None:
+        raise ValueError("these keys have public terms: the encoder needs the public pool")
+    if check_indices and keys.index.size:
+        private, public_index = keys.index[:, :kp], keys.index[:, kp:]
+        if private.min() < 0 or private.max() >= n:
+            raise ValueError(f"keys.index refers to images outside [0, {n})")
+        if public_index.size and (public_index.min() < 0 or public_index.max() >= len(public)):
+            raise ValueError(f"keys.index refers to public images outside [0, {len(public)})")
 
 
 def normalization(mean, std, channels: int):

@@ -38,7 +38,8 @@ class Encoder:
     def __init__(self, k: int = 4, upper: float = 0.65, sign: str = "flip", mean=None, std=None, pad: int = 0,
                  hflip: bool = False, out_dtype: str = "float32", key: bytes | None = None, *,
                  distinct: bool = False, layout: str | None = None, out_layout: str = "NCHW",
-                 num_classes: int | None = None, renormalize_labels: bool = False, num_threads: int = 0) -> None:
+                 num_classes: int | None = None, renormalize_labels: bool = False, num_threads: int = 0,
+                 private_terms: int | None = None, public=None, patch_size=None, dom: float = 0.0) -> None:
         if not isinstance(k, (int, np.integer)) or not 1 <= k <= 16:
             raise ValueError(f"k must be an integer in [1, 16], got {k!r}")
         if k > 1 and not 1.0 / k < upper <= 1.0:
@@ -60,6 +61,24 @@ class Encoder:
         self.distinct, self.layout, self.out_layout = bool(distinct), layout, out_layout
         self.num_classes, self.renormalize_labels = num_classes, bool(renormalize_labels)
         self.num_threads = int(num_threads)
+        self.public, self.dom = public, float(dom)
+        if public is None:
+            if private_terms not in (None, k):
+                raise ValueError("public terms (private_terms < k) need a public pool: pass public=PublicPool(...)")
+            self.private_terms, self.patch_size = int(k), None
+        else:
+            if private_terms is None or not 1 <= private_terms < k:
+                raise ValueError(f"with a public pool, private_terms must be in [1, k={k}), e.g. 2 of k=6")
+            if patch_size is None:
+                raise ValueError("with a public pool, give patch_size: the private images' (H, W), e.g. 32")
+            self.private_terms = int(private_terms)
+            self.patch_size = (int(patch_size), int(patch_size)) if np.isscalar(patch_size) else tuple(map(int, patch_size))
+            sizes = public.sizes
+            if (sizes < np.asarray(self.patch_size)).any():
+                raise ValueError(f"public images smaller than the {self.patch_size} patch: build the pool with a "
+                                 "larger short_side")
+        if not 0.0 <= self.dom < 1.0:
+            raise ValueError(f"dom must be in [0, 1), got {dom}")
         self._secret = new_secret_key() if key is None else check_secret_key(key)
         self._normalization: dict = {}
 
@@ -83,7 +102,9 @@ class Encoder:
     def keys(self, n: int, epoch: int) -> Keys:
         """The keys of one epoch of n images: fresh partners, coefficients, windows and mask."""
         return derive_keys(self._secret, epoch, n, k=self.k, upper=self.upper, distinct=self.distinct, pad=self.pad,
-                           hflip=self.hflip)
+                           hflip=self.hflip, private_terms=self.private_terms,
+                           public_sizes=None if self.public is None else self.public.sizes, patch=self.patch_size,
+                           dom=self.dom)
 
     def encode(self, images, labels, keys: Keys, rows=None):
         """Encodes `rows` of the epoch (an index array or slice; default all).
@@ -100,16 +121,24 @@ class Encoder:
         x = _arrays.as_numpy(images, "images")
         channels_last = _arrays.channels_last(x, self.layout)
         n = x.shape[0]
-        _arrays.check_keys(keys, n, check_indices=False)
+        _arrays.check_keys(keys, n, check_indices=False, public=self.public)
         if keys.k != self.k:
             raise ValueError(f"the keys have k={keys.k} terms, the encoder k={self.k}")
         rows = _arrays.row_ids(rows, n)
         channels, height, width = (x.shape[3], x.shape[1], x.shape[2]) if channels_last else x.shape[1:]
-        source = (x, channels_last, *self._scale_shift(channels, x.dtype))
+        sources = [(x, channels_last, *self._scale_shift(channels, x.dtype))]
+        if keys.private_terms < keys.k:
+            if (height, width) != self.patch_size:
+                raise ValueError(f"images are {height}x{width}, the encoder's patch_size is {self.patch_size}")
+            if self.public.channels != channels:
+                raise ValueError(f"the public pool has {self.public.channels} channels, the images {channels}")
+            pool = self.public
+            sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes,
+                            (np.float32(1 / 255) / pool.std).tolist(), (pool.mean / pool.std).tolist()))
 
         out_shape = (len(rows), height, width, channels) if self.out_layout == "NHWC" else (len(rows), channels, height, width)
         out = np.empty(out_shape, _arrays.numpy_out_dtype(self.out_dtype))
-        _core.encode([source], keys.private_terms, keys.index[rows], keys.lam[rows], keys.offset[rows],
+        _core.encode(sources, keys.private_terms, keys.index[rows], keys.lam[rows], keys.offset[rows],
                      keys.flip[rows], rows, keys.mask_key, keys.epoch, self._sign_code, out, self._out_code,
                      self.out_layout == "NHWC", self.num_threads)
         soft = self._mix_labels(labels, keys, rows)

@@ -23,7 +23,7 @@ _FORMAT = "instahide-keys-v1"
 _MAX_REDRAW_ROUNDS = 10_000
 
 # Stream domains: each random quantity of an epoch has its own ChaCha20 nonce.
-_COEFFICIENTS, _OFFSETS, _FLIPS = 1, 2, 3
+_COEFFICIENTS, _OFFSETS, _FLIPS, _PUBLIC_IMAGES, _PUBLIC_OFFSETS = 1, 2, 3, 4, 5
 _PARTNER_SLOT, _DISTINCT_REPAIR = 16, 48
 
 
@@ -114,8 +114,12 @@ class Keys:
 
 
 def derive_keys(secret: bytes, epoch: int, n: int, *, k: int, upper: float = 0.65, distinct: bool = False,
-                pad: int = 0, hflip: bool = False) -> Keys:
-    """The keys of one epoch of n rows (inside-dataset mode: all k terms private)."""
+                pad: int = 0, hflip: bool = False, private_terms: int | None = None, public_sizes=None,
+                patch=None, dom: float = 0.0) -> Keys:
+    """The keys of one epoch of n rows. Inside-dataset mode (default) makes all k terms
+    private; cross-dataset mode (`private_terms` < k) fills terms private_terms.. with patches
+    of `patch` = (h, w) pixels at uniform positions of uniformly drawn public images, whose
+    (H, W) sizes are `public_sizes`."""
     secret = check_secret_key(secret)
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive number of images, got {n!r}")
@@ -125,45 +129,74 @@ def derive_keys(secret: bytes, epoch: int, n: int, *, k: int, upper: float = 0.6
         raise ValueError(f"upper must be in (1/k, 1] = ({1.0 / k:.4g}, 1], got {upper}")
     if pad < 0:
         raise ValueError(f"pad must be >= 0, got {pad}")
-    if distinct and n < k:
-        raise ValueError(f"distinct partners need at least k={k} images, got {n}")
+    kp = k if private_terms is None else int(private_terms)
+    if not 1 <= kp <= k:
+        raise ValueError(f"private_terms must be in [1, k={k}], got {private_terms}")
+    if distinct and n < kp:
+        raise ValueError(f"distinct partners need at least {kp} images, got {n}")
+    if not 0.0 <= dom < 1.0:
+        raise ValueError(f"dom must be in [0, 1), got {dom}")
+    if kp < k:
+        public_sizes, patch = _check_public(public_sizes, patch)
     n, epoch = int(n), int(epoch)
     sampling = _subkey(secret, b"sampling key")
 
     def stream(domain: int) -> Stream:
         return Stream(sampling, epoch, domain)
 
-    lam = _coefficients(stream(_COEFFICIENTS), n, k, upper)
+    lam = _coefficients(stream(_COEFFICIENTS), n, k, upper, kp if kp < k else k, dom)
     index = np.empty((n, k), np.int64)
     index[:, 0] = np.arange(n)
-    for t in range(1, k):
+    for t in range(1, kp):
         index[:, t] = stream(_PARTNER_SLOT + t).permutation(n)
         if distinct:
             _repair_repeats(index, t, stream(_DISTINCT_REPAIR + t))
     offset = (stream(_OFFSETS).integers(-pad, pad + 1, (n, k, 2)) if pad else np.zeros((n, k, 2))).astype(np.int32)
     flip = stream(_FLIPS).bits((n, k)) if hflip else np.zeros((n, k), bool)
+    if kp < k:  # public patches: any image, any position inside it, never flipped
+        index[:, kp:] = stream(_PUBLIC_IMAGES).integers(0, len(public_sizes), (n, k - kp))
+        room = public_sizes[index[:, kp:]] - np.asarray(patch, np.int64) + 1  # (n, k - kp, 2) positions per axis
+        offset[:, kp:] = (stream(_PUBLIC_OFFSETS).uint64(room.shape) % room.astype(np.uint64)).astype(np.int32)
+        flip[:, kp:] = False
     return Keys(index=index, lam=lam, offset=offset, flip=flip, epoch=epoch, mask_key=mask_key_of(secret),
-                private_terms=k)
+                private_terms=kp)
 
 
-def _coefficients(stream: Stream, n: int, k: int, upper: float) -> np.ndarray:
-    """|N(0,1)| per term, each row divided by its sum; rows with a coefficient above
-    `upper` are drawn again (the authors' rule)."""
+def _check_public(public_sizes, patch):
+    if public_sizes is None or patch is None:
+        raise ValueError("public terms need the public pool's image sizes and the patch size")
+    sizes = np.asarray(public_sizes, np.int64).reshape(-1, 2)
+    if len(sizes) == 0:
+        raise ValueError("the public pool is empty")
+    patch = (int(patch[0]), int(patch[1]))
+    small = np.flatnonzero((sizes < np.asarray(patch)).any(axis=1))
+    if small.size:
+        raise ValueError(f"{small.size} public images are smaller than the {patch[0]}x{patch[1]} patch "
+                         f"(the first: image {small[0]}, {tuple(sizes[small[0]])})")
+    return sizes, patch
+
+
+def _coefficients(stream: Stream, n: int, k: int, upper: float, private_terms: int, dom: float) -> np.ndarray:
+    """|N(0,1)| per term, each row divided by its sum; rows with a coefficient above `upper`,
+    or whose private terms weigh less than `dom` in total, are drawn again (the authors' rule)."""
 
     def draw(rows: int) -> np.ndarray:
         g = stream.half_normal((rows, k))
         return g / g.sum(axis=1, keepdims=True)
 
+    def rejected(rows: np.ndarray) -> np.ndarray:
+        return (rows.max(axis=1) > upper) | (rows[:, :private_terms].sum(axis=1) < dom)
+
     lam = draw(n)
     if k > 1:
-        redo = np.flatnonzero(lam.max(axis=1) > upper)
+        redo = np.flatnonzero(rejected(lam))
         for _ in range(_MAX_REDRAW_ROUNDS):
             if redo.size == 0:
                 break
             lam[redo] = draw(redo.size)
-            redo = redo[lam[redo].max(axis=1) > upper]
+            redo = redo[rejected(lam[redo])]
         else:
-            raise RuntimeError(f"coefficients kept exceeding upper={upper}; raise it further above 1/k")
+            raise RuntimeError(f"coefficients kept failing upper={upper} / dom={dom}; loosen them")
     return lam.astype(np.float32)
 
 

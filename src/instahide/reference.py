@@ -77,9 +77,16 @@ def window(images: np.ndarray, index: np.ndarray, offset: np.ndarray, flip: np.n
     return np.where(inside[..., None], pixels, 0).transpose(0, 3, 1, 2).astype(np.float64)
 
 
+def public_window(pool, index, offset, flip, size) -> np.ndarray:
+    """Windows of public pool images (of their own sizes), one row at a time."""
+    windows = [window(pool.image(i).transpose(2, 0, 1)[None], np.zeros(1, np.int64), o[None], f[None], size)[0]
+               for i, o, f in zip(index, offset, flip)]
+    return np.stack(windows) if windows else np.zeros((0, pool.channels, *size))
+
+
 def encode(images, labels, keys: Keys, *, rows=None, sign: str = "flip", mean=None, std=None,
            layout: str | None = None, out_layout: str = "NCHW", out_dtype: str = "float32",
-           num_classes: int | None = None, renormalize_labels: bool = False):
+           num_classes: int | None = None, renormalize_labels: bool = False, public=None):
     """Encodes `rows` of an epoch (default: all) exactly as `instahide.Encoder.encode` does.
 
     Returns (encoded, soft_labels) as numpy arrays; bfloat16 output comes as uint16 bit
@@ -89,18 +96,23 @@ def encode(images, labels, keys: Keys, *, rows=None, sign: str = "flip", mean=No
     channels_last = _arrays.channels_last(images, layout)
     nchw = images.transpose(0, 3, 1, 2) if channels_last else images
     n, channels, height, width = nchw.shape
-    _arrays.check_keys(keys, n)
+    _arrays.check_keys(keys, n, public=public)
     rows = _arrays.row_ids(rows, n)
     unit = 1.0 / 255 if images.dtype == np.uint8 else 1.0
     mean, std = _arrays.normalization(mean, std, channels)
     mean, std = mean.astype(np.float64)[:, None, None], std.astype(np.float64)[:, None, None]
 
-    # m = sum_t lam[i, t] * (window_t * unit - mean) / std
+    # m = sum_t lam[i, t] * (window_t * unit - mean) / std, public terms with the pool's
+    # mean and std
     mixture = np.zeros((len(rows), channels, height, width))
     for t in range(keys.k):
-        v = window(nchw, keys.index[rows, t], keys.offset[rows, t], keys.flip[rows, t], (height, width))
+        args = (keys.index[rows, t], keys.offset[rows, t], keys.flip[rows, t], (height, width))
+        if t < keys.private_terms:
+            v, m, s = window(nchw, *args) * unit, mean, std
+        else:
+            v, m, s = public_window(public, *args) / 255, public.mean[:, None, None], public.std[:, None, None]
         lam = keys.lam[rows, t].astype(np.float64)[:, None, None, None]
-        mixture += lam * (v * unit - mean) / std
+        mixture += lam * (v - m) / s
 
     if sign == "flip":
         encoded = mask(keys.mask_key, keys.epoch, rows, (channels, height, width)) * mixture

@@ -1,0 +1,172 @@
+"""The public pool of cross-dataset InstaHide: images of a large public set (the paper:
+ImageNet) whose random patches fill the public terms of every encoding.
+
+Images are stored packed, as the core reads them: one uint8 buffer of channels-last images of
+their own sizes, with per-image offsets and (H, W) sizes, so that patches are read straight
+from the pool (no materialized crops). Build it once from an array, a folder or a tar file of
+images, and save it to one file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+_FORMAT = "instahide-pool-v1"
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, unit="img")
+
+
+def _resize_short_side(image: np.ndarray, short_side: int | None) -> np.ndarray:
+    """Scales an HWC uint8 image so that its short side is `short_side` (bilinear, as
+    torchvision's Resize(size) on PIL images; the long side is truncated likewise)."""
+    if short_side is None:
+        return image
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if min(h, w) == short_side:
+        return image
+    if h <= w:
+        size = (int(short_side * w / h), short_side)
+    else:
+        size = (short_side, int(short_side * h / w))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+
+class PublicPool:
+    """Packed public images: ``pixels`` (total,) uint8, ``offsets`` (m,) int64 (first element of
+    each image), ``sizes`` (m, 2) int32 (H, W); every image channels-last with ``channels``
+    channels. ``mean``/``std`` (per channel, [0, 1] units) normalize the public terms; by
+    default they are computed from the pool."""
+
+    def __init__(self, pixels, offsets, sizes, channels: int = 3, mean=None, std=None) -> None:
+        self.pixels = np.ascontiguousarray(pixels, np.uint8).reshape(-1)
+        self.offsets = np.ascontiguousarray(offsets, np.int64).reshape(-1)
+        self.sizes = np.ascontiguousarray(sizes, np.int32).reshape(-1, 2)
+        self.channels = int(channels)
+        if len(self.offsets) == 0:
+            raise ValueError("the public pool is empty")
+        if len(self.sizes) != len(self.offsets):
+            raise ValueError("offsets and sizes must describe the same number of images")
+        if not 1 <= self.channels <= 4:
+            raise ValueError("pool images must have 1 to 4 channels")
+        ends = self.offsets + self.sizes[:, 0].astype(np.int64) * self.sizes[:, 1] * self.channels
+        if (self.sizes <= 0).any() or (self.offsets < 0).any() or ends.max() > len(self.pixels):
+            raise ValueError("pool offsets and sizes do not fit the pixel buffer")
+        if mean is None or std is None:
+            computed_mean, computed_std = self._statistics()
+            mean = computed_mean if mean is None else mean
+            std = computed_std if std is None else std
+        self.mean = np.asarray(mean, np.float32).reshape(-1)
+        self.std = np.asarray(std, np.float32).reshape(-1)
+        if self.mean.shape != (self.channels,) or self.std.shape != (self.channels,) or (self.std <= 0).any():
+            raise ValueError(f"pool mean and std need {self.channels} values, std > 0")
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __repr__(self) -> str:
+        return (f"PublicPool({len(self)} images, sizes {self.sizes.min(axis=0).tolist()}..{self.sizes.max(axis=0).tolist()}, "
+                f"{self.pixels.nbytes / 2**20:.1f} MiB)")
+
+    def image(self, i: int) -> np.ndarray:
+        """Image i as an (H, W, C) view."""
+        h, w = (int(v) for v in self.sizes[i])
+        start = int(self.offsets[i])
+        return self.pixels[start:start + h * w * self.channels].reshape(h, w, self.channels)
+
+    def _statistics(self):
+        values = self.pixels.reshape(-1, self.channels).astype(np.float64) / 255
+        return values.mean(axis=0), values.std(axis=0)
+
+    # --- building -------------------------------------------------------------------------
+
+    @classmethod
+    def from_images(cls, images, short_side: int | None = 40, progress: bool = True, **stats) -> "PublicPool":
+        """From an iterable of (H, W, C) or (H, W) uint8 arrays of any sizes; grayscale becomes
+        RGB, and each image is resized so that its short side is `short_side` (None: kept)."""
+        images = list(images)
+        packed, offsets, sizes, position, channels = [], [], [], 0, None
+        for image in _progress(images, len(images), "pool", progress and len(images) > 1000):
+            image = np.asarray(image)
+            if image.dtype != np.uint8:
+                raise TypeError(f"pool images must be uint8, got {image.dtype}")
+            if image.ndim == 2:
+                image = np.repeat(image[:, :, None], 3, axis=2)
+            if image.ndim != 3:
+                raise ValueError(f"pool images must be (H, W, C), got shape {image.shape}")
+            image = _resize_short_side(image, short_side)
+            if channels is None:
+                channels = image.shape[2]
+            elif image.shape[2] != channels:
+                raise ValueError(f"pool images have {channels} and {image.shape[2]} channels")
+            packed.append(np.ascontiguousarray(image).reshape(-1))
+            offsets.append(position)
+            sizes.append(image.shape[:2])
+            position += image.size
+        if not packed:
+            raise ValueError("the public pool is empty")
+        return cls(np.concatenate(packed), offsets, sizes, channels, **stats)
+
+    @classmethod
+    def from_array(cls, images, short_side: int | None = 40, **options) -> "PublicPool":
+        """From an (m, H, W, C) uint8 array."""
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(f"expected (m, H, W, C) images, got shape {images.shape}")
+        return cls.from_images(list(images), short_side=short_side, **options)
+
+    @classmethod
+    def from_folder(cls, folder, short_side: int | None = 40, **options) -> "PublicPool":
+        """Every image file below `folder` (recursive, sorted by path)."""
+        from PIL import Image
+
+        paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+
+        def decode():
+            for path in paths:
+                with Image.open(path) as im:
+                    yield np.asarray(im.convert("RGB"))
+
+        return cls.from_images(decode(), short_side=short_side, **options)
+
+    @classmethod
+    def from_tar(cls, path, short_side: int | None = 40, limit: int | None = None, **options) -> "PublicPool":
+        """Every image file in a tar archive (sorted by name), e.g. tiny-imagenet-val.tar."""
+        from PIL import Image
+
+        images = []
+        with tarfile.open(path) as tar:
+            members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(_IMAGE_SUFFIXES)),
+                             key=lambda m: m.name)[:limit]
+            for m in _progress(members, len(members), "decode", options.get("progress", True) and len(members) > 1000):
+                with Image.open(io.BytesIO(tar.extractfile(m).read())) as im:
+                    images.append(np.asarray(im.convert("RGB")))
+        return cls.from_images(images, short_side=short_side, **options)
+
+    # --- one file -------------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        np.savez(path, format=np.array(_FORMAT), pixels=self.pixels, offsets=self.offsets, sizes=self.sizes,
+                 channels=np.array(self.channels), mean=self.mean, std=self.std)
+
+    @classmethod
+    def load(cls, path) -> "PublicPool":
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            if "format" not in f or str(f["format"]) != _FORMAT:
+                raise ValueError(f"{path} is not an instahide public pool file ({_FORMAT})")
+            return cls(f["pixels"], f["offsets"], f["sizes"], int(f["channels"]), f["mean"], f["std"])
