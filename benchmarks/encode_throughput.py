@@ -59,10 +59,14 @@ def main(argv=None) -> dict:
     print(f"{w.source}: {w.n} images {w.images.shape[1:]}, k={w.k}, batch {w.batch}, {threads} threads, "
           f"{w.bytes_per_image} bytes moved per image")
 
+    pool, pool_source = workloads.load_public_pool(args.synthetic) if "fused_cpu_cross" not in args.skip else (None, "")
+    if pool is not None:
+        print(f"public pool: {pool_source}, {pool}")
     implementations = {
         "fused_cpu": (lambda: workloads.make_fused_cpu(w, threads), batches),
         # the authors' CIFAR augmentation (pad-4 random crop, horizontal flip) fused in
         "fused_cpu_augment": (lambda: workloads.make_fused_cpu(w, threads, pad=4, hflip=True), batches),
+        "fused_cpu_cross": (lambda: workloads.make_fused_cpu_cross(w, pool, threads), batches),
         "numpy_reference": (lambda: workloads.make_numpy_reference(w), batches[:8]),
         "numpy_vectorized": (lambda: workloads.make_numpy_vectorized(w), batches[:24]),
         "torch_ops": (lambda: workloads.make_torch_ops(w, threads), batches[:24]),
@@ -93,7 +97,9 @@ def main(argv=None) -> dict:
     results = []
     for name, seconds in per_image.items():
         ips = 1.0 / float(np.median(seconds))
-        gbps = ips * w.bytes_per_image / 1e9
+        # cross mode reads 2 private windows and 4 public patches (uint8, same size) per image
+        bytes_per_image = w.bytes_per_image + (6 - w.k) * w.images[0].size if name == "fused_cpu_cross" else w.bytes_per_image
+        gbps = ips * bytes_per_image / 1e9
         results.append({"impl": name, "images_per_s": ips, "gbps": gbps, "fraction_of_copy": gbps / copy_gbps})
 
     key_seconds = min(timeit_keys(w) for _ in range(3))

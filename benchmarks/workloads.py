@@ -55,6 +55,30 @@ def make_fused_cpu(w: Workload, threads: int = 0, **options):
     return lambda rows: encoder.encode(w.images, w.labels, keys, rows=rows)
 
 
+def load_public_pool(synthetic: bool = False):
+    """The public pool: Tiny-ImageNet validation images from ../shared/data (short side 40),
+    or random 40x40 images where absent."""
+    if not synthetic:
+        try:
+            from instahide.datasets import default_data_dir
+
+            path = default_data_dir() / "tiny-imagenet-val.tar"
+            if path.exists():
+                return instahide.PublicPool.from_tar(path), "Tiny-ImageNet validation images"
+        except ImportError as error:
+            print(f"Tiny-ImageNet unavailable ({error}); using random images")
+    rng = np.random.default_rng(1)
+    return instahide.PublicPool.from_array(rng.integers(0, 256, (10_000, 40, 40, 3), dtype=np.uint8)), "random images"
+
+
+def make_fused_cpu_cross(w: Workload, pool, threads: int = 0):
+    """The paper's cross-dataset setting: k=6, 2 private + 4 public patches, dom 0.3."""
+    encoder = instahide.Encoder(k=6, private_terms=2, public=pool, patch_size=w.images.shape[1:3], dom=0.3,
+                                mean=CIFAR_MEAN, std=CIFAR_STD, num_threads=threads)
+    keys = encoder.keys(w.n, 0)
+    return lambda rows: encoder.encode(w.images, w.labels, keys, rows=rows)
+
+
 def make_numpy_reference(w: Workload):
     keys = instahide.Encoder(k=w.k).keys(w.n, 0)
     return lambda rows: reference.encode(w.images, w.labels, keys, rows=rows, mean=CIFAR_MEAN, std=CIFAR_STD)
