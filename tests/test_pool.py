@@ -139,3 +139,28 @@ def test_pool_bad_inputs(rng):
         encoder.encode(np.zeros((4, 30, 30, 3), np.uint8), np.zeros(4, np.int64), encoder.keys(4, 0))
     with pytest.raises(ValueError, match="needs the public pool"):
         instahide.Encoder(k=4).encode(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64), encoder.keys(4, 0))
+
+
+def test_sift_filter_rejects_flat_images_and_keeps_textured_ones(tiny_imagenet_pool):
+    pytest.importorskip("cv2")
+    from instahide.pool import sift_keypoints
+
+    import tarfile, io  # noqa: E401
+    from PIL import Image
+
+    with tarfile.open(DATA_DIR / "tiny-imagenet-val.tar") as tar:
+        members = sorted((m for m in tar.getmembers() if m.name.endswith(".JPEG")), key=lambda m: m.name)[:30]
+        photos = [np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB")) for m in members]
+    textured = max(photos, key=sift_keypoints)
+    assert sift_keypoints(textured) > 40
+    flat = np.full((64, 64, 3), 120, np.uint8)
+    smooth = np.repeat(np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], 64, 0), 3, 2)
+    pool = instahide.PublicPool.from_images([flat, textured, smooth], min_keypoints=40, progress=False)
+    assert pool.build_report == {"images": 3, "kept": 1, "min_keypoints": 40}
+    assert pool.sizes.tolist() == [[40, 40]]  # filtered at 64x64, then resized
+    with pytest.raises(ValueError, match="no image has more than"):
+        instahide.PublicPool.from_images([flat, smooth], min_keypoints=40, progress=False)
+    counts = [0, 50]
+    custom = instahide.PublicPool.from_images([textured, textured], min_keypoints=10, keypoints=lambda im: counts.pop(),
+                                              progress=False)
+    assert len(custom) == 1  # the detector is configurable
