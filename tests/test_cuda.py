@@ -167,3 +167,23 @@ def test_cupy_arrays_encode_like_torch_tensors():
     assert isinstance(out, cupy.ndarray) and out.dtype == np.float16
     assert_encodings_close(out.get(), expected, "float16")
     np.testing.assert_allclose(soft.get(), expected_soft, rtol=1e-6)
+
+
+@needs_gpu
+def test_cuda_cross_mode_with_a_mixed_size_pool():
+    rng = np.random.default_rng(0)
+    pool = instahide.PublicPool.from_images(
+        [rng.integers(0, 256, (int(rng.integers(32, 60)), int(rng.integers(32, 60)), 3), dtype=np.uint8) for _ in range(30)],
+        short_side=None, progress=False)
+    images = torch.from_numpy(rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8))
+    labels = torch.from_numpy(rng.integers(0, 10, 80))
+    encoder = instahide.Encoder(k=6, private_terms=2, public=pool, patch_size=32, dom=0.3, mean=CIFAR_MEAN,
+                                std=CIFAR_STD, pad=4, hflip=True)
+    keys = encoder.keys(80, 2)
+    gpu, gpu_soft = encoder.encode(images.cuda(), labels.cuda(), keys)
+    cpu, cpu_soft = encoder.encode(images, labels, keys)
+    ref, _ = reference.encode(images.numpy(), labels.numpy(), keys, public=pool, mean=encoder.mean, std=encoder.std)
+    assert_encodings_close(gpu.cpu().numpy(), cpu.numpy(), "float32")
+    assert_encodings_close(gpu.cpu().numpy(), ref, "float32")
+    assert_signs_identical(gpu.cpu().numpy(), ref, "float32")
+    np.testing.assert_allclose(gpu_soft.cpu().numpy(), cpu_soft.numpy(), rtol=1e-6)

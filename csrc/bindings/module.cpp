@@ -172,6 +172,29 @@ py::array_t<uint8_t> chacha20(const py::bytes& key, const py::bytes& nonce, uint
 // A CUDA source: (pointer, pixel type 0 uint8 / 1 float32, (N, C, H, W), element strides in
 // that order, scale[C], shift[C]). The Python layer reads these off the tensor.
 ImageSource read_device_source(const py::tuple& spec) {
+  if (spec.size() == 9) {
+    // packed: (pointer, pixel, channels, count, offsets pointer, sizes pointer, buffer length,
+    // scale, shift); the Python layer checked the offsets and sizes before uploading them.
+    ImageSource s;
+    s.data = reinterpret_cast<const void*>(spec[0].cast<uintptr_t>());
+    const int pixel = spec[1].cast<int>();
+    if (pixel != 0 && pixel != 1) fail("pixel type must be 0 (uint8) or 1 (float32)");
+    s.pixel = PixelType(pixel);
+    s.channels = spec[2].cast<int64_t>();
+    s.count = spec[3].cast<int64_t>();
+    s.image_offset = reinterpret_cast<const int64_t*>(spec[4].cast<uintptr_t>());
+    s.image_size = reinterpret_cast<const int32_t*>(spec[5].cast<uintptr_t>());
+    s.packed_elements = spec[6].cast<int64_t>();
+    s.height = s.width = 1;  // unused: every image has its own size
+    s.stride_c = 1, s.stride_w = s.channels;
+    auto scale = spec[7].cast<std::vector<float>>();
+    auto shift = spec[8].cast<std::vector<float>>();
+    if (s.channels < 1 || s.channels > kMaxChannels) fail("images must have 1 to 4 channels");
+    if (int64_t(scale.size()) != s.channels || int64_t(shift.size()) != s.channels)
+      fail("scale and shift need one value per channel");
+    for (int64_t c = 0; c < s.channels; ++c) s.scale[c] = scale[c], s.shift[c] = shift[c];
+    return s;
+  }
   if (spec.size() != 6) fail("a device source is (pointer, pixel, shape, strides, scale, shift)");
   ImageSource s;
   s.data = reinterpret_cast<const void*>(spec[0].cast<uintptr_t>());

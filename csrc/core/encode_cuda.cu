@@ -94,6 +94,8 @@ struct Source {
   int64_t image_bytes;  // stride_n in bytes
   int64_t stride_c, stride_h, stride_w;  // elements
   uint32_t height, width;
+  const int64_t* image_offset;  // packed images of their own sizes (device arrays), else null
+  const int32_t* image_size;
   bool u8;
   float scale[kMaxChannels], shift[kMaxChannels];
 };
@@ -162,14 +164,17 @@ INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int tid, int64_t row,
     Term& term = sh.term[t];
     const int64_t idx = P.index[at];
     const bool valid = idx >= 0 && idx < s.count;
-    term.image = valid ? s.data + idx * s.image_bytes : nullptr;
+    const bool packed = s.image_offset != nullptr;
+    const uint32_t height = packed && valid ? uint32_t(s.image_size[2 * idx]) : s.height;
+    const uint32_t width = packed && valid ? uint32_t(s.image_size[2 * idx + 1]) : s.width;
+    term.image = !valid ? nullptr : packed ? s.data + s.image_offset[idx] * (s.u8 ? 1 : 4) : s.data + idx * s.image_bytes;
     term.stride_c = s.stride_c;
-    term.stride_h = s.stride_h;
+    term.stride_h = packed ? int64_t(width) * s.stride_w : s.stride_h;
     term.stride_w = s.stride_w;
     term.dy = P.offset[2 * at];
     term.dx = P.offset[2 * at + 1];
-    term.height = valid ? s.height : 0;  // no pixel of an invalid image is read
-    term.width = valid ? s.width : 0;
+    term.height = valid ? height : 0;  // no pixel of an invalid image is read
+    term.width = valid ? width : 0;
     term.flip = P.flip[at] != 0;
     term.u8 = s.u8;
     const float lam = P.lam[at];
@@ -403,12 +408,22 @@ Params prepare(const EncodeArgs& a, bool& wide) {
     d.stride_w = s.stride_w;
     d.height = uint32_t(s.height);
     d.width = uint32_t(s.width);
+    d.image_offset = s.image_offset;
+    d.image_size = s.image_size;
     for (int c = 0; c < kMaxChannels; ++c) d.scale[c] = s.scale[c], d.shift[c] = s.shift[c];
     // Offsets within an image are computed in 32 bits where all of them fit.
-    int64_t span = add_span(0, s.stride_c, C - 1);
-    span = add_span(span, s.stride_h, s.height - 1);
-    span = add_span(span, s.stride_w, s.width - 1);
-    wide |= span > INT32_MAX;
+    if (s.image_offset || s.image_size) {
+      // Packed images (sizes in device memory, checked by the caller): channels-last, and no
+      // image extends past the buffer, so the buffer's length bounds every offset.
+      check_arg(s.image_offset && s.image_size, name + ": packed images need offsets and sizes");
+      check_arg(s.stride_c == 1 && s.stride_w == C, name + ": packed images are channels-last");
+      wide |= s.packed_elements > INT32_MAX;
+    } else {
+      int64_t span = add_span(0, s.stride_c, C - 1);
+      span = add_span(span, s.stride_h, s.height - 1);
+      span = add_span(span, s.stride_w, s.width - 1);
+      wide |= span > INT32_MAX;
+    }
   }
   P.row_id = a.row_id;
   P.index = a.index;
@@ -462,8 +477,6 @@ void launch_out(const Params& P, bool channels_last, bool wide, cudaStream_t str
 }  // namespace
 
 void encode_cuda(const EncodeArgs& args, void* stream) {
-  for (const ImageSource& source : args.sources)
-    check_arg(!source.image_offset && !source.image_size, "encode_cuda: packed image sets (public pools of mixed sizes) are CPU-only so far");
   bool wide = false;
   const Params P = prepare(args, wide);
   if (args.rows == 0) return;

@@ -17,6 +17,7 @@ from . import _arrays, _core
 
 _PIXEL = {np.dtype(np.uint8): 0, np.dtype(np.float32): 1}
 _device_tables: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_device_pools: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def is_cuda_array(x) -> bool:
@@ -90,6 +91,16 @@ def _tables(keys, lib: _Library):
     return per_keys[lib.device]
 
 
+def _pool_source(pool, lib: _Library, scale_shift: tuple) -> tuple:
+    """The public pool on the device (uploaded once per device) as a packed source."""
+    per_pool = _device_pools.setdefault(pool, {})
+    if lib.device not in per_pool:
+        per_pool[lib.device] = [lib.upload(a) for a in (pool.pixels, pool.offsets, pool.sizes)]
+    pixels, offsets, sizes = per_pool[lib.device]
+    return (lib.pointer(pixels), 0, pool.channels, len(pool), lib.pointer(offsets), lib.pointer(sizes),
+            len(pool.pixels), *scale_shift)
+
+
 def encode(encoder, images, labels, keys, rows):
     """Encoder.encode for CUDA images; returns arrays of the images' library on its device."""
     lib = _Library(images)
@@ -104,15 +115,20 @@ def encode(encoder, images, labels, keys, rows):
     channels_last = _arrays.channels_last(np.empty((0, *shape[1:]), dtype), encoder.layout)
     axes = (0, 3, 1, 2) if channels_last else (0, 1, 2, 3)
     n, channels, height, width = (shape[a] for a in axes)
-    _arrays.check_keys(keys, n, check_indices=False)
+    _arrays.check_keys(keys, n, check_indices=False, public=encoder.public)
     if keys.k != encoder.k:
         raise ValueError(f"the keys have k={keys.k} terms, the encoder k={encoder.k}")
     rows = _arrays.row_ids(rows, n)
     used = keys.index[rows]  # the kernel reads indices from device memory: check this batch's here
-    if used.size and (used.min() < 0 or used.max() >= n):
+    kp = keys.private_terms
+    if used.size and (used[:, :kp].min() < 0 or used[:, :kp].max() >= n):
         raise ValueError(f"keys.index refers to images outside [0, {n})")
-    source = (pointer, _PIXEL[dtype], (n, channels, height, width), tuple(strides[a] for a in axes),
-              *encoder._scale_shift(channels, dtype))
+    if kp < keys.k and used.size and (used[:, kp:].min() < 0 or used[:, kp:].max() >= len(encoder.public)):
+        raise ValueError(f"keys.index refers to public images outside [0, {len(encoder.public)})")
+    sources = [(pointer, _PIXEL[dtype], (n, channels, height, width), tuple(strides[a] for a in axes),
+                *encoder._scale_shift(channels, dtype))]
+    if kp < keys.k:
+        sources.append(_pool_source(encoder.public, lib, encoder._public_scale_shift(height, width, channels)))
 
     out_shape = (len(rows), height, width, channels) if encoder.out_layout == "NHWC" else (len(rows), channels, height, width)
     out = lib.empty(out_shape, encoder.out_dtype)
@@ -124,7 +140,7 @@ def encode(encoder, images, labels, keys, rows):
     batch = {name: table[device_rows] for name, table in tables.items()}  # gathers on the device
     if lib.name == "torch":
         batch = {name: t.contiguous() for name, t in batch.items()}
-    _core.encode_cuda([source], keys.private_terms, len(rows), keys.k, lib.pointer(batch["index"]),
+    _core.encode_cuda(sources, keys.private_terms, len(rows), keys.k, lib.pointer(batch["index"]),
                       lib.pointer(batch["lam"]), lib.pointer(batch["offset"]), lib.pointer(batch["flip"]),
                       lib.pointer(device_rows), keys.mask_key, keys.epoch, encoder._sign_code, lib.pointer(out),
                       encoder._out_code, encoder.out_layout == "NHWC", height, width, lib.device, lib.stream())

@@ -128,13 +128,9 @@ class Encoder:
         channels, height, width = (x.shape[3], x.shape[1], x.shape[2]) if channels_last else x.shape[1:]
         sources = [(x, channels_last, *self._scale_shift(channels, x.dtype))]
         if keys.private_terms < keys.k:
-            if (height, width) != self.patch_size:
-                raise ValueError(f"images are {height}x{width}, the encoder's patch_size is {self.patch_size}")
-            if self.public.channels != channels:
-                raise ValueError(f"the public pool has {self.public.channels} channels, the images {channels}")
             pool = self.public
-            sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes,
-                            (np.float32(1 / 255) / pool.std).tolist(), (pool.mean / pool.std).tolist()))
+            sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes, *self._public_scale_shift(height, width,
+                                                                                                             channels)))
 
         out_shape = (len(rows), height, width, channels) if self.out_layout == "NHWC" else (len(rows), channels, height, width)
         out = np.empty(out_shape, _arrays.numpy_out_dtype(self.out_dtype))
@@ -154,6 +150,14 @@ class Encoder:
             unit = np.float32(1 / 255) if np.dtype(dtype) == np.uint8 else np.float32(1)
             self._normalization[cache_key] = ((unit / std).tolist(), (mean / std).tolist())
         return self._normalization[cache_key]
+
+    def _public_scale_shift(self, height: int, width: int, channels: int) -> tuple:
+        """Checks that the images fit the public pool and returns the pool's (scale, shift)."""
+        if (height, width) != self.patch_size:
+            raise ValueError(f"images are {height}x{width}, the encoder's patch_size is {self.patch_size}")
+        if self.public.channels != channels:
+            raise ValueError(f"the public pool has {self.public.channels} channels, the images {channels}")
+        return (np.float32(1 / 255) / self.public.std).tolist(), (self.public.mean / self.public.std).tolist()
 
     def _mix_labels(self, labels, keys: Keys, rows: np.ndarray) -> np.ndarray:
         """sum over private terms of lam[i, t] * onehot(label of term t), as float32."""
