@@ -40,13 +40,21 @@ void read_key(const py::bytes& key, uint8_t out[32]) {
   std::copy(k.begin(), k.end(), out);
 }
 
+// scale[C] and shift[C] of v' = v * scale - shift, one value per channel of `s`.
+void read_normalization(ImageSource& s, const py::handle& scale_list, const py::handle& shift_list) {
+  if (s.channels < 1 || s.channels > kMaxChannels) fail("images must have 1 to 4 channels, got " + std::to_string(s.channels));
+  auto scale = scale_list.cast<std::vector<float>>();
+  auto shift = shift_list.cast<std::vector<float>>();
+  if (int64_t(scale.size()) != s.channels || int64_t(shift.size()) != s.channels)
+    fail("scale and shift need one value per channel");
+  for (int64_t c = 0; c < s.channels; ++c) s.scale[c] = scale[c], s.shift[c] = shift[c];
+}
+
 // (images, channels_last, scale[C], shift[C]) -> ImageSource, strides in elements.
 ImageSource read_source(const py::tuple& spec) {
   if (spec.size() != 4) fail("a source is (images, channels_last, scale, shift)");
   py::array images = spec[0].cast<py::array>();
   bool channels_last = spec[1].cast<bool>();
-  auto scale = spec[2].cast<std::vector<float>>();
-  auto shift = spec[3].cast<std::vector<float>>();
   ImageSource s;
   if (py::dtype::of<uint8_t>().is(images.dtype())) s.pixel = PixelType::kUint8;
   else if (py::dtype::of<float>().is(images.dtype())) s.pixel = PixelType::kFloat32;
@@ -64,10 +72,7 @@ ImageSource read_source(const py::tuple& spec) {
   s.count = shape[0];
   s.channels = shape[axes[1]], s.height = shape[axes[2]], s.width = shape[axes[3]];
   s.stride_n = stride[0], s.stride_c = stride[axes[1]], s.stride_h = stride[axes[2]], s.stride_w = stride[axes[3]];
-  if (s.channels < 1 || s.channels > kMaxChannels) fail("images must have 1 to 4 channels, got " + std::to_string(s.channels));
-  if (int64_t(scale.size()) != s.channels || int64_t(shift.size()) != s.channels)
-    fail("scale and shift need one value per channel");
-  for (int64_t c = 0; c < s.channels; ++c) s.scale[c] = scale[c], s.shift[c] = shift[c];
+  read_normalization(s, spec[2], spec[3]);
   return s;
 }
 
@@ -81,7 +86,6 @@ ImageSource read_packed_source(const py::tuple& spec) {
   else throw py::type_error("packed images must be uint8 or float32");
   if (pixels.ndim() != 1 || !(pixels.flags() & py::array::c_style)) fail("packed images must be a contiguous 1-d buffer");
   s.channels = spec[1].cast<int64_t>();
-  if (s.channels < 1 || s.channels > kMaxChannels) fail("images must have 1 to 4 channels");
   const py::array offsets = spec[2].cast<py::array>(), sizes = spec[3].cast<py::array>();
   if (offsets.ndim() != 1) fail("packed image offsets must be 1-d");
   s.count = offsets.shape(0);
@@ -91,11 +95,7 @@ ImageSource read_packed_source(const py::tuple& spec) {
   s.data = pixels.data();
   s.stride_c = 1, s.stride_w = s.channels;
   s.height = s.width = 1;  // unused: every image has its own size
-  auto scale = spec[4].cast<std::vector<float>>();
-  auto shift = spec[5].cast<std::vector<float>>();
-  if (int64_t(scale.size()) != s.channels || int64_t(shift.size()) != s.channels)
-    fail("scale and shift need one value per channel");
-  for (int64_t c = 0; c < s.channels; ++c) s.scale[c] = scale[c], s.shift[c] = shift[c];
+  read_normalization(s, spec[4], spec[5]);
   return s;
 }
 
@@ -187,12 +187,7 @@ ImageSource read_device_source(const py::tuple& spec) {
     s.packed_elements = spec[6].cast<int64_t>();
     s.height = s.width = 1;  // unused: every image has its own size
     s.stride_c = 1, s.stride_w = s.channels;
-    auto scale = spec[7].cast<std::vector<float>>();
-    auto shift = spec[8].cast<std::vector<float>>();
-    if (s.channels < 1 || s.channels > kMaxChannels) fail("images must have 1 to 4 channels");
-    if (int64_t(scale.size()) != s.channels || int64_t(shift.size()) != s.channels)
-      fail("scale and shift need one value per channel");
-    for (int64_t c = 0; c < s.channels; ++c) s.scale[c] = scale[c], s.shift[c] = shift[c];
+    read_normalization(s, spec[7], spec[8]);
     return s;
   }
   if (spec.size() != 6) fail("a device source is (pointer, pixel, shape, strides, scale, shift)");
@@ -205,12 +200,7 @@ ImageSource read_device_source(const py::tuple& spec) {
   auto strides = spec[3].cast<std::array<int64_t, 4>>();
   s.count = shape[0], s.channels = shape[1], s.height = shape[2], s.width = shape[3];
   s.stride_n = strides[0], s.stride_c = strides[1], s.stride_h = strides[2], s.stride_w = strides[3];
-  auto scale = spec[4].cast<std::vector<float>>();
-  auto shift = spec[5].cast<std::vector<float>>();
-  if (s.channels < 1 || s.channels > kMaxChannels) fail("images must have 1 to 4 channels");
-  if (int64_t(scale.size()) != s.channels || int64_t(shift.size()) != s.channels)
-    fail("scale and shift need one value per channel");
-  for (int64_t c = 0; c < s.channels; ++c) s.scale[c] = scale[c], s.shift[c] = shift[c];
+  read_normalization(s, spec[4], spec[5]);
   return s;
 }
 
