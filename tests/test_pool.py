@@ -164,3 +164,23 @@ def test_sift_filter_rejects_flat_images_and_keeps_textured_ones(tiny_imagenet_p
     custom = instahide.PublicPool.from_images([textured, textured], min_keypoints=10, keypoints=lambda im: counts.pop(),
                                               progress=False)
     assert len(custom) == 1  # the detector is configurable
+
+
+def test_pool_from_folder_and_tar(rng, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    color = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (64, 48), dtype=np.uint8)
+    Image.fromarray(color).save(tmp_path / "a" / "one.png")
+    Image.fromarray(gray).save(tmp_path / "a" / "b" / "two.png")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    pool = instahide.PublicPool.from_folder(tmp_path, short_side=None, progress=False)
+    assert len(pool) == 2 and pool.sizes.tolist() == [[64, 48], [50, 70]]  # sorted by path: a/b/two before a/one
+    assert np.array_equal(pool.image(1), color) and np.array_equal(pool.image(0)[..., 2], gray)
+    import tarfile
+
+    with tarfile.open(tmp_path / "images.tar", "w") as tar:
+        tar.add(tmp_path / "a", arcname="a")
+    from_tar = instahide.PublicPool.from_tar(tmp_path / "images.tar", progress=False)
+    assert from_tar.sizes.tolist() == [[53, 40], [40, 56]]  # short side 40, long side truncated
