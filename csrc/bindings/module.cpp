@@ -22,9 +22,17 @@ namespace {
 
 [[noreturn]] void fail(const std::string& message) { throw py::value_error(message); }
 
+// dtype equality by kind, size and native byte order: arrays rebuilt by pickle (DataLoader
+// workers under spawn) carry equal dtypes that are not the same object.
+bool same_dtype(const py::dtype& have, const py::dtype& want) {
+  const char order = have.byteorder();
+  const bool native = order == '=' || order == '|' || order == (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '<' : '>');
+  return native && have.kind() == want.kind() && have.itemsize() == want.itemsize();
+}
+
 template <typename T>
 const T* table(const py::array& a, const char* name, std::vector<int64_t> shape) {
-  if (!py::isinstance<py::array_t<T>>(a) || !py::dtype::of<T>().is(a.dtype()))
+  if (!same_dtype(a.dtype(), py::dtype::of<T>()))
     throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                          ", got " + std::string(py::str(a.dtype())));
   if (!(a.flags() & py::array::c_style)) fail(std::string(name) + ": must be C-contiguous");
@@ -56,8 +64,8 @@ ImageSource read_source(const py::tuple& spec) {
   py::array images = spec[0].cast<py::array>();
   bool channels_last = spec[1].cast<bool>();
   ImageSource s;
-  if (py::dtype::of<uint8_t>().is(images.dtype())) s.pixel = PixelType::kUint8;
-  else if (py::dtype::of<float>().is(images.dtype())) s.pixel = PixelType::kFloat32;
+  if (same_dtype(images.dtype(), py::dtype::of<uint8_t>())) s.pixel = PixelType::kUint8;
+  else if (same_dtype(images.dtype(), py::dtype::of<float>())) s.pixel = PixelType::kFloat32;
   else throw py::type_error("images must be uint8 or float32, got " + std::string(py::str(images.dtype())));
   if (images.ndim() != 4) fail("images must have 4 dimensions (N, C, H, W) or (N, H, W, C)");
   const py::ssize_t item = images.itemsize();
@@ -81,8 +89,8 @@ ImageSource read_source(const py::tuple& spec) {
 ImageSource read_packed_source(const py::tuple& spec) {
   py::array pixels = spec[0].cast<py::array>();
   ImageSource s;
-  if (py::dtype::of<uint8_t>().is(pixels.dtype())) s.pixel = PixelType::kUint8;
-  else if (py::dtype::of<float>().is(pixels.dtype())) s.pixel = PixelType::kFloat32;
+  if (same_dtype(pixels.dtype(), py::dtype::of<uint8_t>())) s.pixel = PixelType::kUint8;
+  else if (same_dtype(pixels.dtype(), py::dtype::of<float>())) s.pixel = PixelType::kFloat32;
   else throw py::type_error("packed images must be uint8 or float32");
   if (pixels.ndim() != 1 || !(pixels.flags() & py::array::c_style)) fail("packed images must be a contiguous 1-d buffer");
   s.channels = spec[1].cast<int64_t>();
@@ -127,7 +135,7 @@ void encode(const py::list& sources, int private_terms, const py::array& index, 
   a.out_type = OutType(out_type);
   const py::dtype want = out_type == 0 ? py::dtype::of<float>()
                          : out_type == 1 ? py::dtype("float16") : py::dtype::of<uint16_t>();
-  if (!want.is(out.dtype())) throw py::type_error("out: expected dtype " + std::string(py::str(want)));
+  if (!same_dtype(out.dtype(), want)) throw py::type_error("out: expected dtype " + std::string(py::str(want)));
   if (!(out.flags() & py::array::c_style) || !out.writeable()) fail("out: must be C-contiguous and writeable");
   if (out.ndim() != 4 || out.shape(0) != a.rows) fail("out: must have shape (rows, ...) with 4 dimensions");
   const int64_t C = a.sources[0].channels;

@@ -99,12 +99,13 @@ class Encoder:
         return (f"Encoder(k={self.k}, upper={self.upper}, sign={self.sign!r}, pad={self.pad}, hflip={self.hflip}, "
                 f"distinct={self.distinct}, out_dtype={self.out_dtype!r}, key=<hidden>)")
 
-    def keys(self, n: int, epoch: int) -> Keys:
-        """The keys of one epoch of n images: fresh partners, coefficients, windows and mask."""
+    def keys(self, n: int, epoch: int, own_at_least: float = 0.0) -> Keys:
+        """The keys of one epoch of n images: fresh partners, coefficients, windows and mask.
+        `own_at_least` keeps each row's own image at least that heavy (for inference)."""
         return derive_keys(self._secret, epoch, n, k=self.k, upper=self.upper, distinct=self.distinct, pad=self.pad,
                            hflip=self.hflip, private_terms=self.private_terms,
                            public_sizes=None if self.public is None else self.public.sizes, patch=self.patch_size,
-                           dom=self.dom)
+                           dom=self.dom, own_at_least=own_at_least)
 
     def encode(self, images, labels, keys: Keys, rows=None):
         """Encodes `rows` of the epoch (an index array or slice; default all).

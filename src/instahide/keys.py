@@ -115,11 +115,12 @@ class Keys:
 
 def derive_keys(secret: bytes, epoch: int, n: int, *, k: int, upper: float = 0.65, distinct: bool = False,
                 pad: int = 0, hflip: bool = False, private_terms: int | None = None, public_sizes=None,
-                patch=None, dom: float = 0.0) -> Keys:
+                patch=None, dom: float = 0.0, own_at_least: float = 0.0) -> Keys:
     """The keys of one epoch of n rows. Inside-dataset mode (default) makes all k terms
     private; cross-dataset mode (`private_terms` < k) fills terms private_terms.. with patches
     of `patch` = (h, w) pixels at uniform positions of uniformly drawn public images, whose
-    (H, W) sizes are `public_sizes`."""
+    (H, W) sizes are `public_sizes`. `own_at_least` redraws rows whose own image (term 0)
+    weighs less (InstaHide inference's option of a dominant test image)."""
     secret = check_secret_key(secret)
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive number of images, got {n!r}")
@@ -136,6 +137,8 @@ def derive_keys(secret: bytes, epoch: int, n: int, *, k: int, upper: float = 0.6
         raise ValueError(f"distinct partners need at least {kp} images, got {n}")
     if not 0.0 <= dom < 1.0:
         raise ValueError(f"dom must be in [0, 1), got {dom}")
+    if not 0.0 <= own_at_least < (upper if k > 1 else 1.0 + 1e-9):
+        raise ValueError(f"own_at_least must be in [0, upper={upper}), got {own_at_least}")
     if kp < k:
         public_sizes, patch = _check_public(public_sizes, patch)
     n, epoch = int(n), int(epoch)
@@ -144,7 +147,7 @@ def derive_keys(secret: bytes, epoch: int, n: int, *, k: int, upper: float = 0.6
     def stream(domain: int) -> Stream:
         return Stream(sampling, epoch, domain)
 
-    lam = _coefficients(stream(_COEFFICIENTS), n, k, upper, kp if kp < k else k, dom)
+    lam = _coefficients(stream(_COEFFICIENTS), n, k, upper, kp if kp < k else k, dom, own_at_least)
     index = np.empty((n, k), np.int64)
     index[:, 0] = np.arange(n)
     for t in range(1, kp):
@@ -176,7 +179,8 @@ def _check_public(public_sizes, patch):
     return sizes, patch
 
 
-def _coefficients(stream: Stream, n: int, k: int, upper: float, private_terms: int, dom: float) -> np.ndarray:
+def _coefficients(stream: Stream, n: int, k: int, upper: float, private_terms: int, dom: float,
+                  own_at_least: float = 0.0) -> np.ndarray:
     """|N(0,1)| per term, each row divided by its sum; rows with a coefficient above `upper`,
     or whose private terms weigh less than `dom` in total, are drawn again (the authors' rule)."""
 
@@ -185,7 +189,7 @@ def _coefficients(stream: Stream, n: int, k: int, upper: float, private_terms: i
         return g / g.sum(axis=1, keepdims=True)
 
     def rejected(rows: np.ndarray) -> np.ndarray:
-        return (rows.max(axis=1) > upper) | (rows[:, :private_terms].sum(axis=1) < dom)
+        return (rows.max(axis=1) > upper) | (rows[:, :private_terms].sum(axis=1) < dom) | (rows[:, 0] < own_at_least)
 
     lam = draw(n)
     if k > 1:

@@ -1,0 +1,133 @@
+"""PyTorch integration (needs torch): epoch-keyed encoded batches for DataLoader workers, a
+batch transform in the style of timm's Mixup, soft-target cross-entropy, and InstaHide
+inference (the paper's section 3.3).
+
+Each epoch is re-keyed: fresh partners, coefficients, windows and masks (the paper's one-time
+use). Keys derive from the encoder's secret key and the epoch inside whichever process needs
+them, so DataLoader workers (fork or spawn) receive no keys, only the dataset object.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ._random import Stream
+from .encoder import Encoder
+from .keys import _subkey
+
+__all__ = ["EncodedBatches", "InstaHideLoader", "InstaHideMix", "soft_cross_entropy", "predict"]
+
+_BATCH_ORDER = 96  # stream domain of the epoch's batch order
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of sum_c -targets[c] * log_softmax(logits)[c] (soft labels)."""
+    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+class EncodedBatches(Dataset):
+    """Item b is batch b of the current epoch: (encoded images, soft labels) as tensors.
+
+    Call ``set_epoch(e)`` before each epoch (as with DistributedSampler); use it with
+    ``DataLoader(batches, batch_size=None, num_workers=...)`` or `InstaHideLoader`. Rows are
+    shuffled per epoch in an order derived from the secret key too, so every process agrees.
+    Images on a GPU (torch CUDA tensors) encode there; use no workers then.
+    """
+
+    def __init__(self, images, labels, encoder: Encoder, batch_size: int = 128, shuffle: bool = True,
+                 drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.images, self.labels, self.encoder = images, labels, encoder
+        self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
+        self.n = len(images)
+        self.epoch = 0
+        self._cache = None  # (epoch, keys, order): derived once per epoch and process
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def epoch_keys(self):
+        """(keys, row order) of the current epoch."""
+        if self._cache is None or self._cache[0] != self.epoch:
+            keys = self.encoder.keys(self.n, self.epoch)
+            order = np.arange(self.n)
+            if self.shuffle:
+                order = Stream(_subkey(self.encoder.key, b"batch order"), self.epoch, _BATCH_ORDER).permutation(self.n)
+            self._cache = (self.epoch, keys, order)
+        return self._cache[1], self._cache[2]
+
+    def __getitem__(self, b: int):
+        if not 0 <= b < len(self):
+            raise IndexError(b)
+        keys, order = self.epoch_keys()
+        rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+        x, y = self.encoder.encode(self.images, self.labels, keys, rows=rows)
+        return _as_tensor(x), _as_tensor(y)
+
+
+class InstaHideLoader:
+    """Iterates over epochs of encoded batches, re-keying each time it is iterated:
+    ``for x, y in loader`` runs epoch loader.epoch, then the next call the next epoch."""
+
+    def __init__(self, images, labels, encoder: Encoder, batch_size: int = 128, shuffle: bool = True,
+                 drop_last: bool = False, num_workers: int = 0, start_epoch: int = 0, **loader_options) -> None:
+        self.batches = EncodedBatches(images, labels, encoder, batch_size, shuffle, drop_last)
+        self.num_workers, self.loader_options = num_workers, loader_options
+        self.epoch = int(start_epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        self.batches.set_epoch(self.epoch)
+        self.epoch += 1
+        yield from DataLoader(self.batches, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                              **self.loader_options)
+
+
+class InstaHideMix:
+    """Batch-level InstaHide for pipelines that already produce batches, in the style of timm's
+    Mixup: ``x, y = mix(x, y)`` mixes each image with others of its batch. Every call uses
+    fresh keys (its own epoch number, counting calls): give it an Encoder of its own."""
+
+    def __init__(self, encoder: Encoder, start: int = 0) -> None:
+        self.encoder, self.calls = encoder, int(start)
+
+    def __call__(self, images, labels):
+        keys = self.encoder.keys(len(images), self.calls)
+        self.calls += 1
+        x, y = self.encoder.encode(images, labels, keys)
+        return _as_tensor(x), _as_tensor(y)
+
+
+@torch.no_grad()
+def predict(model, images, encoder: Encoder, num_classes: int, repeats: int = 1, own_at_least: float = 0.0,
+            batch_size: int = 256, start_epoch: int = 0) -> torch.Tensor:
+    """InstaHide inference (the paper's section 3.3): class probabilities (n, num_classes) of
+    `images`, each encoded `repeats` times with fresh keys (mixed with other images of the set
+    and masked, as in training) and the softmax outputs averaged. `own_at_least` (e.g. 0.5)
+    keeps each image's own coefficient at least that large. Give the encoder a key and epochs
+    of its own (not the training encoder's)."""
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    device = next(model.parameters()).device
+    n = len(images)
+    probabilities = torch.zeros((n, num_classes), device=device)
+    no_labels = np.zeros(n, np.int64)
+    for r in range(repeats):
+        keys = encoder.keys(n, start_epoch + r, own_at_least=own_at_least)
+        for start in range(0, n, batch_size):
+            x, _ = encoder.encode(images, no_labels, keys, rows=np.arange(start, min(n, start + batch_size)))
+            probabilities[start:start + len(x)] += F.softmax(model(_as_tensor(x).to(device).float()), dim=-1)
+    return probabilities / repeats
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
