@@ -82,3 +82,54 @@ def load_cifar10(split: str = "test", data_dir=None, limit: int | None = None, c
         np.savez(tmp, images=images, labels=labels)
         os.replace(tmp, cache_file)
     return images, labels
+
+
+def load_image_folder(folder):
+    """Images in class subfolders (``<folder>/<class>/<image>``, classes in sorted order) as
+    (images (N, H, W, 3) uint8, labels (N,), class names). All images must share one size."""
+    from PIL import Image
+
+    folder = Path(folder)
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"{folder}: no class subfolders")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES):
+            with Image.open(path) as im:
+                images.append(np.asarray(im.convert("RGB")))
+            labels.append(label)
+    if not images:
+        raise ValueError(f"{folder}: no images")
+    if len({im.shape for im in images}) != 1:
+        raise ValueError(f"{folder}: images of several sizes")
+    return np.stack(images), np.asarray(labels, np.int64), tuple(classes)
+
+
+def load_pickle_batches(folder, split: str):
+    """The original CIFAR-10 python batches (``data_batch_1`` .. ``5``, ``test_batch``) as
+    (images (N, 32, 32, 3) uint8, labels (N,))."""
+    import pickle
+
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        with open(Path(folder) / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[b"labels"], np.int64))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def load_split(path, split: str):
+    """(images, labels) of one split from a class tar file, a folder of class subfolders, or
+    a folder of CIFAR-10 python batches."""
+    path = Path(path)
+    if path.is_file():
+        return load_class_tar(path)
+    if (path / "data_batch_1").exists() or (path / "test_batch").exists():
+        return load_pickle_batches(path, split)
+    if path.is_dir():
+        images, labels, _ = load_image_folder(path)
+        return images, labels
+    raise FileNotFoundError(f"{path}: no such dataset file or folder")

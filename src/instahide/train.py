@@ -1,0 +1,189 @@
+"""`instahide train`: train a model on InstaHide encodings (or plainly, or with k-way mixup)
+with the authors' settings as defaults. Needs torch."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .datasets import default_data_dir, load_split
+from .encoder import Encoder
+from .keys import new_secret_key
+from .models import MODELS
+from .pool import PublicPool
+from .torch import InstaHideLoader, soft_cross_entropy
+
+LOG_FIELDS = ["epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "encode_seconds", "lr"]
+
+
+def add_arguments(parser) -> None:
+    data = default_data_dir()
+    parser.add_argument("--train", default=str(data / "cifar10-train.tar"),
+                        help="training set: a class tar file, a folder of class subfolders, or CIFAR-10 python batches")
+    parser.add_argument("--test", default=str(data / "cifar10-test.tar"), help="test set, in the same forms")
+    parser.add_argument("--limit", type=int, help="train on this many images (a random subset), for quick runs")
+    parser.add_argument("--test-limit", type=int, help="test on this many images (a random subset)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="preact_resnet18")
+    parser.add_argument("--mode", choices=["vanilla", "mixup", "instahide", "cross"], default="instahide",
+                        help="vanilla: plain training; mixup: k terms, no mask; instahide: inside-dataset; "
+                             "cross: private + public terms")
+    parser.add_argument("--k", type=int, default=4, help="terms per encoding (cross: 6 in the paper)")
+    parser.add_argument("--private-terms", type=int, default=2, help="cross mode: private terms per encoding")
+    parser.add_argument("--public", default=str(data / "tiny-imagenet-val.tar"),
+                        help="cross mode: public images (tar, folder, or a saved PublicPool .npz)")
+    parser.add_argument("--dom", type=float, default=0.3, help="cross mode: least total weight of private terms")
+    parser.add_argument("--upper", type=float, default=0.65, help="largest coefficient")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no pad-4 crop and flip")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--out", default="runs/instahide", help="folder for log.csv and checkpoint.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--seed", type=int, help="seeds model initialization and the data subset (keys stay secret)")
+    parser.add_argument("--key-file", help="32-byte secret key file (default: a fresh key from the OS)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def learning_rate(args, epoch: int) -> float:
+    """The authors' step decay: /10 at half and at three quarters of the epochs."""
+    return args.lr * 0.1 ** sum(epoch >= m for m in (args.epochs // 2, 3 * args.epochs // 4))
+
+
+def make_encoder(args, images: np.ndarray, key: bytes, mean, std) -> Encoder:
+    options = dict(mean=mean, std=std, pad=4 if args.augment else 0, hflip=args.augment, key=key, upper=args.upper,
+                   layout="NHWC")
+    if args.mode == "vanilla":
+        return Encoder(k=1, sign="none", **options)
+    if args.mode == "mixup":
+        return Encoder(k=args.k, sign="none", **options)
+    if args.mode == "instahide":
+        return Encoder(k=args.k, **options)
+    public = Path(args.public)
+    pool = PublicPool.load(public) if public.suffix == ".npz" else (
+        PublicPool.from_tar(public, progress=not args.quiet) if public.is_file() else
+        PublicPool.from_folder(public, progress=not args.quiet))
+    return Encoder(k=args.k, private_terms=args.private_terms, public=pool, patch_size=images.shape[1:3],
+                   dom=args.dom, **options)
+
+
+def evaluate(model, images, labels, mean, std, device, batch_size=500):
+    """Test loss and accuracy on plain normalized images."""
+    plain = Encoder(k=1, sign="none", mean=mean, std=std, layout="NHWC")
+    keys = plain.keys(len(images), 0)
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            rows = np.arange(start, min(len(images), start + batch_size))
+            x, _ = plain.encode(images, labels, keys, rows=rows)
+            logits = model(torch.from_numpy(x).to(device))
+            y = torch.from_numpy(labels[rows]).to(device)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(dim=1) == y).sum().item()
+    return loss / len(images), correct / len(images)
+
+
+def run(args) -> list[dict]:
+    """Trains; returns the rows of the log."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    train_x, train_y = load_split(args.train, "train")
+    test_x, test_y = load_split(args.test, "test")
+    pick = np.random.default_rng(args.seed)
+    if args.limit:
+        keep = np.sort(pick.permutation(len(train_x))[:args.limit])
+        train_x, train_y = train_x[keep], train_y[keep]
+    if args.test_limit:
+        keep = np.sort(pick.permutation(len(test_x))[:args.test_limit])
+        test_x, test_y = test_x[keep], test_y[keep]
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    values = train_x.reshape(-1, train_x.shape[-1]) / 255.0
+    mean, std = values.mean(axis=0), values.std(axis=0)
+
+    device = torch.device(args.device)
+    model = MODELS[args.model](num_classes=classes, channels=train_x.shape[-1]).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    checkpoint_path, log_path = out / "checkpoint.pt", out / "log.csv"
+    start_epoch, key = 0, None
+    if args.resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, key = state["epoch"] + 1, state["secret_key"]
+    if key is None:
+        key = Path(args.key_file).read_bytes() if args.key_file else new_secret_key()
+    encoder = make_encoder(args, train_x, key, mean, std)
+    images = torch.from_numpy(train_x).to(device) if device.type == "cuda" else train_x
+    loader = InstaHideLoader(images, train_y, encoder, batch_size=args.batch_size, num_workers=args.workers,
+                             start_epoch=start_epoch)
+    if not (args.resume and log_path.exists()):
+        with open(log_path, "w", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writeheader()
+
+    rows = []
+    for epoch in range(start_epoch, args.epochs):
+        lr = learning_rate(args, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        started, encode_seconds, total_loss, batches = time.perf_counter(), 0.0, 0.0, 0
+        iterator = iter(loader)
+        progress = _progress(len(loader), f"epoch {epoch}", args.quiet)
+        while True:
+            fetch = time.perf_counter()
+            try:
+                x, y = next(iterator)
+            except StopIteration:
+                break
+            encode_seconds += time.perf_counter() - fetch
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = soft_cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss, batches = total_loss + loss.item(), batches + 1
+            if progress:
+                progress.update(1)
+                progress.set_postfix(loss=f"{total_loss / batches:.3f}")
+        if progress:
+            progress.close()
+        seconds = time.perf_counter() - started
+        test_loss, accuracy = evaluate(model, test_x, test_y, mean, std, device)
+        row = {"epoch": epoch, "train_loss": total_loss / max(batches, 1), "test_loss": test_loss,
+               "test_accuracy": accuracy, "seconds": seconds, "encode_seconds": encode_seconds, "lr": lr}
+        rows.append(row)
+        with open(log_path, "a", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writerow(row)
+        # the checkpoint holds the secret key (to resume the same key stream): keep it private
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                    "secret_key": key, "args": vars(args)}, checkpoint_path.with_suffix(".tmp"))
+        os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)
+        if not args.quiet:
+            print(f"epoch {epoch}: train loss {row['train_loss']:.3f}, test loss {test_loss:.3f}, "
+                  f"accuracy {accuracy:.2%}, {seconds:.1f} s ({encode_seconds:.1f} s encoding)")
+    if not math.isfinite(rows[-1]["train_loss"] if rows else 0.0):
+        raise RuntimeError("training diverged (loss is not finite)")
+    return rows
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    if quiet:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False)
