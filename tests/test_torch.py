@@ -90,3 +90,33 @@ def test_inference_averages_repeats_with_a_dominant_own_image(data):
     assert (keys.lam[:, 0] >= 0.5).all() and keys.lam.max() <= 0.65 + 1e-6
     with pytest.raises(ValueError, match="own_at_least"):
         derive_keys(encoder.key, 0, 40, k=4, own_at_least=0.7)
+
+
+def _rank_batches(rank, world_size, init_file, key, images, labels, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        batches = EncodedBatches(images, labels, instahide.Encoder(k=4, pad=2, hflip=True, key=key), batch_size=32)
+        batches.set_epoch(5)
+        torch.save([batches[i] for i in range(len(batches))], f"{out_dir}/rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_ranks_together_encode_the_single_process_epoch(data, tmp_path):
+    """2 processes (gloo on CPU): every rank derives the same keys and encodes its share."""
+    import torch.multiprocessing as mp
+
+    images, labels = data
+    key = instahide.new_secret_key()
+    mp.spawn(_rank_batches, args=(2, str(tmp_path / "init"), key, images, labels, str(tmp_path)), nprocs=2, join=True)
+    single = EncodedBatches(images, labels, instahide.Encoder(k=4, pad=2, hflip=True, key=key), batch_size=32)
+    single.set_epoch(5)
+    shards = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert len(shards[0]) + len(shards[1]) == len(single) == 10
+    for b in range(len(single)):
+        x, y = shards[b % 2][b // 2]
+        ex, ey = single[b]
+        assert torch.equal(x, ex) and torch.equal(y, ey)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
@@ -35,12 +36,23 @@ class EncodedBatches(Dataset):
     ``DataLoader(batches, batch_size=None, num_workers=...)`` or `InstaHideLoader`. Rows are
     shuffled per epoch in an order derived from the secret key too, so every process agrees.
     Images on a GPU (torch CUDA tensors) encode there; use no workers then.
+
+    Distributed training (DDP): every rank holds the whole private set and the same secret key,
+    derives the same epoch keys, and encodes only its share of the batches (batch b goes to rank
+    b mod world_size), so all ranks together produce exactly the single-process epoch. `rank`
+    and `world_size` default to torch.distributed's when it is initialized.
     """
 
     def __init__(self, images, labels, encoder: Encoder, batch_size: int = 128, shuffle: bool = True,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, rank: int | None = None, world_size: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = int(rank if rank is not None else torch.distributed.get_rank() if distributed else 0)
+        self.world_size = int(world_size if world_size is not None else
+                              torch.distributed.get_world_size() if distributed else 1)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
         self.images, self.labels, self.encoder = images, labels, encoder
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
         self.n = len(images)
@@ -50,8 +62,14 @@ class EncodedBatches(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __len__(self) -> int:
+    @property
+    def total_batches(self) -> int:
+        """Batches of the whole epoch, over all ranks."""
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __len__(self) -> int:
+        """This rank's batches."""
+        return max(0, -(-(self.total_batches - self.rank) // self.world_size))
 
     def epoch_keys(self):
         """(keys, row order) of the current epoch."""
@@ -63,9 +81,10 @@ class EncodedBatches(Dataset):
             self._cache = (self.epoch, keys, order)
         return self._cache[1], self._cache[2]
 
-    def __getitem__(self, b: int):
-        if not 0 <= b < len(self):
-            raise IndexError(b)
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        b = i * self.world_size + self.rank  # this rank's i-th batch of the epoch
         keys, order = self.epoch_keys()
         rows = order[b * self.batch_size:(b + 1) * self.batch_size]
         x, y = self.encoder.encode(self.images, self.labels, keys, rows=rows)
@@ -77,8 +96,9 @@ class InstaHideLoader:
     ``for x, y in loader`` runs epoch loader.epoch, then the next call the next epoch."""
 
     def __init__(self, images, labels, encoder: Encoder, batch_size: int = 128, shuffle: bool = True,
-                 drop_last: bool = False, num_workers: int = 0, start_epoch: int = 0, **loader_options) -> None:
-        self.batches = EncodedBatches(images, labels, encoder, batch_size, shuffle, drop_last)
+                 drop_last: bool = False, num_workers: int = 0, start_epoch: int = 0, rank: int | None = None,
+                 world_size: int | None = None, **loader_options) -> None:
+        self.batches = EncodedBatches(images, labels, encoder, batch_size, shuffle, drop_last, rank, world_size)
         self.num_workers, self.loader_options = num_workers, loader_options
         self.epoch = int(start_epoch)
 
