@@ -53,3 +53,10 @@ def test_audit_says_what_leaks():
     findings = attacks.audit(instahide.Encoder(k=4), encodings_per_image=50)
     text = " ".join(findings)
     assert "ChaCha20" in text and "|mixture|" in text and "50 times" in text and "coefficients" in text
+
+
+def test_attack_command(capsys):
+    from instahide import cli
+
+    assert cli.main(["attack", "--tier", "0", "-T", "7"]) == 0
+    assert "7 times" in capsys.readouterr().out
