@@ -99,9 +99,17 @@ class PublicPool:
         start = int(self.offsets[i])
         return self.pixels[start:start + h * w * self.channels].reshape(h, w, self.channels)
 
-    def _statistics(self):
-        values = self.pixels.reshape(-1, self.channels).astype(np.float64) / 255
-        return values.mean(axis=0), values.std(axis=0)
+    def _statistics(self, chunk: int = 1 << 20):
+        """Per-channel mean and std in [0, 1] units, in chunks (pools can be large)."""
+        pixels = self.pixels.reshape(-1, self.channels)
+        total = np.zeros(self.channels)
+        squares = np.zeros(self.channels)
+        for start in range(0, len(pixels), chunk):
+            part = pixels[start:start + chunk].astype(np.float64) / 255
+            total += part.sum(axis=0)
+            squares += (part * part).sum(axis=0)
+        mean = total / len(pixels)
+        return mean, np.sqrt(np.maximum(squares / len(pixels) - mean * mean, 0.0))
 
     # --- building -------------------------------------------------------------------------
 
