@@ -11,14 +11,20 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 # Build in place for this machine's GPU (plus the portable sm_80/sm_90 set).
 export INSTAHIDE_CUDA=on
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
-cmake_args="-DINSTAHIDE_CUDA_ARCHITECTURES=80-real;90-real;90-virtual"
-[ -n "$arch" ] && [ "$arch" != 80 ] && [ "$arch" != 90 ] && cmake_args="-DINSTAHIDE_CUDA_ARCHITECTURES=80-real;90-real;${arch}-real;90-virtual"
-CMAKE_ARGS="$cmake_args" python3 setup.py -q build_ext --inplace 2>&1 | tail -20
+cmake_args="-DINSTAHIDE_CUDA_ARCHITECTURES=80-real;90-real;90-virtual -DINSTAHIDE_CUDA_FLAGS="
+[ -n "$arch" ] && [ "$arch" != 80 ] && [ "$arch" != 90 ] && cmake_args="-DINSTAHIDE_CUDA_ARCHITECTURES=80-real;90-real;${arch}-real;90-virtual -DINSTAHIDE_CUDA_FLAGS="
+export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" PYTHONUNBUFFERED=1
+start=$(date +%s)
+CMAKE_ARGS="$cmake_args" python3 setup.py -q build_ext --inplace > "$out/build.txt" 2>&1 || { tail -40 "$out/build.txt"; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import instahide, json; print(json.dumps(instahide.build_info(), indent=1))" | tee "$out/build_info.json"
 
-# Correctness first: CUDA vs CPU vs reference.
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_chacha20.py tests/test_encode.py 2>&1 | tee "$out/tests.txt" | tail -15
+# Correctness first: CUDA vs CPU vs reference. Timing runs even if a test fails, so that one
+# session gets both answers; the test log says which failed.
+python3 -m pytest -q -p no:cacheprovider -rfE --timeout=300 tests/test_cuda.py tests/test_chacha20.py tests/test_encode.py \
+    tests/test_torch.py > "$out/tests.txt" 2>&1 || echo "TESTS FAILED (see tests.txt)"
+tail -25 "$out/tests.txt"
 
 # Then throughput.
 python3 benchmarks/gpu_throughput.py --json "$out/gpu_throughput.json" 2>&1 | tee "$out/gpu_throughput.txt"

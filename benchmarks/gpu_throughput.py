@@ -5,8 +5,12 @@ inputs larger than L2).
     python benchmarks/gpu_throughput.py [--json gpu.json]
 
 Shapes: CIFAR (3x32x32 uint8 NHWC, k=4, 50,000 private images resident on the GPU, batches of
-4,096 and 65,536 rows) and ImageNet-like (3x224x224, k=4, batch 256). Output float32 NCHW.
+4,096 and 65,536 rows), CIFAR cross mode (k=6: 2 private + 4 patches of a 10,000-image 40x40
+public pool, batch 65,536) and ImageNet-like (3x224x224, k=4, batch 256). Output float32 NCHW.
 Bytes moved per image = k source windows at their dtype + the output written once.
+
+Training overhead: one SGD step of the pre-activation ResNet-18 (and the small CNN) on a batch
+of 128 against encoding that batch on the GPU, from the same GPU-resident uint8 set.
 """
 
 from __future__ import annotations
@@ -19,23 +23,46 @@ import torch
 
 import instahide
 
+KERNEL_NAME = "encode_kernel"
 MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
 
 
-def time_cuda(fn, repeats: int = 20, warmup: int = 3) -> float:
-    """Median seconds of fn() by CUDA events on the current stream."""
+def time_cuda(fn, repeats: int = 20, warmup: int = 3, runs: int = 5) -> float:
+    """Seconds per call of fn(): `repeats` calls queued back to back between two CUDA events on
+    the current stream (host work overlaps the GPU's, as in a training loop); median of `runs`."""
     for _ in range(warmup):
         fn()
+    torch.cuda.synchronize()
     times = []
-    for _ in range(repeats):
+    for _ in range(runs):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(repeats):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        times.append(start.elapsed_time(end) / 1e3 / repeats)
     return float(np.median(times))
+
+
+def kernel_seconds(fn, name: str, calls: int = 10) -> float | None:
+    """Mean device time per call of the kernels whose name contains `name` (torch profiler),
+    i.e. the kernel alone without the host's per-batch work; None if the profiler fails."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        total_us = sum(e.device_time_total for e in prof.key_averages() if name in e.key)
+        return total_us / 1e6 / calls if total_us > 0 else None
+    except Exception as error:  # the profiler is a diagnostic here, never a reason to fail
+        print(f"profiler unavailable: {error}")
+        return None
 
 
 def copy_gbps(nbytes: int = 2 << 30) -> float:
@@ -44,12 +71,13 @@ def copy_gbps(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / time_cuda(lambda: dst.copy_(src)) / 1e9
 
 
-def case(name, n, shape, k, batch, copy):
+def case(name, n, shape, k, batch, copy, pool=None):
     c, h, w = shape
     images = torch.randint(0, 256, (n, h, w, c), dtype=torch.uint8, device="cuda")
     labels = torch.randint(0, 10, (n,), device="cuda")
     bytes_per_image = k * c * h * w + c * h * w * 4
-    encoder = instahide.Encoder(k=k, mean=MEAN, std=STD)
+    cross = {} if pool is None else {"private_terms": 2, "public": pool, "patch_size": (h, w), "dom": 0.3}
+    encoder = instahide.Encoder(k=k, mean=MEAN, std=STD, **cross)
     keys = encoder.keys(n, 0)
     order = np.random.default_rng(0).permutation(n)
     # rows of one epoch; a batch larger than the set takes rows more than once
@@ -79,34 +107,86 @@ def case(name, n, shape, k, batch, copy):
         mixed *= torch.randint(2, size=list(mixed.shape), device="cuda") * 2.0 - 1
 
     results = []
-    for impl, fn in (("fused_cuda", fused), ("torch_ops_cuda", torch_ops)):
+    impls = (("fused_cuda", fused), ("torch_ops_cuda", torch_ops)) if pool is None else (("fused_cuda_cross", fused),)
+    for impl, fn in impls:
         seconds = time_cuda(fn)
         ips = batch / seconds
         gbps = ips * bytes_per_image / 1e9
-        results.append({"impl": impl, "case": name, "batch": batch, "images_per_s": ips, "gbps": gbps,
-                        "fraction_of_copy": gbps / copy})
+        entry = {"impl": impl, "case": name, "batch": batch, "images_per_s": ips, "gbps": gbps,
+                 "fraction_of_copy": gbps / copy}
+        if impl.startswith("fused"):
+            kernel = kernel_seconds(fn, KERNEL_NAME)
+            if kernel:
+                entry["kernel_images_per_s"] = batch / kernel
+                entry["kernel_fraction_of_copy"] = batch / kernel * bytes_per_image / 1e9 / copy
+        results.append(entry)
     del x
     return results
+
+
+def training_overhead(n=50_000, batch=128):
+    """Seconds of one training step vs one encoding of its batch, both on the GPU."""
+    from instahide.models import PreActResNet18, SmallCNN
+    from instahide.torch import soft_cross_entropy
+
+    images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, device="cuda")
+    labels = torch.randint(0, 10, (n,), device="cuda")
+    encoder = instahide.Encoder(k=4, mean=MEAN, std=STD, pad=4, hflip=True, num_classes=10)
+    keys = encoder.keys(n, 0)
+    rows = np.random.default_rng(0).permutation(n)[:batch]
+    x, y = encoder.encode(images, labels, keys, rows=rows)
+    rows_out = []
+    for model_name, model in (("preact_resnet18", PreActResNet18(num_classes=10)), ("small_cnn", SmallCNN(num_classes=10))):
+        model = model.cuda().train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            soft_cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        step_s = time_cuda(step, repeats=30, warmup=5)
+        encode_s = time_cuda(lambda: encoder.encode(images, labels, keys, rows=rows), repeats=30, warmup=5)
+        rows_out.append({"model": model_name, "batch": batch, "step_ms": step_s * 1e3, "encode_ms": encode_s * 1e3,
+                         "encode_fraction_of_step": encode_s / step_s})
+    return rows_out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json")
+    parser.add_argument("--quick", action="store_true", help="only the CIFAR batch-65,536 cases (for tuning)")
     args = parser.parse_args()
     if not torch.cuda.is_available() or instahide.build_info()["cuda_devices"] == 0:
         raise SystemExit(f"no usable CUDA device: {instahide.build_info()['cuda_status']}")
     copy = copy_gbps()
     results = []
-    results += case("cifar", 50_000, (3, 32, 32), 4, 4096, copy)
+    if not args.quick:
+        results += case("cifar", 50_000, (3, 32, 32), 4, 4096, copy)
     results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy)
-    results += case("imagenet", 2_000, (3, 224, 224), 4, 256, copy)
+    pool = instahide.PublicPool.from_images(np.random.default_rng(1).integers(0, 256, (10_000, 40, 40, 3), np.uint8),
+                                            short_side=None, progress=False)
+    results += case("cifar", 50_000, (3, 32, 32), 6, 65536, copy, pool=pool)
+    overhead = []
+    if not args.quick:
+        results += case("imagenet", 2_000, (3, 224, 224), 4, 256, copy)
+        overhead = training_overhead()
     print(f"device: {torch.cuda.get_device_name()}, copy {copy:.0f} GB/s (read + write)")
-    print(f"{'impl':<16}{'case':<10}{'batch':>7}{'images/s':>14}{'GB/s':>9}{'of copy':>9}")
+    print(f"{'impl':<18}{'case':<10}{'batch':>7}{'images/s':>14}{'GB/s':>9}{'of copy':>9}{'kernel of copy':>16}")
     for r in results:
-        print(f"{r['impl']:<16}{r['case']:<10}{r['batch']:>7}{r['images_per_s']:>14,.0f}{r['gbps']:>9.1f}"
-              f"{r['fraction_of_copy']:>9.2f}")
+        kernel = f"{r['kernel_fraction_of_copy']:.2f}" if "kernel_fraction_of_copy" in r else "-"
+        print(f"{r['impl']:<18}{r['case']:<10}{r['batch']:>7}{r['images_per_s']:>14,.0f}{r['gbps']:>9.1f}"
+              f"{r['fraction_of_copy']:>9.2f}{kernel:>16}")
+    fused = {(r["case"], r["batch"]): r for r in results if r["impl"] == "fused_cuda"}
+    for r in results:
+        if r["impl"] == "torch_ops_cuda":
+            print(f"fused_cuda is {fused[r['case'], r['batch']]['images_per_s'] / r['images_per_s']:.1f}x torch_ops_cuda "
+                  f"({r['case']}, batch {r['batch']})")
+    for o in overhead:
+        print(f"training step {o['model']} batch {o['batch']}: {o['step_ms']:.2f} ms, encoding {o['encode_ms']:.3f} ms "
+              f"({100 * o['encode_fraction_of_step']:.1f}% of the step)")
     report = {"copy_gbps": copy, "device": torch.cuda.get_device_name(), "build": instahide.build_info(),
-              "results": results}
+              "results": results, "training_overhead": overhead}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -187,3 +187,19 @@ def test_cuda_cross_mode_with_a_mixed_size_pool():
     assert_encodings_close(gpu.cpu().numpy(), ref, "float32")
     assert_signs_identical(gpu.cpu().numpy(), ref, "float32")
     np.testing.assert_allclose(gpu_soft.cpu().numpy(), cpu_soft.numpy(), rtol=1e-6)
+
+
+@needs_gpu
+def test_cuda_labels_on_the_device_follow_in_place_changes():
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, device="cuda")
+    labels = torch.randint(0, 10, (64,), device="cuda")
+    encoder = instahide.Encoder(k=3)
+    keys = encoder.keys(64, 0)
+    _, soft = encoder.encode(images, labels, keys)
+    _, expected = encoder.encode(images.cpu(), labels.cpu(), keys)
+    assert soft.is_cuda
+    np.testing.assert_allclose(soft.cpu().numpy(), expected.numpy(), rtol=1e-6)
+    labels.add_(1).remainder_(10)  # a cached host copy of the old labels must not be reused
+    _, soft = encoder.encode(images, labels, keys)
+    _, expected = encoder.encode(images.cpu(), labels.cpu(), keys)
+    np.testing.assert_allclose(soft.cpu().numpy(), expected.numpy(), rtol=1e-6)

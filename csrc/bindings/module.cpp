@@ -217,7 +217,7 @@ ImageSource read_device_source(const py::tuple& spec) {
 void encode_on_cuda(const py::list& sources, int private_terms, int64_t rows, int k, uintptr_t index, uintptr_t lam,
                  uintptr_t offset, uintptr_t flip, uintptr_t row_id, const py::bytes& mask_key, uint32_t epoch, int sign,
                  uintptr_t out, int out_type, bool out_channels_last, int64_t out_height, int64_t out_width, int device,
-                 uintptr_t stream) {
+                 uintptr_t stream, bool tables_by_row_id) {
 #if INSTAHIDE_WITH_CUDA
   EncodeArgs a;
   if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
@@ -228,6 +228,7 @@ void encode_on_cuda(const py::list& sources, int private_terms, int64_t rows, in
   a.offset = reinterpret_cast<const int32_t*>(offset);
   a.flip = reinterpret_cast<const uint8_t*>(flip);
   a.row_id = reinterpret_cast<const int64_t*>(row_id);
+  a.tables_by_row_id = tables_by_row_id;
   read_key(mask_key, a.mask_key);
   a.epoch = epoch;
   if (sign < 0 || sign > 2) fail("sign must be 0 (flip), 1 (abs) or 2 (none)");
@@ -242,7 +243,7 @@ void encode_on_cuda(const py::list& sources, int private_terms, int64_t rows, in
 #else
   (void)sources, (void)private_terms, (void)rows, (void)k, (void)index, (void)lam, (void)offset, (void)flip;
   (void)row_id, (void)mask_key, (void)epoch, (void)sign, (void)out, (void)out_type, (void)out_channels_last;
-  (void)out_height, (void)out_width, (void)device, (void)stream;
+  (void)out_height, (void)out_width, (void)device, (void)stream, (void)tables_by_row_id;
   throw std::runtime_error("instahide was built without CUDA (no nvcc at build time, or INSTAHIDE_CUDA=off)");
 #endif
 }
@@ -291,7 +292,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("encode_cuda", &encode_on_cuda, py::arg("sources"), py::arg("private_terms"), py::arg("rows"), py::arg("k"),
         py::arg("index"), py::arg("lam"), py::arg("offset"), py::arg("flip"), py::arg("row_id"), py::arg("mask_key"),
         py::arg("epoch"), py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"),
-        py::arg("out_height"), py::arg("out_width"), py::arg("device"), py::arg("stream"));
+        py::arg("out_height"), py::arg("out_width"), py::arg("device"), py::arg("stream"),
+        py::arg("tables_by_row_id") = false);
   m.def("build_info", &build_info);
   m.def("pointer_device", &pointer_device, py::arg("pointer"));
 }

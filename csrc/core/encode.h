@@ -42,6 +42,9 @@ struct EncodeArgs {
   int k = 0;
   int64_t rows = 0;
   const int64_t* row_id = nullptr;   // (rows): the epoch row id, mask nonce
+  // encode_cuda only: the tables below hold every row of the epoch and row r's entries are
+  // those of row_id[r] (the batch is not gathered first).
+  bool tables_by_row_id = false;
   const int64_t* index = nullptr;    // (rows, k): image in its term's source
   const float* lam = nullptr;        // (rows, k): mixing coefficients
   const int32_t* offset = nullptr;   // (rows, k, 2): (dy, dx) of the window

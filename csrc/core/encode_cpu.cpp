@@ -659,6 +659,7 @@ void validate(const EncodeArgs& a) {
         describe("private_terms", a.private_terms) + " must be in [1, k]");
   check(a.rows >= 0, describe("rows", a.rows) + " must be >= 0");
   check(a.out_height > 0 && a.out_width > 0, "the output window must have a positive size");
+  check(!a.tables_by_row_id, "tables looked up by row id are for encode_cuda only");
   const int used = a.private_terms < a.k ? 2 : 1;
   for (int i = 0; i < used; ++i) {
     const ImageSource& s = a.sources[i];

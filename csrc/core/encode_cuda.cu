@@ -1,13 +1,15 @@
 // CUDA kernel of the fused encoder: the semantics of encode_cpu (see reference.py), with one
-// thread block per chunk of up to kChunkPixels output pixels of one row, all channels.
+// warp per chunk of up to kChunkPixels output pixels of one row, all channels.
 //
-// A block first computes, in parallel, what the chunk needs: the ChaCha20 keystream blocks of
-// its mask bits (warp 0, one block per thread) and the per-term parameters of its row (warp 1,
-// one term per thread), both into shared memory. Then each thread owns kPixelsPerThread pixels
-// (kThreads apart, so that a warp's pixels are adjacent) and accumulates all channels of them,
-// two terms at a time: a term's parameters are read once per thread, and the thread's
-// 2 * kPixelsPerThread * C gathers are independent loads in flight together. A warp's writes
-// are contiguous for both output layouts; the mask bits come from shared memory.
+// Warps work independently (no block-wide barrier), so that while one warp prepares its chunk
+// the others keep loads in flight. A warp first computes what its chunk needs: the ChaCha20
+// keystream blocks of its mask bits (one block per lane) and the per-term parameters of its
+// row (one term per lane), into the warp's part of shared memory. Then it walks the chunk in
+// passes of 32 * kPixelsPerThread pixels; in a pass each lane owns kPixelsPerThread pixels
+// (32 apart, so that the warp's pixels are adjacent) and accumulates all channels of them,
+// kTermsPerGroup terms at a time: the lane's kTermsPerGroup * kPixelsPerThread * C gathers
+// are independent loads in flight together. A warp's writes are contiguous for both output
+// layouts; the mask bits come from shared memory.
 #include "encode_cuda.h"
 
 #include <cuda_bf16.h>
@@ -28,15 +30,31 @@ namespace instahide {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kPixelsPerThread = 4;
-constexpr int kChunkPixels = kThreads * kPixelsPerThread;
+constexpr int kWarps = kThreads / 32;
+// Tuning (measured on an H200, benchmarks/RESULTS.md): pixels per lane and pass, and terms
+// whose loads are issued together; more of either puts more bytes in flight per lane at the
+// cost of registers.
+#ifndef INSTAHIDE_CUDA_PIXELS_PER_LANE
+#define INSTAHIDE_CUDA_PIXELS_PER_LANE 2
+#endif
+#ifndef INSTAHIDE_CUDA_TERMS_PER_GROUP
+#define INSTAHIDE_CUDA_TERMS_PER_GROUP 4
+#endif
+#ifndef INSTAHIDE_CUDA_MIN_BLOCKS  // blocks per SM the register allocation must allow
+#define INSTAHIDE_CUDA_MIN_BLOCKS 1
+#endif
+constexpr int kPixelsPerThread = INSTAHIDE_CUDA_PIXELS_PER_LANE;  // per lane and pass
+constexpr int kTermsPerGroup = INSTAHIDE_CUDA_TERMS_PER_GROUP;
+static_assert(kTermsPerGroup == 1 || kTermsPerGroup == 2 || kTermsPerGroup == 4, "1, 2 or 4 terms per group");
+constexpr int kPassPixels = 32 * kPixelsPerThread;
+constexpr int kChunkPixels = 1024;   // a CIFAR image; larger images are cut into such chunks
 // A channel's kChunkPixels mask bits start anywhere in a 512-bit ChaCha20 block, so they
 // span at most this many blocks.
 constexpr int kBlocksPerChannel = (kChunkPixels + 511) / 512 + 1;
 constexpr int kWordsPerChannel = 16 * kBlocksPerChannel;
-constexpr int kTermWarpStart = 32;  // threads [32, 32 + k) load the terms, warp 0 the keystream
-static_assert(kBlocksPerChannel * kMaxChannels <= 32, "keystream blocks are one per thread of warp 0");
-static_assert(kTermWarpStart + kMaxTerms <= kThreads, "terms are one per thread of warp 1");
+static_assert(kBlocksPerChannel * kMaxChannels <= 32, "keystream blocks are one per lane");
+static_assert(kMaxTerms <= 32, "terms are one per lane");
+static_assert(kChunkPixels % kPassPixels == 0, "a chunk is whole passes");
 
 // `#pragma unroll` in device code only: the host pass (the emulation in tests) would warn.
 #if defined(__CUDA_ARCH__)
@@ -104,6 +122,7 @@ struct Source {
 struct Params {
   Source src[2];
   const int64_t* row_id;
+  bool tables_by_row_id;  // the term tables hold every epoch row: row r's at row_id[r]
   const int64_t* index;
   const float* lam;
   const int32_t* offset;
@@ -134,19 +153,29 @@ struct Shared {
   uint32_t first_block[kMaxChannels];                   // the block of channel c's first word
 };
 
-// Phase 1 of a chunk (row, pixels [p0, p1)), thread `tid`: keystream and terms into `sh`.
-INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int tid, int64_t row, uint32_t p0, uint32_t p1) {
-  if (P.sign == SignMode::kFlip && tid < 32) {
+// Phase 1 of a chunk (row, pixels [p0, p1)), lane `lane` of its warp: keystream and terms
+// into the warp's `sh`.
+INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row, uint32_t p0, uint32_t p1) {
+  // The term's table entries are loaded first, so that they are in flight while the keystream
+  // is computed.
+  const int t = lane;
+  const bool has_term = t < P.k;
+  const uint64_t id = uint64_t(P.row_id ? P.row_id[row] : 0);
+  const int64_t at = (P.tables_by_row_id ? int64_t(id) : row) * P.k + t;
+  const int64_t idx = has_term ? P.index[at] : -1;
+  const float lam = has_term ? P.lam[at] : 0.0f;
+  const int32_t dy = has_term ? P.offset[2 * at] : 0, dx = has_term ? P.offset[2 * at + 1] : 0;
+  const bool flip = has_term && P.flip[at] != 0;
+  if (P.sign == SignMode::kFlip) {
     // Mask bit j = c*HW + p: channel c needs the bits [c*HW + p0, c*HW + p1), 512 per block.
-    int b = tid;
+    int b = lane;
     for (int c = 0; c < P.C; ++c) {
       const uint32_t first = (uint32_t(c) * P.HW + p0) >> 9;
       const uint32_t last = (uint32_t(c) * P.HW + p1 - 1) >> 9;
       const int n = int(last - first + 1);
-      if (tid == 0) sh.first_block[c] = first;
+      if (lane == 0) sh.first_block[c] = first;
       if (b >= 0 && b < n) {
         ChaChaInput in = P.key;
-        const uint64_t id = uint64_t(P.row_id[row]);
         in.nonce[1] = uint32_t(id);
         in.nonce[2] = uint32_t(id >> 32);
         uint32_t words[16];
@@ -157,12 +186,9 @@ INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int tid, int64_t row,
       b -= n;
     }
   }
-  const int t = tid - kTermWarpStart;
-  if (t >= 0 && t < P.k) {
-    const int64_t at = row * P.k + t;
+  if (has_term) {
     const Source& s = P.src[t < P.private_terms ? 0 : 1];
     Term& term = sh.term[t];
-    const int64_t idx = P.index[at];
     const bool valid = idx >= 0 && idx < s.count;
     const bool packed = s.image_offset != nullptr;
     const uint32_t height = packed && valid ? uint32_t(s.image_size[2 * idx]) : s.height;
@@ -171,13 +197,12 @@ INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int tid, int64_t row,
     term.stride_c = s.stride_c;
     term.stride_h = packed ? int64_t(width) * s.stride_w : s.stride_h;
     term.stride_w = s.stride_w;
-    term.dy = P.offset[2 * at];
-    term.dx = P.offset[2 * at + 1];
+    term.dy = dy;
+    term.dx = dx;
     term.height = valid ? height : 0;  // no pixel of an invalid image is read
     term.width = valid ? width : 0;
-    term.flip = P.flip[at] != 0;
+    term.flip = flip;
     term.u8 = s.u8;
-    const float lam = P.lam[at];
     for (int c = 0; c < kMaxChannels; ++c) {
       term.alpha[c] = c < P.C ? lam * s.scale[c] : 0.0f;
       term.lam_shift[c] = c < P.C ? lam * s.shift[c] : 0.0f;
@@ -234,14 +259,19 @@ INSTAHIDE_HD void gather_terms(const Params& P, const Term* terms, const uint32_
         if (c < C) acc[i][c] = fmaf(terms[n].alpha[c], v[n][i][c], acc[i][c]);
 }
 
-// All k terms, of one pixel type T, two at a time.
+// All k terms, of one pixel type T, kTermsPerGroup at a time (then 2, then 1 for the rest).
 template <int kC, typename T, typename U>
 INSTAHIDE_HD void gather_all(const Params& P, const Shared& sh, const uint32_t (&y)[kPixelsPerThread],
                              const uint32_t (&x)[kPixelsPerThread], const bool (&live)[kPixelsPerThread],
                              float (&acc)[kPixelsPerThread][kMaxChannels]) {
   int t = 0;
-  for (; t + 2 <= P.k; t += 2) gather_terms<kC, T, U, 2>(P, sh.term + t, y, x, live, acc);
-  if (t < P.k) gather_terms<kC, T, U, 1>(P, sh.term + t, y, x, live, acc);
+  for (; t + kTermsPerGroup <= P.k; t += kTermsPerGroup)
+    gather_terms<kC, T, U, kTermsPerGroup>(P, sh.term + t, y, x, live, acc);
+  if (kTermsPerGroup > 2 && t + 2 <= P.k) {
+    gather_terms<kC, T, U, 2>(P, sh.term + t, y, x, live, acc);
+    t += 2;
+  }
+  if (kTermsPerGroup > 1 && t < P.k) gather_terms<kC, T, U, 1>(P, sh.term + t, y, x, live, acc);
 }
 
 template <typename Out>
@@ -256,7 +286,7 @@ INSTAHIDE_HD __nv_bfloat16 convert<__nv_bfloat16>(float v) { return __float2bflo
 // Signs, converts and writes the thread's pixels (one copy per sign mode keeps the branch on
 // it out of the per-element code).
 template <typename Out, bool kChannelsLast, int kC, SignMode kSign>
-INSTAHIDE_HD void store_pixels(const Params& P, const Shared& sh, int tid, int64_t row, uint32_t p0,
+INSTAHIDE_HD void store_pixels(const Params& P, const Shared& sh, int lane, int64_t row, uint32_t q,
                                const bool (&live)[kPixelsPerThread],
                                const float (&acc)[kPixelsPerThread][kMaxChannels]) {
   const int C = kC ? kC : P.C;
@@ -269,7 +299,7 @@ INSTAHIDE_HD void store_pixels(const Params& P, const Shared& sh, int tid, int64
   INSTAHIDE_UNROLL
   for (int i = 0; i < kPixelsPerThread; ++i) {
     if (!live[i]) continue;
-    const uint32_t p = p0 + uint32_t(i * kThreads + tid);
+    const uint32_t p = q + uint32_t(i * 32 + lane);
     Out* o = out + (kChannelsLast ? p * uint32_t(C) : p);  // channel 0 of pixel p
     INSTAHIDE_UNROLL
     for (int c = 0; c < kMaxChannels; ++c) {
@@ -287,47 +317,52 @@ INSTAHIDE_HD void store_pixels(const Params& P, const Shared& sh, int tid, int64
   }
 }
 
-// Phase 2 of a chunk, thread `tid`: mixes, signs and writes its pixels p0 + i * kThreads + tid.
+// Phase 2 of a chunk, lane `lane`: mixes, signs and writes its pixels q + i * 32 + lane of
+// each pass q.
 template <typename Out, bool kChannelsLast, typename U, int kC>
-INSTAHIDE_HD void compute_chunk(const Params& P, const Shared& sh, int tid, int64_t row, uint32_t p0, uint32_t p1) {
+INSTAHIDE_HD void compute_chunk(const Params& P, const Shared& sh, int lane, int64_t row, uint32_t p0, uint32_t p1) {
   // Padding reads 0, which normalizes to -shift: every element starts from -sum_t lam*shift[c].
   float beta[kMaxChannels] = {};
   for (int t = 0; t < P.k; ++t) {
     INSTAHIDE_UNROLL
     for (int c = 0; c < kMaxChannels; ++c) beta[c] += sh.term[t].lam_shift[c];
   }
-
-  uint32_t y[kPixelsPerThread], x[kPixelsPerThread];
-  bool live[kPixelsPerThread];
-  float acc[kPixelsPerThread][kMaxChannels];
-  INSTAHIDE_UNROLL
-  for (int i = 0; i < kPixelsPerThread; ++i) {
-    const uint32_t p = p0 + uint32_t(i * kThreads + tid);
-    live[i] = p < p1;
-    y[i] = P.div_w.div(p);
-    x[i] = p - y[i] * P.W;
-    INSTAHIDE_UNROLL
-    for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = -beta[c];
-  }
-  // Terms of one pixel type go two at a time (see gather_terms); mixed ones one at a time.
   const bool one_source = P.private_terms == P.k;
-  if (P.src[0].u8 && (one_source || P.src[1].u8)) {
-    gather_all<kC, uint8_t, U>(P, sh, y, x, live, acc);
-  } else if (!P.src[0].u8 && (one_source || !P.src[1].u8)) {
-    gather_all<kC, float, U>(P, sh, y, x, live, acc);
-  } else {
-    for (int t = 0; t < P.k; ++t) {
-      if (sh.term[t].u8)
-        gather_terms<kC, uint8_t, U, 1>(P, sh.term + t, y, x, live, acc);
-      else
-        gather_terms<kC, float, U, 1>(P, sh.term + t, y, x, live, acc);
-    }
-  }
+  const bool all_u8 = P.src[0].u8 && (one_source || P.src[1].u8);
+  const bool all_float = !P.src[0].u8 && (one_source || !P.src[1].u8);
 
-  switch (P.sign) {
-    case SignMode::kFlip: store_pixels<Out, kChannelsLast, kC, SignMode::kFlip>(P, sh, tid, row, p0, live, acc); break;
-    case SignMode::kAbs: store_pixels<Out, kChannelsLast, kC, SignMode::kAbs>(P, sh, tid, row, p0, live, acc); break;
-    default: store_pixels<Out, kChannelsLast, kC, SignMode::kNone>(P, sh, tid, row, p0, live, acc); break;
+  for (uint32_t q = p0; q < p1; q += kPassPixels) {
+    uint32_t y[kPixelsPerThread], x[kPixelsPerThread];
+    bool live[kPixelsPerThread];
+    float acc[kPixelsPerThread][kMaxChannels];
+    INSTAHIDE_UNROLL
+    for (int i = 0; i < kPixelsPerThread; ++i) {
+      const uint32_t p = q + uint32_t(i * 32 + lane);
+      live[i] = p < p1;
+      y[i] = P.div_w.div(p);
+      x[i] = p - y[i] * P.W;
+      INSTAHIDE_UNROLL
+      for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = -beta[c];
+    }
+    // Terms of one pixel type go two at a time (see gather_terms); mixed ones one at a time.
+    if (all_u8) {
+      gather_all<kC, uint8_t, U>(P, sh, y, x, live, acc);
+    } else if (all_float) {
+      gather_all<kC, float, U>(P, sh, y, x, live, acc);
+    } else {
+      for (int t = 0; t < P.k; ++t) {
+        if (sh.term[t].u8)
+          gather_terms<kC, uint8_t, U, 1>(P, sh.term + t, y, x, live, acc);
+        else
+          gather_terms<kC, float, U, 1>(P, sh.term + t, y, x, live, acc);
+      }
+    }
+
+    switch (P.sign) {
+      case SignMode::kFlip: store_pixels<Out, kChannelsLast, kC, SignMode::kFlip>(P, sh, lane, row, q, live, acc); break;
+      case SignMode::kAbs: store_pixels<Out, kChannelsLast, kC, SignMode::kAbs>(P, sh, lane, row, q, live, acc); break;
+      default: store_pixels<Out, kChannelsLast, kC, SignMode::kNone>(P, sh, lane, row, q, live, acc); break;
+    }
   }
 }
 
@@ -338,16 +373,18 @@ INSTAHIDE_HD void chunk_of(const Params& P, int64_t item, int64_t& row, uint32_t
 }
 
 template <typename Out, bool kChannelsLast, typename U, int kC>
-__global__ void __launch_bounds__(kThreads) encode_kernel(const Params P) {
-  __shared__ Shared sh;
-  for (int64_t item = blockIdx.x; item < P.items; item += gridDim.x) {
+__global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_kernel(const Params P) {
+  __shared__ Shared per_warp[kWarps];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  Shared& sh = per_warp[warp];
+  for (int64_t item = int64_t(blockIdx.x) * kWarps + warp; item < P.items; item += int64_t(gridDim.x) * kWarps) {
     int64_t row;
     uint32_t p0, p1;
     chunk_of(P, item, row, p0, p1);
-    __syncthreads();  // the previous chunk is done with `sh`
-    setup_chunk(P, sh, int(threadIdx.x), row, p0, p1);
-    __syncthreads();
-    compute_chunk<Out, kChannelsLast, U, kC>(P, sh, int(threadIdx.x), row, p0, p1);
+    __syncwarp();  // the warp's previous chunk is done with `sh`
+    setup_chunk(P, sh, lane, row, p0, p1);
+    __syncwarp();
+    compute_chunk<Out, kChannelsLast, U, kC>(P, sh, lane, row, p0, p1);
   }
 }
 
@@ -426,6 +463,7 @@ Params prepare(const EncodeArgs& a, bool& wide) {
     }
   }
   P.row_id = a.row_id;
+  P.tables_by_row_id = a.tables_by_row_id;
   P.index = a.index;
   P.lam = a.lam;
   P.offset = a.offset;
@@ -448,7 +486,7 @@ Params prepare(const EncodeArgs& a, bool& wide) {
 
 template <typename Out, bool kChannelsLast, typename U, int kC>
 void launch(const Params& P, cudaStream_t stream) {
-  const unsigned grid = unsigned(std::min<int64_t>(P.items, INT32_MAX));  // the kernel loops beyond
+  const unsigned grid = unsigned(std::min<int64_t>((P.items + kWarps - 1) / kWarps, INT32_MAX));  // loops beyond
   encode_kernel<Out, kChannelsLast, U, kC><<<grid, kThreads, 0, stream>>>(P);
   check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
 }
@@ -482,6 +520,7 @@ void encode_cuda(const EncodeArgs& args, void* stream) {
   if (args.rows == 0) return;
   check_arg(args.index && args.lam && args.offset && args.flip && args.out, "encode_cuda: a null key or output pointer");
   check_arg(args.sign != SignMode::kFlip || args.row_id, "encode_cuda: no row ids for the mask");
+  check_arg(!args.tables_by_row_id || args.row_id, "encode_cuda: no row ids to look the tables up by");
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (args.out_type) {
     case OutType::kFloat32: launch_out<float>(P, args.out_channels_last, wide, s); break;

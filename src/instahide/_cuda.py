@@ -3,8 +3,9 @@
 (no libtorch link, as faiss's contrib/torch_utils does). The kernel runs on the caller's
 current stream of the array's device, asynchronously.
 
-Keys are uploaded once per epoch and device (cached on the Keys object); each batch gathers
-its rows on the device. Output is allocated on the same device by the array's own library.
+Keys are uploaded once per epoch and device (cached on the Keys object); the kernel looks
+each batch row up in them by its row id. Output is allocated on the same device by the
+array's own library.
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ class _Library:
             return self.xp.cuda.get_current_stream().ptr
 
     def upload(self, array: np.ndarray):
+        """Host to device on the current stream without waiting: torch stages the copy in its
+        caching pinned-memory allocator, which keeps the staging buffer until the copy is done."""
         if self.name == "torch":
-            return self.xp.from_numpy(np.ascontiguousarray(array)).to(f"cuda:{self.device}", non_blocking=False)
+            host = self.xp.from_numpy(np.ascontiguousarray(array))
+            return host.pin_memory().to(f"cuda:{self.device}", non_blocking=True)
         with self.xp.cuda.Device(self.device):
             return self.xp.asarray(array)
 
@@ -83,11 +87,17 @@ def _interface(x, name: str):
 
 
 def _tables(keys, lib: _Library):
-    """The keys' per-row tables on the device, uploaded once per (keys, device)."""
+    """The keys' per-row tables on the device, uploaded once per (keys, device), with the range
+    of the indices they hold, checked here once rather than per batch (the kernel trusts them)."""
     per_keys = _device_tables.setdefault(keys, {})
     if lib.device not in per_keys:
-        per_keys[lib.device] = {name: lib.upload(value) for name, value in (
-            ("index", keys.index), ("lam", keys.lam), ("offset", keys.offset), ("flip", keys.flip.view(np.uint8)))}
+        kp = keys.private_terms
+        private, public = keys.index[:, :kp], keys.index[:, kp:]
+        bounds = {"private": (int(private.min()), int(private.max())) if private.size else (0, -1),
+                  "public": (int(public.min()), int(public.max())) if public.size else (0, -1)}
+        per_keys[lib.device] = ({name: lib.upload(value) for name, value in (
+            ("index", keys.index), ("lam", keys.lam), ("offset", keys.offset), ("flip", keys.flip.view(np.uint8)))},
+            bounds)
     return per_keys[lib.device]
 
 
@@ -119,12 +129,7 @@ def encode(encoder, images, labels, keys, rows):
     if keys.k != encoder.k:
         raise ValueError(f"the keys have k={keys.k} terms, the encoder k={encoder.k}")
     rows = _arrays.row_ids(rows, n)
-    used = keys.index[rows]  # the kernel reads indices from device memory: check this batch's here
     kp = keys.private_terms
-    if used.size and (used[:, :kp].min() < 0 or used[:, :kp].max() >= n):
-        raise ValueError(f"keys.index refers to images outside [0, {n})")
-    if kp < keys.k and used.size and (used[:, kp:].min() < 0 or used[:, kp:].max() >= len(encoder.public)):
-        raise ValueError(f"keys.index refers to public images outside [0, {len(encoder.public)})")
     sources = [(pointer, _PIXEL[dtype], (n, channels, height, width), tuple(strides[a] for a in axes),
                 *encoder._scale_shift(channels, dtype))]
     if kp < keys.k:
@@ -132,25 +137,62 @@ def encode(encoder, images, labels, keys, rows):
 
     out_shape = (len(rows), height, width, channels) if encoder.out_layout == "NHWC" else (len(rows), channels, height, width)
     out = lib.empty(out_shape, encoder.out_dtype)
-    soft = encoder._mix_labels(_host_labels(labels), keys, rows)
     if len(rows) == 0:
-        return out, lib.upload(soft)
-    tables = _tables(keys, lib)
+        return out, lib.upload(encoder._mix_labels(_host_labels(labels), keys, rows))
+    tables, bounds = _tables(keys, lib)
+    if bounds["private"][0] < 0 or bounds["private"][1] >= n:
+        raise ValueError(f"keys.index refers to images outside [0, {n})")
+    if kp < keys.k and (bounds["public"][0] < 0 or bounds["public"][1] >= len(encoder.public)):
+        raise ValueError(f"keys.index refers to public images outside [0, {len(encoder.public)})")
     device_rows = lib.upload(rows)
-    batch = {name: table[device_rows] for name, table in tables.items()}  # gathers on the device
-    if lib.name == "torch":
-        batch = {name: t.contiguous() for name, t in batch.items()}
-    _core.encode_cuda(sources, keys.private_terms, len(rows), keys.k, lib.pointer(batch["index"]),
-                      lib.pointer(batch["lam"]), lib.pointer(batch["offset"]), lib.pointer(batch["flip"]),
+    # The kernel looks each row up in the epoch's tables by its row id: no per-batch gathers.
+    _core.encode_cuda(sources, keys.private_terms, len(rows), keys.k, lib.pointer(tables["index"]),
+                      lib.pointer(tables["lam"]), lib.pointer(tables["offset"]), lib.pointer(tables["flip"]),
                       lib.pointer(device_rows), keys.mask_key, keys.epoch, encoder._sign_code, lib.pointer(out),
-                      encoder._out_code, encoder.out_layout == "NHWC", height, width, lib.device, lib.stream())
-    return out, lib.upload(soft)
+                      encoder._out_code, encoder.out_layout == "NHWC", height, width, lib.device, lib.stream(),
+                      tables_by_row_id=True)
+    return out, _soft_labels(encoder, labels, keys, rows, device_rows, tables, lib)
+
+
+def _soft_labels(encoder, labels, keys, rows, device_rows, tables, lib):
+    """The batch's soft labels. Labels in a torch tensor on the images' device are mixed there
+    from the epoch's device tables (float64 sums, as the host's bincount, so both agree); other
+    labels are mixed on the host and uploaded."""
+    host = _host_labels(labels)
+    on_device = lib.name == "torch" and _arrays.is_torch(labels) and labels.device == tables["lam"].device
+    if not on_device:
+        return lib.upload(encoder._mix_labels(host, keys, rows))
+    torch = lib.xp
+    _, classes, soft_input = _arrays.check_labels(host, keys.n, encoder.num_classes)  # validates the labels
+    kp = keys.private_terms
+    index, lam = tables["index"][device_rows, :kp], tables["lam"][device_rows, :kp]
+    if soft_input:
+        soft = (lam.double()[:, :, None] * labels[index].double()).sum(1)
+    else:
+        soft = torch.zeros((len(rows), classes), dtype=torch.float64, device=lam.device)
+        soft.scatter_add_(1, labels[index].long(), lam.double())
+    soft = soft.float()
+    if encoder.renormalize_labels:
+        soft /= lam.sum(1, keepdim=True)
+    return soft
+
+
+_last_host_labels = (lambda: None, -1, None)  # (weak reference, version, host copy)
 
 
 def _host_labels(labels):
-    """Labels for the (small) soft-label computation, which runs on the host."""
+    """Labels for the (small) soft-label computation, which runs on the host. The host copy of
+    the last CUDA labels tensor is kept until it changes (its version counter moves), so the
+    batches of an epoch wait for no device-to-host copy."""
+    global _last_host_labels
     if _arrays.is_torch(labels):
-        return labels.detach().cpu().numpy()
+        if labels.device.type != "cuda":
+            return labels.detach().numpy()
+        ref, version, host = _last_host_labels
+        if ref() is not labels or version != labels._version:
+            host = labels.detach().cpu().numpy()
+            _last_host_labels = (weakref.ref(labels), labels._version, host)
+        return host
     if hasattr(labels, "__cuda_array_interface__") and hasattr(labels, "get"):
         return labels.get()  # CuPy
     return labels
