@@ -40,9 +40,6 @@ constexpr int kWarps = kThreads / 32;
 #ifndef INSTAHIDE_CUDA_TERMS_PER_GROUP
 #define INSTAHIDE_CUDA_TERMS_PER_GROUP 4
 #endif
-#ifndef INSTAHIDE_CUDA_STAGE  // 0: never use the staged kernel
-#define INSTAHIDE_CUDA_STAGE 1
-#endif
 #ifndef INSTAHIDE_CUDA_MIN_BLOCKS  // blocks per SM the register allocation must allow
 #define INSTAHIDE_CUDA_MIN_BLOCKS 1
 #endif
@@ -58,10 +55,6 @@ constexpr int kWordsPerChannel = 16 * kBlocksPerChannel;
 static_assert(kBlocksPerChannel * kMaxChannels <= 32, "keystream blocks are one per lane");
 static_assert(kMaxTerms <= 32, "terms are one per lane");
 static_assert(kChunkPixels % kPassPixels == 0, "a chunk is whole passes");
-// The staged kernel (small images, e.g. CIFAR's 3 KB): fewer warps per block, each with room
-// for k source images, so that a warp has kilobytes of loads in flight rather than bytes.
-constexpr int kStagedWarps = 4;
-constexpr int kStageBytes = 12288;  // per warp: 4 CIFAR images of 3x32x32 uint8
 
 // `#pragma unroll` in device code only: the host pass (the emulation in tests) would warn.
 #if defined(__CUDA_ARCH__)
@@ -86,13 +79,6 @@ INSTAHIDE_HD T load_readonly(const T* p) {
 #else
   return *p;
 #endif
-}
-
-// A pixel of a source image (read-only cache) or of its staged copy in shared memory.
-template <bool kStaged, typename T>
-INSTAHIDE_HD T load_pixel(const T* p) {
-  if (kStaged) return *p;
-  return load_readonly(p);
 }
 
 INSTAHIDE_HD uint32_t bits_of(float f) {
@@ -148,10 +134,6 @@ struct Params {
   uint32_t H, W, HW;  // output window; C * H * W < 2^31
   FastDiv div_w;
   int64_t chunks_per_row, items;  // items = rows * chunks_per_row
-  // Staged: every term's whole source image (stage_bytes, a multiple of 16, from a 16-byte
-  // aligned start) is first copied into the warp's shared memory with wide asynchronous copies.
-  bool staged;
-  uint32_t stage_bytes;
 };
 
 // One term of the block's row, in shared memory.
@@ -238,7 +220,7 @@ INSTAHIDE_HD float to_float(float v) { return v; }
 // from P at run time. U: unsigned offset arithmetic within an image (32 bits where every
 // offset fits in int32). All loads of the N terms come first, so that they are in flight
 // together: the loads of one term alone do not cover the memory latency.
-template <int kC, typename T, typename U, int N, bool kStaged = false>
+template <int kC, typename T, typename U, int N>
 INSTAHIDE_HD void gather_terms(const Params& P, const Term* terms, const uint32_t (&y)[kPixelsPerThread],
                                const uint32_t (&x)[kPixelsPerThread], const bool (&live)[kPixelsPerThread],
                                float (&acc)[kPixelsPerThread][kMaxChannels]) {
@@ -264,7 +246,7 @@ INSTAHIDE_HD void gather_terms(const Params& P, const Term* terms, const uint32_
       INSTAHIDE_UNROLL
       for (int c = 0; c < kMaxChannels; ++c) {
         v[n][i][c] = 0.0f;
-        if (c < C) v[n][i][c] = to_float(in ? load_pixel<kStaged>(image + S(at + U(c) * stride_c)) : T(0));
+        if (c < C) v[n][i][c] = to_float(in ? load_readonly(image + S(at + U(c) * stride_c)) : T(0));
       }
     }
   }
@@ -278,18 +260,18 @@ INSTAHIDE_HD void gather_terms(const Params& P, const Term* terms, const uint32_
 }
 
 // All k terms, of one pixel type T, kTermsPerGroup at a time (then 2, then 1 for the rest).
-template <int kC, typename T, typename U, bool kStaged = false>
+template <int kC, typename T, typename U>
 INSTAHIDE_HD void gather_all(const Params& P, const Shared& sh, const uint32_t (&y)[kPixelsPerThread],
                              const uint32_t (&x)[kPixelsPerThread], const bool (&live)[kPixelsPerThread],
                              float (&acc)[kPixelsPerThread][kMaxChannels]) {
   int t = 0;
   for (; t + kTermsPerGroup <= P.k; t += kTermsPerGroup)
-    gather_terms<kC, T, U, kTermsPerGroup, kStaged>(P, sh.term + t, y, x, live, acc);
+    gather_terms<kC, T, U, kTermsPerGroup>(P, sh.term + t, y, x, live, acc);
   if (kTermsPerGroup > 2 && t + 2 <= P.k) {
-    gather_terms<kC, T, U, 2, kStaged>(P, sh.term + t, y, x, live, acc);
+    gather_terms<kC, T, U, 2>(P, sh.term + t, y, x, live, acc);
     t += 2;
   }
-  if (kTermsPerGroup > 1 && t < P.k) gather_terms<kC, T, U, 1, kStaged>(P, sh.term + t, y, x, live, acc);
+  if (kTermsPerGroup > 1 && t < P.k) gather_terms<kC, T, U, 1>(P, sh.term + t, y, x, live, acc);
 }
 
 template <typename Out>
@@ -337,7 +319,7 @@ INSTAHIDE_HD void store_pixels(const Params& P, const Shared& sh, int lane, int6
 
 // Phase 2 of a chunk, lane `lane`: mixes, signs and writes its pixels q + i * 32 + lane of
 // each pass q.
-template <typename Out, bool kChannelsLast, typename U, int kC, bool kStaged = false>
+template <typename Out, bool kChannelsLast, typename U, int kC>
 INSTAHIDE_HD void compute_chunk(const Params& P, const Shared& sh, int lane, int64_t row, uint32_t p0, uint32_t p1) {
   // Padding reads 0, which normalizes to -shift: every element starts from -sum_t lam*shift[c].
   float beta[kMaxChannels] = {};
@@ -364,15 +346,15 @@ INSTAHIDE_HD void compute_chunk(const Params& P, const Shared& sh, int lane, int
     }
     // Terms of one pixel type go two at a time (see gather_terms); mixed ones one at a time.
     if (all_u8) {
-      gather_all<kC, uint8_t, U, kStaged>(P, sh, y, x, live, acc);
+      gather_all<kC, uint8_t, U>(P, sh, y, x, live, acc);
     } else if (all_float) {
-      gather_all<kC, float, U, kStaged>(P, sh, y, x, live, acc);
+      gather_all<kC, float, U>(P, sh, y, x, live, acc);
     } else {
       for (int t = 0; t < P.k; ++t) {
         if (sh.term[t].u8)
-          gather_terms<kC, uint8_t, U, 1, kStaged>(P, sh.term + t, y, x, live, acc);
+          gather_terms<kC, uint8_t, U, 1>(P, sh.term + t, y, x, live, acc);
         else
-          gather_terms<kC, float, U, 1, kStaged>(P, sh.term + t, y, x, live, acc);
+          gather_terms<kC, float, U, 1>(P, sh.term + t, y, x, live, acc);
       }
     }
 
@@ -405,64 +387,6 @@ __global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_ke
     compute_chunk<Out, kChannelsLast, U, kC>(P, sh, lane, row, p0, p1);
   }
 }
-
-// Copies 16 bytes global -> shared without passing through registers (sm_80+: cp.async).
-INSTAHIDE_HD void copy16_async(unsigned char* shared_dst, const char* global_src) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global_src));
-#else
-  memcpy(shared_dst, global_src, 16);
-#endif
-}
-
-INSTAHIDE_HD void wait_async_copies() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
-#endif
-}
-
-// Staging of a chunk, lane `lane`, after setup_chunk: every term's source image into `stage`
-// (term t at t * stage_bytes), 16 bytes per lane and copy, all copies in flight together.
-INSTAHIDE_HD void stage_images(const Params& P, const Shared& sh, unsigned char* stage, int lane) {
-  for (int t = 0; t < P.k; ++t) {
-    const char* image = sh.term[t].image;
-    if (image == nullptr) continue;  // an index out of range: nothing is read
-    unsigned char* dst = stage + t * P.stage_bytes;
-    for (uint32_t at = uint32_t(lane) * 16; at < P.stage_bytes; at += 32 * 16) copy16_async(dst + at, image + at);
-  }
-}
-
-// After stage_images and every lane's wait: lane t points term t at its staged copy.
-INSTAHIDE_HD void point_terms_at_stage(const Params& P, Shared& sh, unsigned char* stage, int lane) {
-  if (lane < P.k && sh.term[lane].image != nullptr)
-    sh.term[lane].image = reinterpret_cast<const char*>(stage + lane * P.stage_bytes);
-}
-
-template <typename Out, bool kChannelsLast, typename U, int kC>
-__global__ void __launch_bounds__(kStagedWarps * 32) encode_kernel_staged(const Params P) {
-  extern __shared__ __align__(16) unsigned char dynamic_shared[];
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  unsigned char* stage = dynamic_shared + warp * kStageBytes;
-  Shared& sh = reinterpret_cast<Shared*>(dynamic_shared + kStagedWarps * kStageBytes)[warp];
-  for (int64_t item = int64_t(blockIdx.x) * kStagedWarps + warp; item < P.items;
-       item += int64_t(gridDim.x) * kStagedWarps) {
-    int64_t row;
-    uint32_t p0, p1;
-    chunk_of(P, item, row, p0, p1);
-    __syncwarp();  // the warp's previous chunk is done with `sh` and `stage`
-    setup_chunk(P, sh, lane, row, p0, p1);
-    __syncwarp();
-    stage_images(P, sh, stage, lane);
-    wait_async_copies();
-    __syncwarp();
-    point_terms_at_stage(P, sh, stage, lane);
-    __syncwarp();
-    compute_chunk<Out, kChannelsLast, U, kC, true>(P, sh, lane, row, p0, p1);
-  }
-}
-
-constexpr size_t kStagedSharedBytes = size_t(kStagedWarps) * (kStageBytes + sizeof(Shared));
 
 void check_arg(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
@@ -557,36 +481,11 @@ Params prepare(const EncodeArgs& a, bool& wide) {
   P.chunks_per_row = (int64_t(P.HW) + kChunkPixels - 1) / kChunkPixels;
   check_arg(a.rows <= INT64_MAX / P.chunks_per_row, "rows = " + std::to_string(a.rows) + " is too large");
   P.items = a.rows * P.chunks_per_row;
-  // Staged where one source holds every term and its images are small dense blocks: all
-  // strides positive, each image a span of whole 16-byte units from a 16-byte aligned start.
-  P.staged = false;
-  if (INSTAHIDE_CUDA_STAGE && a.private_terms == a.k) {
-    const ImageSource& s = a.sources[0];
-    const int64_t esize = s.pixel == PixelType::kUint8 ? 1 : 4;
-    const bool positive = s.stride_c > 0 && s.stride_h > 0 && s.stride_w > 0 && s.stride_n > 0;
-    if (!s.image_offset && positive) {
-      const int64_t span = ((C - 1) * s.stride_c + (s.height - 1) * s.stride_h + (s.width - 1) * s.stride_w + 1) * esize;
-      const bool aligned = reinterpret_cast<uintptr_t>(s.data) % 16 == 0 && (s.stride_n * esize) % 16 == 0;
-      if (aligned && span % 16 == 0 && span * a.k <= kStageBytes) {
-        P.staged = true;
-        P.stage_bytes = uint32_t(span);
-      }
-    }
-  }
   return P;
 }
 
 template <typename Out, bool kChannelsLast, typename U, int kC>
 void launch(const Params& P, cudaStream_t stream) {
-  if (P.staged) {
-    auto kernel = encode_kernel_staged<Out, kChannelsLast, U, kC>;
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStagedSharedBytes)),
-               "encode_cuda: shared memory for the staged kernel");
-    const unsigned grid = unsigned(std::min<int64_t>((P.items + kStagedWarps - 1) / kStagedWarps, INT32_MAX));
-    kernel<<<grid, kStagedWarps * 32, kStagedSharedBytes, stream>>>(P);
-    check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
-    return;
-  }
   const unsigned grid = unsigned(std::min<int64_t>((P.items + kWarps - 1) / kWarps, INT32_MAX));  // loops beyond
   encode_kernel<Out, kChannelsLast, U, kC><<<grid, kThreads, 0, stream>>>(P);
   check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");

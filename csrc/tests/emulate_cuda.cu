@@ -18,8 +18,6 @@
 using namespace instahide;
 
 static Shared g_sh;
-alignas(16) static unsigned char g_stage[kStageBytes];
-int g_staged_cases = 0;
 
 template <typename Out, bool CL, typename U, int kC>
 void emulate_kernel(const Params& P) {
@@ -28,14 +26,7 @@ void emulate_kernel(const Params& P) {
     chunk_of(P, item, row, p0, p1);
     std::memset(&g_sh, 0xFF, sizeof(g_sh));  // garbage (NaN floats) to catch reads of unset entries
     for (int lane = 0; lane < 32; ++lane) setup_chunk(P, g_sh, lane, row, p0, p1);
-    if (P.staged) {
-      std::memset(g_stage, 0xFF, sizeof(g_stage));
-      for (int lane = 0; lane < 32; ++lane) stage_images(P, g_sh, g_stage, lane);
-      for (int lane = 0; lane < 32; ++lane) point_terms_at_stage(P, g_sh, g_stage, lane);
-      for (int lane = 0; lane < 32; ++lane) compute_chunk<Out, CL, U, kC, true>(P, g_sh, lane, row, p0, p1);
-    } else {
-      for (int lane = 0; lane < 32; ++lane) compute_chunk<Out, CL, U, kC>(P, g_sh, lane, row, p0, p1);
-    }
+    for (int lane = 0; lane < 32; ++lane) compute_chunk<Out, CL, U, kC>(P, g_sh, lane, row, p0, p1);
   }
 }
 
@@ -54,7 +45,6 @@ void emulate(const EncodeArgs& a, bool force_wide) {
   bool wide = false;
   Params P = prepare(a, wide);
   if (a.rows == 0) return;
-  g_staged_cases += P.staged;
   wide |= force_wide;
   switch (a.out_type) {
     case OutType::kFloat32: a.out_channels_last ? emulate_layout<float, true>(P, wide) : emulate_layout<float, false>(P, wide); break;
@@ -152,19 +142,12 @@ int main() {
   int failures = 0, cases = 0;
   for (int iter = 0; iter < 3000; ++iter) {
     const bool cifar = iter < 8;
-    // Small dense images of one source, as the staged kernel takes (inside CIFAR among them).
-    const bool small = !cifar && iter % 3 == 0;
     std::uniform_int_distribution<int> d(0, 1000000);
     auto pick = [&](int lo, int hi) { return lo + d(rng) % (hi - lo + 1); };
-    const int64_t C = cifar ? 3 : small && iter % 30 == 0 ? 3 : pick(1, 4);
+    const int64_t C = cifar ? 3 : pick(1, 4);
     int64_t H, W, SH, SW;
     if (cifar) { H = W = SH = SW = 32; }
-    else if (small) {
-      SH = iter % 30 == 0 ? 32 : pick(1, 12);
-      SW = iter % 30 == 0 ? 32 : 16 * pick(1, 2);
-      H = std::max<int64_t>(1, SH + pick(-3, 3));
-      W = std::max<int64_t>(1, SW + pick(-3, 3));
-    } else {
+    else {
       int shape = pick(0, 3);
       if (shape == 0) { H = pick(1, 12); W = pick(1, 12); }
       else if (shape == 1) { H = 28; W = 28; }
@@ -173,11 +156,10 @@ int main() {
       SH = std::max<int64_t>(1, H + pick(-3, 3));
       SW = std::max<int64_t>(1, W + pick(-3, 3));
     }
+    const int k = cifar ? 4 : pick(1, 7);
+    const int private_terms = cifar ? 2 : pick(1, k);
     const bool u8a = cifar ? true : pick(0, 1), u8b = cifar ? true : pick(0, 1);
-    const int64_t fits = kStageBytes / (C * SH * SW * (u8a ? 1 : 4));  // source images the stage holds
-    const int k = cifar ? 4 : small ? int(std::max<int64_t>(1, std::min<int64_t>(pick(1, 7), fits))) : pick(1, 7);
-    const int private_terms = cifar ? 2 : small ? k : pick(1, k);
-    const int la = cifar ? 1 : small ? pick(0, 1) : pick(0, 3), lb = cifar ? 4 : pick(0, 4);
+    const int la = cifar ? 1 : pick(0, 3), lb = cifar ? 4 : pick(0, 4);
     const int64_t na = pick(1, 6), nb = pick(1, 6);
     ImageSet A = make_images(rng, na, C, SH, SW, u8a, la);
     ImageSet B = make_images(rng, nb, C, SH, SW, u8b, lb);
@@ -294,7 +276,7 @@ int main() {
     if (bad) ++failures;
     if (iter < 3) std::printf("cifar case %d: %ld elements, max abs err %.3g\n", iter, long(elems), max_err);
   }
-  std::printf("%d cases (%d staged), %d failed\n", cases, g_staged_cases, failures);
+  std::printf("%d cases, %d failed\n", cases, failures);
   std::printf("cuda_device_count() = %d; cuda_status() = %s\n", cuda_device_count(), cuda_status().c_str());
   return failures ? 1 : 0;
 }
