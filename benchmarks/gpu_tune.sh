@@ -9,7 +9,9 @@ mkdir -p "$out"
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
 export INSTAHIDE_CUDA=on CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-for variant in ${GPU_TUNE_VARIANTS:-"4 2 1" "2 4 1" "2 4 4" "4 4 1"}; do
+# Variants "pixels terms min_blocks", comma-separated.
+IFS=, read -ra variants <<< "${GPU_TUNE_VARIANTS:-2 4 1,4 2 1,2 4 4,4 4 1}"
+for variant in "${variants[@]}"; do
   set -- $variant
   name="pix$1-group$2-minblocks$3"
   flags="-DINSTAHIDE_CUDA_PIXELS_PER_LANE=$1;-DINSTAHIDE_CUDA_TERMS_PER_GROUP=$2;-DINSTAHIDE_CUDA_MIN_BLOCKS=$3"
