@@ -3,6 +3,7 @@ with the authors' settings as defaults. Needs torch."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -94,10 +95,44 @@ def evaluate(model, images, labels, mean, std, device, batch_size=500):
     return loss / len(images), correct / len(images)
 
 
+def _join_process_group(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process. Under torchrun (WORLD_SIZE > 1) it joins
+    torch.distributed's process group (nccl on GPUs, gloo on CPUs), one GPU per local rank."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
+
+
+def _shared_secret(key: bytes | None, world_size: int) -> bytes | None:
+    """Rank 0's secret key on every rank, so that all ranks derive the same epoch keys (it
+    travels over the process group; pass --key-file on every node instead to avoid that)."""
+    if world_size == 1:
+        return key
+    box = [key]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def run(args) -> list[dict]:
-    """Trains; returns the rows of the log."""
+    """Trains; returns the rows of the log (rank 0's; other ranks return [])."""
+    rank, world_size, device = _join_process_group(torch.device(args.device))
+    try:
+        return _train(args, rank, world_size, device)
+    finally:
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _train(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     train_x, train_y = load_split(args.train, "train")
@@ -113,7 +148,6 @@ def run(args) -> list[dict]:
     values = train_x.reshape(-1, train_x.shape[-1]) / 255.0
     mean, std = values.mean(axis=0), values.std(axis=0)
 
-    device = torch.device(args.device)
     model = MODELS[args.model](num_classes=classes, channels=train_x.shape[-1]).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     checkpoint_path, log_path = out / "checkpoint.pt", out / "log.csv"
@@ -123,13 +157,19 @@ def run(args) -> list[dict]:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, key = state["epoch"] + 1, state["secret_key"]
-    if key is None:
-        key = Path(args.key_file).read_bytes() if args.key_file else new_secret_key()
+    if key is None and args.key_file:
+        key = Path(args.key_file).read_bytes()
+    if key is None and rank == 0:
+        key = new_secret_key()
+    key = _shared_secret(key, world_size)
     encoder = make_encoder(args, train_x, key, mean, std)
+    # DDP averages the ranks' gradients and starts every rank from rank 0's parameters; each
+    # rank encodes only its share of every epoch's batches (EncodedBatches reads the group).
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     images = torch.from_numpy(train_x).to(device) if device.type == "cuda" else train_x
     loader = InstaHideLoader(images, train_y, encoder, batch_size=args.batch_size, num_workers=args.workers,
                              start_epoch=start_epoch)
-    if not (args.resume and log_path.exists()):
+    if rank == 0 and not (args.resume and log_path.exists()):
         with open(log_path, "w", newline="") as f:
             csv.DictWriter(f, LOG_FIELDS).writeheader()
 
@@ -141,26 +181,34 @@ def run(args) -> list[dict]:
         model.train()
         started, encode_seconds, total_loss, batches = time.perf_counter(), 0.0, 0.0, 0
         iterator = iter(loader)
-        progress = _progress(len(loader), f"epoch {epoch}", args.quiet)
-        while True:
-            fetch = time.perf_counter()
-            try:
-                x, y = next(iterator)
-            except StopIteration:
-                break
-            encode_seconds += time.perf_counter() - fetch
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = soft_cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss, batches = total_loss + loss.item(), batches + 1
-            if progress:
-                progress.update(1)
-                progress.set_postfix(loss=f"{total_loss / batches:.3f}")
+        progress = _progress(len(loader), f"epoch {epoch}", args.quiet or rank != 0)
+        # ranks may hold one batch more than others: join() lets the short ones shadow the rest
+        with trained.join() if world_size > 1 else contextlib.nullcontext():
+            while True:
+                fetch = time.perf_counter()
+                try:
+                    x, y = next(iterator)
+                except StopIteration:
+                    break
+                encode_seconds += time.perf_counter() - fetch
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                loss = soft_cross_entropy(trained(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss, batches = total_loss + loss.item(), batches + 1
+                if progress:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{total_loss / batches:.3f}")
         if progress:
             progress.close()
+        if world_size > 1:  # the mean training loss over all ranks' batches
+            totals = torch.tensor([total_loss, batches], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(totals)
+            total_loss, batches = totals[0].item(), int(totals[1].item())
         seconds = time.perf_counter() - started
+        if rank != 0:
+            continue  # rank 0 evaluates, logs and checkpoints; the others go on to the next epoch
         test_loss, accuracy = evaluate(model, test_x, test_y, mean, std, device)
         row = {"epoch": epoch, "train_loss": total_loss / max(batches, 1), "test_loss": test_loss,
                "test_accuracy": accuracy, "seconds": seconds, "encode_seconds": encode_seconds, "lr": lr}
