@@ -51,11 +51,15 @@ class _Library:
         with self.xp.cuda.Device(self.device):
             return self.xp.cuda.get_current_stream().ptr
 
-    def upload(self, array: np.ndarray):
-        """Host to device on the current stream without waiting: torch stages the copy in its
-        caching pinned-memory allocator, which keeps the staging buffer until the copy is done."""
+    def upload(self, array: np.ndarray, wait: bool = False):
+        """Host to device on the current stream. Without `wait` torch stages the copy in its
+        caching pinned-memory allocator (which keeps the buffer until the copy is done) and
+        returns at once; with it the copy is complete on return, for arrays kept and used
+        later on any stream (the epoch's tables, the public pool)."""
         if self.name == "torch":
             host = self.xp.from_numpy(np.ascontiguousarray(array))
+            if wait:
+                return host.to(f"cuda:{self.device}")
             return host.pin_memory().to(f"cuda:{self.device}", non_blocking=True)
         with self.xp.cuda.Device(self.device):
             return self.xp.asarray(array)
@@ -95,7 +99,7 @@ def _tables(keys, lib: _Library):
         private, public = keys.index[:, :kp], keys.index[:, kp:]
         bounds = {"private": (int(private.min()), int(private.max())) if private.size else (0, -1),
                   "public": (int(public.min()), int(public.max())) if public.size else (0, -1)}
-        per_keys[lib.device] = ({name: lib.upload(value) for name, value in (
+        per_keys[lib.device] = ({name: lib.upload(value, wait=True) for name, value in (
             ("index", keys.index), ("lam", keys.lam), ("offset", keys.offset), ("flip", keys.flip.view(np.uint8)))},
             bounds)
     return per_keys[lib.device]
@@ -105,7 +109,7 @@ def _pool_source(pool, lib: _Library, scale_shift: tuple) -> tuple:
     """The public pool on the device (uploaded once per device) as a packed source."""
     per_pool = _device_pools.setdefault(pool, {})
     if lib.device not in per_pool:
-        per_pool[lib.device] = [lib.upload(a) for a in (pool.pixels, pool.offsets, pool.sizes)]
+        per_pool[lib.device] = [lib.upload(a, wait=True) for a in (pool.pixels, pool.offsets, pool.sizes)]
     pixels, offsets, sizes = per_pool[lib.device]
     return (lib.pointer(pixels), 0, pool.channels, len(pool), lib.pointer(offsets), lib.pointer(sizes),
             len(pool.pixels), *scale_shift)
