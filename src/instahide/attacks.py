@@ -65,21 +65,36 @@ def audit(encoder: Encoder, encodings_per_image: int, labels_released: bool = Tr
 
 def mixing_matrix(keys: list, n: int) -> np.ndarray:
     """A (m, n): row j of encoding j holds the coefficients of the private images it mixes
-    (inside mode, no windows shifted or flipped)."""
+    (no windows shifted or flipped; in cross mode the public terms are left to `public_part`)."""
     rows = []
     for k in keys:
-        if k.private_terms != k.k:
-            raise ValueError("the known-mixing attack handles inside mode only")
-        if k.offset.any() or k.flip.any():
+        kp = k.private_terms
+        if k.offset[:, :kp].any() or k.flip[:, :kp].any():
             raise ValueError("the known-mixing attack needs unshifted, unflipped windows (pad=0, hflip=False)")
         a = np.zeros((k.n, n))
-        np.add.at(a, (np.repeat(np.arange(k.n), k.k), k.index.reshape(-1)), k.lam.reshape(-1).astype(np.float64))
+        np.add.at(a, (np.repeat(np.arange(k.n), kp), k.index[:, :kp].reshape(-1)),
+                  k.lam[:, :kp].reshape(-1).astype(np.float64))
         rows.append(a)
     return np.concatenate(rows)
 
 
+def public_part(keys: list, pool, height: int, width: int) -> np.ndarray:
+    """Cross mode, mixing known: the public terms of every encoding (m, C, H, W), normalized
+    with the pool's statistics. The pool is public, so whoever knows the keys knows this part."""
+    parts = []
+    for k in keys:
+        part = np.zeros((k.n, pool.channels, height, width))
+        for i in range(k.n):
+            for t in range(k.private_terms, k.k):
+                dy, dx = k.offset[i, t]
+                patch = pool.image(int(k.index[i, t]))[dy:dy + height, dx:dx + width].astype(np.float64) / 255
+                part[i] += k.lam[i, t] * ((patch - pool.mean) / pool.std).transpose(2, 0, 1)
+        parts.append(part)
+    return np.concatenate(parts)
+
+
 def recover_known_mixing(encodings: np.ndarray, a: np.ndarray, mean, std, iterations: int = 30,
-                         restarts: int = 4, seed: int = 0) -> np.ndarray:
+                         restarts: int = 4, seed: int = 0, public=None) -> np.ndarray:
     """Tier 1: private images (n, H, W, C) in [0, 1] from encodings (m, C, H, W) and the known
     mixing matrix A (m, n), signs unknown.
 
@@ -88,30 +103,37 @@ def recover_known_mixing(encodings: np.ndarray, a: np.ndarray, mean, std, iterat
     few random starts; keep the best fit. |A x| = |A (-x)|: each pixel takes the sign that agrees
     with its solved neighbour (neighbouring pixels of photos correlate), and each channel's one
     remaining sign is fixed by the pixel range: the sign that puts more unnormalized values inside
-    [0, 1] (this needs a mean away from the middle of the range, as real data sets have)."""
+    [0, 1] (this needs a mean away from the middle of the range, as real data sets have).
+
+    Cross mode: `public` (m, C, H, W) is the known public part b (`public_part`); then
+    |A x + b| = |e| has no sign ambiguity left, and x = A+ (s |e| - b)."""
     n, (_, channels, height, width) = a.shape[1], encodings.shape
-    solved = _retrieve_signs(encodings, a, iterations, restarts, seed)
-    return _to_pixels(_sign_by_pixel_range(solved, mean, std).reshape(n, channels, height, width), mean, std)
+    solved = _retrieve_signs(encodings, a, iterations, restarts, seed, public)
+    if public is None:
+        solved = _sign_by_pixel_range(solved, mean, std)
+    return _to_pixels(solved.reshape(n, channels, height, width), mean, std)
 
 
-def _retrieve_signs(encodings: np.ndarray, a: np.ndarray, iterations: int, restarts: int, seed: int) -> np.ndarray:
+def _retrieve_signs(encodings: np.ndarray, a: np.ndarray, iterations: int, restarts: int, seed: int,
+                    public=None) -> np.ndarray:
     """Per-pixel sign retrieval of `recover_known_mixing`: (n, C, H*W) in normalized units, up to
-    one global sign."""
+    one global sign (none with a known public part)."""
     rng = np.random.default_rng(seed)
     m, channels, height, width = encodings.shape
     n = a.shape[1]
     pinv = np.linalg.pinv(a)
     magnitude = np.abs(encodings.astype(np.float64)).reshape(m, channels, height * width)
+    offsets = np.zeros_like(magnitude) if public is None else np.asarray(public, np.float64).reshape(magnitude.shape)
     solved = np.zeros((n, channels, height * width))
 
-    def refine(x, e):
+    def refine(x, e, b):
         for _ in range(iterations):
-            x = pinv @ (np.sign(a @ x + 1e-12) * e)
-        return x, np.linalg.norm(np.abs(a @ x) - e)
+            x = pinv @ (np.sign(a @ x + b + 1e-12) * e - b)
+        return x, np.linalg.norm(np.abs(a @ x + b) - e)
 
     for c in range(channels):
         for p in range(height * width):
-            e = magnitude[:, c, p]
+            e, b = magnitude[:, c, p], offsets[:, c, p]
             starts = [rng.normal(size=n) for _ in range(restarts)]
             if p % width:
                 starts.insert(0, solved[:, c, p - 1])
@@ -119,7 +141,7 @@ def _retrieve_signs(encodings: np.ndarray, a: np.ndarray, iterations: int, resta
                 starts.insert(0, solved[:, c, p - width])
             best, best_error = None, np.inf
             for x0 in starts:
-                x, error = refine(x0, e)
+                x, error = refine(x0, e, b)
                 if error < best_error:
                     best, best_error = x, error
                 if best_error < 1e-6 * (1 + np.linalg.norm(e)):
@@ -130,6 +152,8 @@ def _retrieve_signs(encodings: np.ndarray, a: np.ndarray, iterations: int, resta
                 best @ solved[:, c, p - width] if p >= width else 0.0)
             if p == 0 and c > 0:
                 correlation = best @ solved[:, c - 1, 0]
+            if public is not None:  # the public part fixes the sign
+                correlation = 1.0
             solved[:, c, p] = (np.sign(correlation) or 1.0) * best
     return solved
 
@@ -165,6 +189,7 @@ class Scores:
     matching: np.ndarray | None = None    # Hungarian matching: the recovery scored against each original
     purity: float | None = None           # Tier 2: mean cluster purity, and the same for random clusters
     chance_purity: float | None = None
+    challenge: Challenge | None = None    # the challenge attacked (for `save_grid`)
 
     def summary(self) -> dict:
         summary = {"mean_ssim": float(self.ssim.mean()), "max_ssim": float(self.ssim.max()),
@@ -239,8 +264,13 @@ def run_known_mixing(images, labels, encoder: Encoder, encodings_per_image: int,
     challenge = make_challenge(images, labels, encoder, encodings_per_image)
     start = time.perf_counter()
     a = mixing_matrix(challenge.keys, len(images))
-    recovered = recover_known_mixing(challenge.encodings, a, challenge.mean, challenge.std, **options)
-    return score(recovered, challenge.images, time.perf_counter() - start)
+    public = None
+    if encoder.public is not None:
+        public = public_part(challenge.keys, encoder.public, *challenge.encodings.shape[2:])
+    recovered = recover_known_mixing(challenge.encodings, a, challenge.mean, challenge.std, public=public, **options)
+    scores = score(recovered, challenge.images, time.perf_counter() - start)
+    scores.challenge = challenge
+    return scores
 
 
 # --- Tier 2: encodings only ------------------------------------------------------------------
@@ -303,10 +333,9 @@ def similarity_network(channels: int = 3, embedding: int = 128):
     class Embedding(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(
-                nn.Conv2d(2 * channels, 32, 3, padding=1), nn.ReLU(),
+            self.body = nn.Sequential(  # strided from the start: it must train in minutes on a CPU
+                nn.Conv2d(2 * channels, 32, 3, padding=1, stride=2), nn.ReLU(),
                 nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.ReLU(),
-                nn.Conv2d(64, 64, 3, padding=1, stride=2), nn.ReLU(),
                 nn.Conv2d(64, 64, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(), nn.LazyLinear(embedding))
             self.scale = nn.Parameter(torch.tensor(10.0))
             self.bias = nn.Parameter(torch.tensor(-5.0))
@@ -577,4 +606,33 @@ def run_encodings_only(images, labels, encoder: Encoder, encodings_per_image: in
     rng = np.random.default_rng(seed)
     scores.chance_purity = cluster_purity([rng.choice(len(members), len(c), replace=False) for c in recovery.assigned
                                            if len(c)], members)
+    scores.challenge = challenge
     return scores
+
+
+def save_grid(path, scores: Scores, count: int = 8, zoom: int = 3) -> None:
+    """A PNG of the first `count` private images: originals (top row), one encoding of each
+    (|e|, each rescaled to [0, 1]; row i of the first epoch, which mixes image i), recoveries
+    (bottom row, matched to the originals)."""
+    from PIL import Image
+
+    challenge = scores.challenge
+    count = min(count, len(challenge.images))
+    originals = challenge.images[:count].astype(np.float64) / 255
+    magnitudes = np.abs(challenge.encodings[:count].astype(np.float64)).transpose(0, 2, 3, 1)
+    low = magnitudes.min(axis=(1, 2, 3), keepdims=True)
+    high = magnitudes.max(axis=(1, 2, 3), keepdims=True)
+    encodings = (magnitudes - low) / np.maximum(high - low, 1e-12)
+    rows = [originals, encodings, scores.recovered[:count]]
+    height, width, channels = originals.shape[1:]
+    gap = 2
+    canvas = np.ones((3 * height + 4 * gap, count * width + (count + 1) * gap, channels))
+    for r, row in enumerate(rows):
+        for i, image in enumerate(row):
+            y, x = gap + r * (height + gap), gap + i * (width + gap)
+            canvas[y:y + height, x:x + width] = image
+    pixels = (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)
+    if channels == 1:
+        pixels = pixels[..., 0]
+    image = Image.fromarray(pixels)
+    image.resize((image.width * zoom, image.height * zoom), Image.NEAREST).save(path)
