@@ -24,7 +24,7 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 TS = (1, 3, 5, 10, 20, 50)
 SETTINGS = {"inside k=4": dict(k=4), "inside k=6": dict(k=6), "cross 2+4": dict(k=6, private_terms=2, dom=0.3)}
 TIER2 = [("inside k=4", 50, "handmade"), ("inside k=4", 50, "network"), ("inside k=4", 20, "handmade"),
-         ("inside k=4", 10, "handmade"), ("inside k=6", 50, "handmade"), ("cross 2+4", 50, "handmade")]
+         ("inside k=6", 50, "handmade"), ("cross 2+4", 50, "handmade")]
 
 
 def encoder(setting, pool, name):
