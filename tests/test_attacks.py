@@ -60,3 +60,75 @@ def test_attack_command(capsys):
 
     assert cli.main(["attack", "--tier", "0", "-T", "7"]) == 0
     assert "7 times" in capsys.readouterr().out
+
+
+def test_matching_undoes_a_permutation_exactly(images):
+    x, _ = images
+    order = np.random.default_rng(1).permutation(len(x))
+    scores = attacks.score(x[order].astype(np.float64) / 255, x, match=True)
+    assert np.all(order[scores.matching] == np.arange(len(x)))
+    assert scores.ssim.min() > 0.9999 and scores.summary()["fraction_above_0.9"] == 1.0
+    assert scores.chance_ssim < 0.5
+
+
+def test_ssim_matrix_agrees_with_scikit_image(images):
+    from skimage.metrics import structural_similarity
+
+    x = images[0][:4].astype(np.float64) / 255
+    y = np.clip(x[::-1] + np.random.default_rng(2).normal(0, 0.1, x.shape), 0, 1)
+    matrix = attacks.ssim_matrix(x, y)
+    for i in range(4):
+        for j in range(4):
+            assert matrix[i, j] == pytest.approx(structural_similarity(x[i], y[j], data_range=1.0, channel_axis=-1),
+                                                 abs=1e-6)
+
+
+def test_matching_with_fewer_recoveries_scores_the_rest_as_gray(images):
+    x, _ = images
+    scores = attacks.score(x[:3].astype(np.float64) / 255, x[:5], match=True)
+    assert list(scores.matching) == [0, 1, 2, -1, -1]
+    assert scores.ssim[:3].min() > 0.9999 and scores.ssim[3:].max() < 0.5
+
+
+@pytest.fixture(scope="module")
+def tier2_easy(images):
+    """Tier 2 on an easy case: 16 images, k=3, T=30, hand-made similarity (a fixed key: the
+    attack's success varies from key to key)."""
+    pytest.importorskip("torch")
+    x, y = images
+    encoder = instahide.Encoder(k=3, mean=CIFAR_MEAN, std=CIFAR_STD, key=bytes(32))
+    return attacks.run_encodings_only(x, y, encoder, 30, seed=0)
+
+
+def test_encodings_only_clusters_beat_chance(tier2_easy):
+    summary = tier2_easy.summary()
+    assert summary["cluster_purity"] > 0.8 > 2 * summary["chance_purity"]
+
+
+def test_encodings_only_recovers_images_above_chance(tier2_easy):
+    summary = tier2_easy.summary()
+    assert summary["mean_ssim"] > 0.5 > 3 * summary["chance_ssim"]
+
+
+def test_encodings_only_sees_magnitudes_in_a_random_order(images):
+    x, y = images
+    challenge = attacks.make_challenge(x, y, instahide.Encoder(k=4), 2)
+    publication = attacks.publish(challenge, seed=3)
+    assert (publication.magnitudes >= 0).all() and not np.array_equal(publication.order, np.arange(len(x) * 2))
+    np.testing.assert_array_equal(publication.magnitudes, np.abs(challenge.encodings[publication.order]))
+
+
+def test_grid_has_three_rows(tmp_path, tier2_easy):
+    from PIL import Image
+
+    attacks.save_grid(tmp_path / "grid.png", tier2_easy, count=4, zoom=1)
+    with Image.open(tmp_path / "grid.png") as image:
+        assert image.size == (4 * 32 + 5 * 2, 3 * 32 + 4 * 2)
+
+
+def test_cross_mode_known_mixing(images):
+    x, y = images
+    pool = instahide.PublicPool.from_array(np.random.default_rng(4).integers(0, 256, (20, 40, 40, 3), np.uint8),
+                                           progress=False)
+    encoder = instahide.Encoder(k=4, mean=CIFAR_MEAN, std=CIFAR_STD, private_terms=2, public=pool, patch_size=32)
+    assert attacks.run_known_mixing(x, y, encoder, 10).summary()["mean_ssim"] > 0.9
