@@ -82,6 +82,7 @@ class Trainer:
         self.model = make_model(data.classes, seed)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
         self.epoch, self.batches = 0, iter(())
+        self.batch_seconds = self.step_seconds = 0.0  # time in next_batch (InstaHide: encoding) and in step
 
     def epoch_batches(self):
         """The batches of the next epoch: (inputs, targets)."""
@@ -99,12 +100,16 @@ class Trainer:
             return next(self.batches)
 
     def step(self) -> int:
+        start = time.perf_counter()
         self.model.train()
         x, y = self.next_batch()
+        fetched = time.perf_counter()
         loss = self.loss(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.batch_seconds += fetched - start
+        self.step_seconds += time.perf_counter() - start
         return len(x)
 
     def train_epochs(self, epochs: int) -> None:
@@ -235,12 +240,14 @@ class DPSGD(Trainer):
         return f"epsilon={self.epsilon():.2f} at delta=1e-5 (sigma={self.noise_multiplier}, C={self.max_grad_norm})"
 
 
-def time_rounds(trainers: list[Trainer], steps: int, rounds: int, warmup: int, progress=print) -> dict:
+def time_rounds(trainers: list[Trainer], steps: int, rounds: int, warmup: int, progress=print) -> tuple[dict, dict]:
     """Median samples/s of each trainer over `rounds` rounds of `steps` steps, the trainers
-    taking turns within each round so that all see the same machine state."""
+    taking turns within each round so that all see the same machine state; and the share of
+    the timed step time each spent preparing batches (for InstaHide: encoding)."""
     for trainer in trainers:
         for _ in range(warmup):
             trainer.step()
+        trainer.batch_seconds = trainer.step_seconds = 0.0
     rates: dict[str, list[float]] = {t.name: [] for t in trainers}
     for r in range(rounds):
         for trainer in trainers:
@@ -249,7 +256,8 @@ def time_rounds(trainers: list[Trainer], steps: int, rounds: int, warmup: int, p
             rates[trainer.name].append(samples / (time.perf_counter() - start))
         progress("  round {}/{}: ".format(r + 1, rounds) +
                  ", ".join(f"{name} {values[-1]:,.0f}/s" for name, values in rates.items()))
-    return {name: float(np.median(values)) for name, values in rates.items()}
+    return ({name: float(np.median(values)) for name, values in rates.items()},
+            {t.name: t.batch_seconds / t.step_seconds for t in trainers})
 
 
 # --- CrypTen ---------------------------------------------------------------------------------

@@ -58,8 +58,8 @@ def plot(results: dict, path) -> str:
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", linewidth=0.8)
     for y, value in enumerate(values):
-        ax.text(value, y, f" {value:,.3g}x", va="center", fontsize=8)
-    ax.set_xlabel("slowdown vs plain PyTorch (log scale; training vs plain training, inference vs plain inference)")
+        ax.text(value, y, f" {value:,.0f}x" if value >= 100 else f" {value:.3g}x", va="center", fontsize=8)
+    ax.set_xlabel("slowdown vs plain PyTorch, log scale\n(training: vs plain training; inference: vs plain inference)")
     ax.set_title(f"{results['data']['source']}, batch {results['settings']['batch_size']}, {results['machine']['processor']}",
                  fontsize=9)
     ax.set_xlim(right=max(values) * 20)

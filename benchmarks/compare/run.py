@@ -190,7 +190,7 @@ def run_fast(args, data, wanted, pool) -> tuple[list[dict], float]:
             rows.append(failed(name, "train", "", error))
     log(f"throughput: {', '.join(t.name for t in trainers)}; batch {args.batch_size}, {args.warmup} warm-up steps, "
         f"{args.rounds} rounds of {args.steps} steps, taking turns")
-    rates = methods.time_rounds(trainers, args.steps, args.rounds, args.warmup, progress=log)
+    rates, batch_share = methods.time_rounds(trainers, args.steps, args.rounds, args.warmup, progress=log)
     accuracy, epoch_seconds, privacy = {}, {}, {t.name: t.describe_privacy() for t in trainers}
     if args.epochs > 0:
         for name in [t.name for t in trainers]:
@@ -204,9 +204,12 @@ def run_fast(args, data, wanted, pool) -> tuple[list[dict], float]:
             log(f"  {name}: test accuracy {accuracy[name]:.2%}, {epoch_seconds[name]:.1f} s per epoch, {privacy[name]}")
     plain = rates["plain"]
     for t in trainers:
-        note = f"{epoch_seconds[t.name]:.1f} s per training epoch" if t.name in epoch_seconds else ""
+        note = f"batch preparation{' (encoding)' if t.name.startswith('instahide') else ''} " \
+               f"{batch_share[t.name]:.1%} of the timed step time"
+        if t.name in epoch_seconds:
+            note += f"; {epoch_seconds[t.name]:.1f} s per training epoch (accuracy run)"
         if t.name == "dpsgd_opacus":
-            note = (note + "; " if note else "") + "Poisson sampling, expected batch size " + str(args.batch_size)
+            note += f"; Poisson sampling, expected batch size {args.batch_size}"
         rows.append(entry(t.name, "train", privacy[t.name], samples_per_s=rates[t.name],
                           slowdown_vs_plain=plain / rates[t.name], accuracy=accuracy.get(t.name),
                           epochs=args.epochs if args.epochs > 0 else None, steps=args.rounds * args.steps,
