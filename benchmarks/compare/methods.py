@@ -241,7 +241,7 @@ class DPSGD(Trainer):
 
 
 def time_rounds(trainers: list[Trainer], steps: int, rounds: int, warmup: int, progress=print) -> tuple[dict, dict]:
-    """Median samples/s of each trainer over `rounds` rounds of `steps` steps, the trainers
+    """Samples/s of each trainer in each of `rounds` rounds of `steps` steps, the trainers
     taking turns within each round so that all see the same machine state; and the share of
     the timed step time each spent preparing batches (for InstaHide: encoding)."""
     for trainer in trainers:
@@ -251,13 +251,17 @@ def time_rounds(trainers: list[Trainer], steps: int, rounds: int, warmup: int, p
     rates: dict[str, list[float]] = {t.name: [] for t in trainers}
     for r in range(rounds):
         for trainer in trainers:
-            start = time.perf_counter()
-            samples = sum(trainer.step() for _ in range(steps))
-            rates[trainer.name].append(samples / (time.perf_counter() - start))
+            rates[trainer.name].append(steps_rate(trainer, steps))
         progress("  round {}/{}: ".format(r + 1, rounds) +
                  ", ".join(f"{name} {values[-1]:,.0f}/s" for name, values in rates.items()))
-    return ({name: float(np.median(values)) for name, values in rates.items()},
-            {t.name: t.batch_seconds / t.step_seconds for t in trainers})
+    return rates, {t.name: t.batch_seconds / t.step_seconds for t in trainers}
+
+
+def steps_rate(trainer: Trainer, steps: int) -> float:
+    """Samples/s of `steps` training steps."""
+    start = time.perf_counter()
+    samples = sum(trainer.step() for _ in range(steps))
+    return samples / (time.perf_counter() - start)
 
 
 # --- CrypTen ---------------------------------------------------------------------------------

@@ -32,8 +32,11 @@ def markdown(results: dict) -> str:
                      f"| {r['privacy']} |")
         if r["note"]:
             notes.append(f"- `{r['method']}`: {r['note']}")
-    lines += ["", "Slowdown of training methods: against `plain` training; of inference methods: against "
-              "`plain_infer_he_model`. Steps: timed steps (TenSEAL: images)."]
+    lines += ["", "samples/s: the median over the timing rounds. Slowdown of the fast training methods: the median "
+              "over rounds of plain's rate / the method's rate in the same round (so it need not equal the ratio of "
+              "the medians); of CrypTen: against plain steps timed just before and after it; of inference: against "
+              "`plain_infer_he_model`. Steps: timed steps (TenSEAL: images). Accuracy: on the test set after the "
+              "epochs shown (TenSEAL: on the encrypted images only)."]
     if notes:
         lines += ["", "Notes:", *notes]
     return "\n".join(lines) + "\n"

@@ -8,9 +8,10 @@ for the plot) are reported as skipped, with the reason, in the output and in res
 Writes results.json, results.md and slowdown.png (log-scale bars) to --out.
 
 Throughput: every training method warms up, then the fast ones (plain, InstaHide, DP-SGD)
-take turns in `--rounds` rounds of `--steps` steps in this process (medians); CrypTen trains
-`--crypten-steps` steps after one warm-up step in processes of its own; TenSEAL encrypts and
-classifies `--tenseal-images` test images one at a time. Accuracy: the fast methods each train
+take turns in `--rounds` rounds of `--steps` steps in this process (median rates; slowdowns
+are medians of per-round ratios to plain); CrypTen trains `--crypten-steps` steps after one
+warm-up step in processes of its own, against plain steps timed just before and after;
+TenSEAL encrypts and classifies `--tenseal-images` test images one at a time. Accuracy: the fast methods each train
 a fresh model for `--epochs` epochs and are tested on plain test images; TenSEAL reports its
 accuracy on the images it classified.
 """
@@ -202,7 +203,7 @@ def run_fast(args, data, wanted, pool) -> tuple[list[dict], float]:
             accuracy[name] = data.test_accuracy(trainer.model)
             privacy[name] = trainer.describe_privacy()
             log(f"  {name}: test accuracy {accuracy[name]:.2%}, {epoch_seconds[name]:.1f} s per epoch, {privacy[name]}")
-    plain = rates["plain"]
+    plain = median(rates["plain"])
     for t in trainers:
         note = f"batch preparation{' (encoding)' if t.name.startswith('instahide') else ''} " \
                f"{batch_share[t.name]:.1%} of the timed step time"
@@ -210,28 +211,42 @@ def run_fast(args, data, wanted, pool) -> tuple[list[dict], float]:
             note += f"; {epoch_seconds[t.name]:.1f} s per training epoch (accuracy run)"
         if t.name == "dpsgd_opacus":
             note += f"; Poisson sampling, expected batch size {args.batch_size}"
-        rows.append(entry(t.name, "train", privacy[t.name], samples_per_s=rates[t.name],
-                          slowdown_vs_plain=plain / rates[t.name], accuracy=accuracy.get(t.name),
+        # the slowdown is the median of the per-round ratios: the machine's load changes between
+        # rounds far more than within one (a shared machine), and the ratio cancels it
+        ratios = [p / r for p, r in zip(rates["plain"], rates[t.name])]
+        rows.append(entry(t.name, "train", privacy[t.name], samples_per_s=median(rates[t.name]),
+                          slowdown_vs_plain=median(ratios), accuracy=accuracy.get(t.name),
                           epochs=args.epochs if args.epochs > 0 else None, steps=args.rounds * args.steps,
-                          note=note))
-    return rows, plain
+                          note=note, per_round_samples_per_s=rates[t.name]))
+    plain_trainer = next(t for t in trainers if t.name == "plain")
+    return rows, plain_trainer
 
 
-def run_crypten(args, data, wanted, plain_rate) -> list[dict]:
+def median(values) -> float:
+    return float(np.median(values))
+
+
+def run_crypten(args, data, wanted, plain_trainer) -> list[dict]:
     rows = []
     for name, parties in (("crypten_1process", 1), ("crypten_2party", 2)):
         if name not in wanted:
             continue
         privacy = "MPC, 1-process simulation" if parties == 1 else "MPC 2-party (gloo, loopback)"
         log(f"{name}: encrypted training, batch {args.batch_size}, 1 warm-up + {args.crypten_steps} timed steps")
+        # plain steps right before and after, as the baseline of this slowdown (the load drifts)
+        before = methods.steps_rate(plain_trainer, args.steps)
         try:
             result = methods.crypten_training(data, args.batch_size, parties, args.crypten_steps)
         except Exception as error:
             rows.append(failed(name, "train", privacy, error))
             continue
+        plain_rate = (before + methods.steps_rate(plain_trainer, args.steps)) / 2
         rows.append(entry(name, "train", privacy, samples_per_s=result["samples_per_s"],
                           slowdown_vs_plain=plain_rate / result["samples_per_s"], steps=args.crypten_steps,
-                          note=f"{result['seconds_per_step']:.1f} s per step; {result['threads_per_party']} torch "
+                          plain_reference_samples_per_s=plain_rate,
+                          note=f"{result['seconds_per_step']:.1f} s per step; against plain training at "
+                               f"{plain_rate:,.0f} samples/s measured just before and after; "
+                               f"{result['threads_per_party']} torch "
                                f"thread(s) per party; accuracy not measured (a whole epoch would take about "
                                f"{result['seconds_per_step'] * len(data.train_x) / args.batch_size / 3600:.1f} h)"))
         log(f"  {name}: {result['samples_per_s']:.2f} samples/s ({result['seconds_per_step']:.1f} s per step)")
@@ -244,19 +259,23 @@ def run_he(args, data, wanted) -> list[dict]:
     model = methods.train_he_model(data, args.batch_size, args.he_epochs, args.seed)
     plain_accuracy = _he_accuracy(model, data)
     plain_rate = methods.plain_inference_rate(model, data, args.batch_size)
+    plain_rates = [plain_rate]
     log(f"  plaintext: test accuracy {plain_accuracy:.2%}, inference {plain_rate:,.0f} samples/s")
-    if "plain_infer_he_model" in wanted:
-        rows.append(entry("plain_infer_he_model", "infer", "none", samples_per_s=plain_rate, slowdown_vs_plain=1.0,
-                          accuracy=plain_accuracy, epochs=args.he_epochs,
-                          note=f"the CKKS network in plain PyTorch, batches of {args.batch_size}; the baseline of "
-                               "inference slowdowns"))
+    result = None
     if "tenseal_ckks_infer" in wanted:
         log(f"tenseal_ckks_infer: {args.tenseal_images} encrypted test images")
         try:
             result = methods.tenseal_inference(model, data, args.tenseal_images, progress=log)
         except Exception as error:
             rows.append(failed("tenseal_ckks_infer", "infer", "CKKS N=8192", error))
-            return rows
+        plain_rates.append(methods.plain_inference_rate(model, data, args.batch_size))  # after, as the load drifts
+    plain_rate = median(plain_rates)
+    if "plain_infer_he_model" in wanted:
+        rows.append(entry("plain_infer_he_model", "infer", "none", samples_per_s=plain_rate, slowdown_vs_plain=1.0,
+                          accuracy=plain_accuracy, epochs=args.he_epochs,
+                          note=f"the CKKS network in plain PyTorch, batches of {args.batch_size}, measured before "
+                               "and after the encrypted images (mean); the baseline of inference slowdowns"))
+    if result is not None:
         rows.append(entry("tenseal_ckks_infer", "infer", f"CKKS N={result['poly_modulus_degree']}",
                           samples_per_s=result["samples_per_s"], slowdown_vs_plain=plain_rate / result["samples_per_s"],
                           accuracy=result["accuracy"], steps=result["images"],
@@ -309,9 +328,9 @@ def main(argv=None) -> dict:
     data = load_data(args)
     log(f"data: {data.source}, {len(data.train_x)} training and {len(data.test_x)} test images")
     pool = load_pool(args) if "instahide_cross_2+4" in wanted else None
-    fast_rows, plain_rate = run_fast(args, data, wanted, pool)
+    fast_rows, plain_trainer = run_fast(args, data, wanted, pool)
     rows += fast_rows
-    rows += run_crypten(args, data, wanted, plain_rate)
+    rows += run_crypten(args, data, wanted, plain_trainer)
     if {"plain_infer_he_model", "tenseal_ckks_infer"} & set(wanted):
         rows += run_he(args, data, wanted)
 
