@@ -22,14 +22,15 @@ def markdown(results: dict) -> str:
     notes = []
     for r in results["results"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['method']} | {r['kind']} | {r['status']} | – | – | – | – | {r['privacy'] or '–'} |")
+            privacy = r["privacy"] or "–"
+            lines.append(f"| {r['method']} | {r['kind']} | {r['status']} | – | – | – | – | {privacy} |")
             notes.append(f"- `{r['method']}` {r['status']}: {r['note']}")
             continue
         slowdown = "1.00x" if r["slowdown_vs_plain"] == 1.0 else f"{_number(r['slowdown_vs_plain'])}x"
         accuracy = "–" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
+        epochs, steps = ("–" if r[key] is None else r[key] for key in ("epochs", "steps"))
         lines.append(f"| {r['method']} | {r['kind']} | {_number(r['samples_per_s'])} | {slowdown} | {accuracy} | "
-                     f"{r['epochs'] if r['epochs'] is not None else '–'} | {r['steps'] if r['steps'] is not None else '–'} "
-                     f"| {r['privacy']} |")
+                     f"{epochs} | {steps} | {r['privacy']} |")
         if r["note"]:
             notes.append(f"- `{r['method']}`: {r['note']}")
     lines += ["", "samples/s: the median over the timing rounds. Slowdown of the fast training methods: the median "
@@ -63,8 +64,8 @@ def plot(results: dict, path) -> str:
     for y, value in enumerate(values):
         ax.text(value, y, f" {value:,.0f}x" if value >= 100 else f" {value:.3g}x", va="center", fontsize=8)
     ax.set_xlabel("slowdown vs plain PyTorch, log scale\n(training: vs plain training; inference: vs plain inference)")
-    ax.set_title(f"{results['data']['source']}, batch {results['settings']['batch_size']}, {results['machine']['processor']}",
-                 fontsize=9)
+    source, machine = results["data"]["source"], results["machine"]["processor"]
+    ax.set_title(f"{source}, batch {results['settings']['batch_size']}, {machine}", fontsize=9)
     ax.set_xlim(right=max(values) * 20)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -140,7 +140,8 @@ def load_pool(args):
         cache = Path(args.pool_cache)
     else:
         stat = tar.stat()
-        cache = Path(os.environ.get("TMPDIR", "/tmp")) / "instahide-compare" / f"pool-{stat.st_size}-{int(stat.st_mtime)}.npz"
+        name = f"pool-{stat.st_size}-{int(stat.st_mtime)}.npz"
+        cache = Path(os.environ.get("TMPDIR", "/tmp")) / "instahide-compare" / name
     if cache.exists():
         log(f"public pool: loading {cache}")
         return instahide.PublicPool.load(cache)
