@@ -203,3 +203,19 @@ def test_cuda_labels_on_the_device_follow_in_place_changes():
     _, soft = encoder.encode(images, labels, keys)
     _, expected = encoder.encode(images.cpu(), labels.cpu(), keys)
     np.testing.assert_allclose(soft.cpu().numpy(), expected.numpy(), rtol=1e-6)
+
+
+@needs_gpu
+def test_loader_encodes_a_gpu_resident_set_on_the_gpu():
+    from instahide.torch import InstaHideLoader
+
+    images = torch.randint(0, 256, (300, 32, 32, 3), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (300,))
+    encoder = instahide.Encoder(k=4, pad=4, hflip=True, num_classes=10, layout="NHWC", mean=CIFAR_MEAN, std=CIFAR_STD)
+    gpu = list(InstaHideLoader(images.cuda(), labels.cuda(), encoder, batch_size=128))
+    cpu = list(InstaHideLoader(images, labels, encoder, batch_size=128))  # the same key: the same epoch
+    assert len(gpu) == len(cpu) == 3
+    for (x_gpu, y_gpu), (x_cpu, y_cpu) in zip(gpu, cpu):
+        assert x_gpu.is_cuda and y_gpu.is_cuda
+        assert_encodings_close(x_gpu.cpu().numpy(), x_cpu.numpy(), "float32")
+        np.testing.assert_allclose(y_gpu.cpu().numpy(), y_cpu.numpy(), rtol=1e-6)
