@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 import instahide
+from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD
 
 KERNEL_NAME = "encode_kernel"
-MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
-STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
+MEAN = np.array(CIFAR10_MEAN, np.float32)
+STD = np.array(CIFAR10_STD, np.float32)
 
 
 def time_cuda(fn, repeats: int = 20, warmup: int = 3, runs: int = 5) -> float:

@@ -19,9 +19,9 @@ import torch
 
 import instahide
 from instahide import attacks
-from instahide.datasets import default_data_dir, load_cifar10
+from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD, default_data_dir, load_cifar10
 
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
 TS = (1, 3, 5, 10, 20, 50)
 SETTINGS = {"inside k=4": dict(k=4), "inside k=6": dict(k=6), "cross 2+4": dict(k=6, private_terms=2, dom=0.3)}
 TIER2 = [("inside k=4", 50, "handmade"), ("inside k=4", 50, "network"), ("inside k=4", 20, "handmade"),

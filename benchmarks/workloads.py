@@ -11,9 +11,10 @@ import numpy as np
 
 import instahide
 from instahide import reference
+from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD
 
-CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
-CIFAR_STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
+CIFAR_MEAN = np.array(CIFAR10_MEAN, np.float32)
+CIFAR_STD = np.array(CIFAR10_STD, np.float32)
 
 
 @dataclass

@@ -83,19 +83,17 @@ def _attack(args) -> int:
     return 0
 
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-
-
 def _attack_encoder(args):
+    from .datasets import CIFAR10_MEAN, CIFAR10_STD
     from .encoder import Encoder
 
     if args.cross is None:
-        return Encoder(k=args.k, mean=CIFAR_MEAN, std=CIFAR_STD)
+        return Encoder(k=args.k, mean=CIFAR10_MEAN, std=CIFAR10_STD)
     from .datasets import default_data_dir
     from .pool import PublicPool
 
     pool = PublicPool.from_tar(default_data_dir() / "tiny-imagenet-val.tar", progress=False)
-    return Encoder(k=args.k, mean=CIFAR_MEAN, std=CIFAR_STD, private_terms=args.cross, public=pool, patch_size=32,
+    return Encoder(k=args.k, mean=CIFAR10_MEAN, std=CIFAR10_STD, private_terms=args.cross, public=pool, patch_size=32,
                    dom=0.3)
 
 
