@@ -651,8 +651,20 @@ void check(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
 }
 
+// |stride| * extent added to acc, or INT64_MAX where that overflows 64 bits.
+int64_t add_span(int64_t acc, int64_t stride, int64_t extent) {
+  const uint64_t a = stride < 0 ? uint64_t(0) - uint64_t(stride) : uint64_t(stride);
+  int64_t product, sum;
+  if (a > uint64_t(INT64_MAX) || __builtin_mul_overflow(int64_t(a), extent, &product) ||
+      __builtin_add_overflow(acc, product, &sum))
+    return INT64_MAX;
+  return sum;
+}
+
 }  // namespace
 
+// The core trusts nothing its caller passes: every table entry the kernel reads is checked
+// here (O(rows * k), small next to the encoding), and every size product in 64 bits.
 void validate(const EncodeArgs& a) {
   check(a.k >= 1 && a.k <= kMaxTerms, describe("k", a.k) + " must be in [1, " + std::to_string(kMaxTerms) + "]");
   check(a.private_terms >= 1 && a.private_terms <= a.k,
@@ -660,12 +672,24 @@ void validate(const EncodeArgs& a) {
   check(a.rows >= 0, describe("rows", a.rows) + " must be >= 0");
   check(a.out_height > 0 && a.out_width > 0, "the output window must have a positive size");
   check(!a.tables_by_row_id, "tables looked up by row id are for encode_cuda only");
+  check(a.sign == SignMode::kFlip || a.sign == SignMode::kAbs || a.sign == SignMode::kNone, "unknown sign mode");
+  check(a.out_type == OutType::kFloat32 || a.out_type == OutType::kFloat16 || a.out_type == OutType::kBFloat16,
+        "unknown output type");
+  check(a.rows == 0 || (a.out && a.index && a.lam && a.offset && a.flip && a.row_id), "null table or output");
+  const int64_t C = a.sources[0].channels;
+  check(C >= 1 && C <= kMaxChannels, "private images: " + describe("channels", C) + " must be in [1, 4]");
+  // Output elements and the mask's 32-bit block counter (512 elements per block) in range.
+  const int64_t row_elements = add_span(0, C, add_span(0, a.out_height, a.out_width));
+  check(row_elements < (int64_t(1) << 41) && add_span(0, a.rows, row_elements) < INT64_MAX / 4,
+        "out: the output is too large (" + std::to_string(a.rows) + " rows of " + std::to_string(C) + "x" +
+            std::to_string(a.out_height) + "x" + std::to_string(a.out_width) + ")");
   const int used = a.private_terms < a.k ? 2 : 1;
   for (int i = 0; i < used; ++i) {
     const ImageSource& s = a.sources[i];
     const char* name = i == 0 ? "private images" : "public images";
     check(s.data != nullptr || s.count == 0, std::string(name) + ": no data");
     check(s.count > 0, std::string(name) + ": the set is empty");
+    check(s.pixel == PixelType::kUint8 || s.pixel == PixelType::kFloat32, std::string(name) + ": unknown pixel type");
     check(s.channels >= 1 && s.channels <= kMaxChannels,
           std::string(name) + ": " + describe("channels", s.channels) + " must be in [1, 4]");
     check(s.height > 0 && s.width > 0, std::string(name) + ": images must have a positive size");
@@ -673,23 +697,51 @@ void validate(const EncodeArgs& a) {
     if (s.image_offset || s.image_size) {
       check(s.image_offset && s.image_size, std::string(name) + ": packed images need offsets and sizes");
       check(s.stride_c == 1 && s.stride_w == s.channels, std::string(name) + ": packed images are channels-last");
+      check(s.packed_elements >= 0, std::string(name) + ": negative buffer length");
       for (int64_t i = 0; i < s.count; ++i) {
         const int64_t h = s.image_size[2 * i], w = s.image_size[2 * i + 1], first = s.image_offset[i];
-        if (h <= 0 || w <= 0 || first < 0 || first + h * w * s.channels > s.packed_elements)
+        // h, w < 2^31 (int32) and C <= 4: h * w * C fits 64 bits; `first` is checked before the sum.
+        if (h <= 0 || w <= 0 || first < 0 || first > s.packed_elements ||
+            h * w * s.channels > s.packed_elements - first)
           throw std::invalid_argument(std::string(name) + ": image " + std::to_string(i) +
                                       " lies outside the packed buffer or has no pixels");
       }
+    } else {
+      // Element addresses i * stride_n + c * stride_c + y * stride_h + x * stride_w stay in 64 bits.
+      int64_t span = add_span(0, s.stride_n, s.count - 1);
+      span = add_span(span, s.stride_c, s.channels - 1);
+      span = add_span(span, s.stride_h, s.height - 1);
+      span = add_span(span, s.stride_w, s.width - 1);
+      check(span < INT64_MAX / 4, std::string(name) + ": strides address more than 2^61 bytes");
     }
   }
-  for (int64_t r = 0; r < a.rows; ++r)
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const int64_t row = a.row_id[r];
+    check(row >= 0, "row ids must be >= 0, got " + std::to_string(row));
     for (int t = 0; t < a.k; ++t) {
-      const int64_t idx = a.index[r * a.k + t];
+      const int64_t at = r * a.k + t, idx = a.index[at];
       const ImageSource& s = a.sources[t < a.private_terms ? 0 : 1];
+      const std::string cell = "[" + std::to_string(row) + ", " + std::to_string(t) + "]";
       if (idx < 0 || idx >= s.count)
-        throw std::invalid_argument("keys.index[" + std::to_string(r) + ", " + std::to_string(t) + "] = " +
-                                std::to_string(idx) + " is out of range for a set of " + std::to_string(s.count) +
-                                " images");
+        throw std::invalid_argument("keys.index" + cell + " = " + std::to_string(idx) +
+                                    " is out of range for a set of " + std::to_string(s.count) + " images");
+      const float lam = a.lam[at];
+      if (!(lam - lam == 0.0f))  // NaN or infinite (no <cmath> isfinite: -ffast-math proof)
+        throw std::invalid_argument("keys.lam" + cell + " = " + std::to_string(lam) + " is not finite");
+      if (s.image_size) {
+        // Public patches lie inside their image (docs/algorithm.md); private windows may
+        // reach outside theirs (padding reads 0).
+        const int64_t dy = a.offset[2 * at], dx = a.offset[2 * at + 1];
+        if (dy < 0 || dx < 0 || dy + a.out_height > s.image_size[2 * idx] ||
+            dx + a.out_width > s.image_size[2 * idx + 1])
+          throw std::invalid_argument("keys.offset" + cell + " = (" + std::to_string(dy) + ", " +
+                                      std::to_string(dx) + ") puts the " + std::to_string(a.out_height) + "x" +
+                                      std::to_string(a.out_width) + " patch outside public image " +
+                                      std::to_string(idx) + " (" + std::to_string(s.image_size[2 * idx]) + "x" +
+                                      std::to_string(s.image_size[2 * idx + 1]) + ")");
+      }
     }
+  }
 }
 
 void encode_cpu(const EncodeArgs& args, int num_threads) {
@@ -700,6 +752,9 @@ void encode_cpu(const EncodeArgs& args, int num_threads) {
 
 void mask_cpu(const uint8_t key[32], uint32_t epoch, const int64_t* row_id, int64_t rows, int64_t elements_per_row,
               int8_t* out, int num_threads) {
+  check(rows >= 0 && elements_per_row >= 0, "mask: rows and elements must be >= 0");
+  check(elements_per_row < (int64_t(1) << 41), "mask: rows of 2^41 elements or more overflow the block counter");
+  check(rows == 0 || elements_per_row == 0 || (row_id && out), "mask: null row ids or output");
   const int64_t bytes = (elements_per_row + 7) / 8;
   const int64_t stride = bytes + kKeystreamPad;
   parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, num_threads, [&](int64_t task) {
@@ -717,6 +772,7 @@ void mask_cpu(const uint8_t key[32], uint32_t epoch, const int64_t* row_id, int6
 void chacha20_keystream(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter, int64_t blocks,
                         uint8_t* out) {
   const ChaChaInput in = chacha_input(key, nonce);
+  check(blocks >= 0, "blocks must be >= 0");
   check(uint64_t(counter) + uint64_t(blocks) <= (uint64_t(1) << 32), "ChaCha20 block counter would wrap");
   BlockJob jobs[kLanes];
   for (int64_t b0 = 0; b0 < blocks; b0 += kLanes) {
