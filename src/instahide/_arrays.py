@@ -3,6 +3,8 @@ as numpy views (no copies), layouts, rows, labels and normalization, with clear 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 OUT_DTYPES = ("float32", "float16", "bfloat16")
@@ -40,6 +42,12 @@ def channels_last(images: np.ndarray, layout: str | None) -> bool:
         return last
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    channels = images.shape[3 if layout == "NHWC" else 1]
+    if not 1 <= channels <= 4:
+        raise ValueError(f"images of shape {images.shape} have {channels} channels in layout {layout!r}: "
+                         "C must be 1 to 4 (is the layout right?)")
+    if min(images.shape[1:]) < 1:
+        raise ValueError(f"images must have a positive size, got shape {images.shape}")
     return layout == "NHWC"
 
 
@@ -58,7 +66,7 @@ def row_ids(rows, n: int) -> np.ndarray:
     return rows
 
 
-def check_keys(keys, n: int, check_indices: bool = True, public=None) -> None:
+def check_keys(keys, n: int, check_indices: bool = True, public=None, patch=None) -> None:
     """Keys for n images; `check_indices=False` leaves the index range to the compiled core,
     which checks every row it encodes (a full scan per batch would cost more than a batch)."""
     from .keys import Keys
@@ -76,6 +84,48 @@ def check_keys(keys, n: int, check_indices: bool = True, public=None) -> None:
             raise ValueError(f"keys.index refers to images outside [0, {n})")
         if public_index.size and (public_index.min() < 0 or public_index.max() >= len(public)):
             raise ValueError(f"keys.index refers to public images outside [0, {len(public)})")
+        check_key_values(keys, public, patch)
+
+
+def check_key_values(keys, public=None, patch=None) -> None:
+    """What the compiled core re-checks per row, over all rows at once (for the paths that
+    check keys once: the reference and the CUDA tables): finite coefficients, and public
+    patches inside their images. Indices must already be in range."""
+    if not np.isfinite(keys.lam).all():
+        raise ValueError("keys.lam holds NaN or infinite coefficients")
+    kp = keys.private_terms
+    if kp < keys.k and keys.n:
+        sizes = public.sizes[keys.index[:, kp:]]  # (n, k - kp, 2)
+        offset = keys.offset[:, kp:].astype(np.int64)
+        fits = (offset >= 0) & (offset + np.asarray(patch, np.int64) <= sizes) if patch is not None else offset >= 0
+        if not fits.all():
+            row, term = np.argwhere(~fits.all(axis=2))[0]
+            raise ValueError(f"keys.offset[{row}, {kp + term}] = {tuple(keys.offset[row, kp + term])} puts the patch "
+                             f"outside public image {keys.index[row, kp + term]} {tuple(sizes[row, term])}")
+
+
+def check_memory(shape, dtype, what: str) -> None:
+    """A clear MemoryError for an output larger than this machine's memory, before allocating
+    it (an overcommitting kernel would hand out the pages and kill the process once they are
+    written)."""
+    shape = tuple(int(s) for s in shape)
+    nbytes = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize  # Python ints: no overflow
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if nbytes > physical:
+        raise MemoryError(f"{what} of shape {shape} needs {nbytes / 2**30:.3g} GiB, more than this machine's "
+                          f"{physical / 2**30:.3g} GiB: encode fewer rows at a time")
+
+
+def allocate(shape, dtype, what: str) -> np.ndarray:
+    """np.empty after check_memory, with the same clear message if the allocation fails."""
+    check_memory(shape, dtype, what)
+    try:
+        return np.empty(shape, dtype)
+    except MemoryError as error:
+        raise MemoryError(f"{what} of shape {tuple(shape)} could not be allocated: encode fewer rows at a time") from error
 
 
 def normalization(mean, std, channels: int):
@@ -133,7 +183,9 @@ def check_labels(labels, n: int, num_classes: int | None):
         raise TypeError("labels must be class ids (n,) of an integer dtype or soft labels (n, K) of a float dtype")
     if n and labels.min() < 0:
         raise ValueError("class ids must be >= 0")
-    classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    if num_classes is not None and (not isinstance(num_classes, (int, np.integer)) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    classes = (int(labels.max()) + 1 if n else 0) if num_classes is None else int(num_classes)
     if n and labels.max() >= classes:
         raise ValueError(f"class id {labels.max()} is not below num_classes={classes}")
     return labels, classes, False

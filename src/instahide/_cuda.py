@@ -90,7 +90,7 @@ def _interface(x, name: str):
     return cai["data"][0], dtype, shape, tuple(s // dtype.itemsize for s in strides)
 
 
-def _tables(keys, lib: _Library):
+def _tables(keys, lib: _Library, pool=None, patch=None):
     """The keys' per-row tables on the device, uploaded once per (keys, device), with the range
     of the indices they hold, checked here once rather than per batch (the kernel trusts them)."""
     per_keys = _device_tables.setdefault(keys, {})
@@ -99,6 +99,9 @@ def _tables(keys, lib: _Library):
         private, public = keys.index[:, :kp], keys.index[:, kp:]
         bounds = {"private": (int(private.min()), int(private.max())) if private.size else (0, -1),
                   "public": (int(public.min()), int(public.max())) if public.size else (0, -1)}
+        if pool is not None and public.size and (bounds["public"][0] < 0 or bounds["public"][1] >= len(pool)):
+            raise ValueError(f"keys.index refers to public images outside [0, {len(pool)})")
+        _arrays.check_key_values(keys, pool, patch)  # what the CPU core checks per row
         per_keys[lib.device] = ({name: lib.upload(value, wait=True) for name, value in (
             ("index", keys.index), ("lam", keys.lam), ("offset", keys.offset), ("flip", keys.flip.view(np.uint8)))},
             bounds)
@@ -129,9 +132,7 @@ def encode(encoder, images, labels, keys, rows):
     channels_last = _arrays.channels_last(np.empty((0, *shape[1:]), dtype), encoder.layout)
     axes = (0, 3, 1, 2) if channels_last else (0, 1, 2, 3)
     n, channels, height, width = (shape[a] for a in axes)
-    _arrays.check_keys(keys, n, check_indices=False, public=encoder.public)
-    if keys.k != encoder.k:
-        raise ValueError(f"the keys have k={keys.k} terms, the encoder k={encoder.k}")
+    encoder._check_keys(keys, n)
     rows = _arrays.row_ids(rows, n)
     kp = keys.private_terms
     sources = [(pointer, _PIXEL[dtype], (n, channels, height, width), tuple(strides[a] for a in axes),
@@ -143,7 +144,7 @@ def encode(encoder, images, labels, keys, rows):
     out = lib.empty(out_shape, encoder.out_dtype)
     if len(rows) == 0:
         return out, lib.upload(encoder._mix_labels(_host_labels(labels), keys, rows))
-    tables, bounds = _tables(keys, lib)
+    tables, bounds = _tables(keys, lib, encoder.public if kp < keys.k else None, (height, width))
     if bounds["private"][0] < 0 or bounds["private"][1] >= n:
         raise ValueError(f"keys.index refers to images outside [0, {n})")
     if kp < keys.k and (bounds["public"][0] < 0 or bounds["public"][1] >= len(encoder.public)):

@@ -8,6 +8,7 @@ from . import _arrays, _core, _cuda
 from .keys import Keys, check_secret_key, derive_keys, new_secret_key
 
 _SIGNS = {"flip": 0, "abs": 1, "none": 2}
+MAX_PAD = 2**30  # window offsets travel as int32
 _OUT_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
 
 
@@ -46,14 +47,21 @@ class Encoder:
             raise ValueError(f"upper must be in (1/k, 1] = ({1.0 / k:.4g}, 1], got {upper}")
         if sign not in _SIGNS:
             raise ValueError(f"sign must be one of {tuple(_SIGNS)}, got {sign!r}")
-        if not isinstance(pad, (int, np.integer)) or pad < 0:
-            raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
+        if not isinstance(pad, (int, np.integer)) or not 0 <= pad <= MAX_PAD:
+            raise ValueError(f"pad must be an integer in [0, 2^30], got {pad!r}")
         if layout is not None and layout not in _arrays.LAYOUTS:
             raise ValueError(f"layout must be 'NCHW', 'NHWC' or None, got {layout!r}")
         if out_layout not in _arrays.LAYOUTS:
             raise ValueError(f"out_layout must be 'NCHW' or 'NHWC', got {out_layout!r}")
-        if num_threads < 0:
-            raise ValueError("num_threads must be >= 0")
+        if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
+            raise ValueError(f"num_threads must be an integer >= 0, got {num_threads!r}")
+        if num_classes is not None and (not isinstance(num_classes, (int, np.integer)) or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        for name, value in (("mean", mean), ("std", std)):
+            values = None if value is None else np.asarray(value, np.float64)
+            if values is not None and (values.ndim > 1 or not np.isfinite(values).all() or
+                                       (name == "std" and not (values > 0).all())):
+                raise ValueError(f"{name} must be finite per-channel values" + (", std > 0" if name == "std" else ""))
         self.k, self.upper, self.sign, self.pad, self.hflip = int(k), float(upper), sign, int(pad), bool(hflip)
         self.out_dtype = _arrays.check_out_dtype(out_dtype)
         self.mean = None if mean is None else np.asarray(mean, np.float32)
@@ -73,6 +81,8 @@ class Encoder:
                 raise ValueError("with a public pool, give patch_size: the private images' (H, W), e.g. 32")
             self.private_terms = int(private_terms)
             self.patch_size = (int(patch_size), int(patch_size)) if np.isscalar(patch_size) else tuple(map(int, patch_size))
+            if len(self.patch_size) != 2 or min(self.patch_size) < 1:
+                raise ValueError(f"patch_size must be a positive size or (H, W), got {patch_size!r}")
             sizes = public.sizes
             if (sizes < np.asarray(self.patch_size)).any():
                 raise ValueError(f"public images smaller than the {self.patch_size} patch: build the pool with a "
@@ -122,9 +132,7 @@ class Encoder:
         x = _arrays.as_numpy(images, "images")
         channels_last = _arrays.channels_last(x, self.layout)
         n = x.shape[0]
-        _arrays.check_keys(keys, n, check_indices=False, public=self.public)
-        if keys.k != self.k:
-            raise ValueError(f"the keys have k={keys.k} terms, the encoder k={self.k}")
+        self._check_keys(keys, n)
         rows = _arrays.row_ids(rows, n)
         channels, height, width = (x.shape[3], x.shape[1], x.shape[2]) if channels_last else x.shape[1:]
         sources = [(x, channels_last, *self._scale_shift(channels, x.dtype))]
@@ -134,14 +142,24 @@ class Encoder:
                                                                                                              channels)))
 
         out_shape = (len(rows), height, width, channels) if self.out_layout == "NHWC" else (len(rows), channels, height, width)
-        out = np.empty(out_shape, _arrays.numpy_out_dtype(self.out_dtype))
-        _core.encode(sources, keys.private_terms, keys.index[rows], keys.lam[rows], keys.offset[rows],
-                     keys.flip[rows], rows, keys.mask_key, keys.epoch, self._sign_code, out, self._out_code,
-                     self.out_layout == "NHWC", self.num_threads)
+        out = _arrays.allocate(out_shape, _arrays.numpy_out_dtype(self.out_dtype), "the encoded batch")
+        if len(rows):  # an empty batch has nothing to check or compute (even for an empty set)
+            _core.encode(sources, keys.private_terms, keys.index[rows], keys.lam[rows], keys.offset[rows],
+                         keys.flip[rows], rows, keys.mask_key, keys.epoch, self._sign_code, out, self._out_code,
+                         self.out_layout == "NHWC", self.num_threads)
         soft = self._mix_labels(labels, keys, rows)
         if torch_input:
             return _to_torch(out, self.out_dtype), _to_torch(soft, "float32")
         return out, soft
+
+    def _check_keys(self, keys: Keys, n: int) -> None:
+        """Keys made for this encoder's options and these n images (their index range is the
+        core's to check, per row)."""
+        _arrays.check_keys(keys, n, check_indices=False, public=self.public)
+        if keys.k != self.k:
+            raise ValueError(f"the keys have k={keys.k} terms, the encoder k={self.k}")
+        if keys.private_terms != self.private_terms:
+            raise ValueError(f"the keys have private_terms={keys.private_terms}, the encoder {self.private_terms}")
 
     def _scale_shift(self, channels: int, dtype) -> tuple:
         """Per-channel (scale, shift) of v' = v * scale - shift: unit/std and mean/std."""
@@ -188,12 +206,17 @@ def mask(key: bytes, epoch: int, rows, shape) -> np.ndarray:
     `key` is the mask key (``Keys.mask_key``)."""
     if not isinstance(key, (bytes, bytearray)) or len(key) != 32:
         raise TypeError("the mask key must be 32 bytes (Keys.mask_key)")
-    if not 0 <= epoch < 2**32:
-        raise ValueError("the epoch must be in [0, 2^32)")
-    rows = np.ascontiguousarray(np.asarray(rows, np.int64).reshape(-1))
+    if not isinstance(epoch, (int, np.integer)) or not 0 <= epoch < 2**32:
+        raise ValueError("the epoch must be an integer in [0, 2^32)")
+    rows = np.asarray(rows)
+    if rows.size and not np.issubdtype(rows.dtype, np.integer):
+        raise TypeError(f"rows must be integers, got {rows.dtype}")
+    rows = np.ascontiguousarray(rows.astype(np.int64).reshape(-1))
     if rows.size and rows.min() < 0:
         raise ValueError("row ids must be >= 0")
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape must be (C, H, W) with positive sizes, got {shape}")
-    return _core.mask(bytes(key), int(epoch), rows, int(np.prod(shape))).reshape(len(rows), *shape)
+    elements = shape[0] * shape[1] * shape[2]  # Python ints: no overflow
+    _arrays.check_memory((len(rows), elements), np.int8, "the mask")
+    return _core.mask(bytes(key), int(epoch), rows, elements).reshape(len(rows), *shape)

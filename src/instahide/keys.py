@@ -128,8 +128,8 @@ def derive_keys(secret: bytes, epoch: int, n: int, *, k: int, upper: float = 0.6
         raise ValueError(f"the epoch must be in [0, 2^32), got {epoch}")
     if k > 1 and not 1.0 / k < upper <= 1.0:
         raise ValueError(f"upper must be in (1/k, 1] = ({1.0 / k:.4g}, 1], got {upper}")
-    if pad < 0:
-        raise ValueError(f"pad must be >= 0, got {pad}")
+    if not 0 <= pad <= 2**30:  # offsets are int32
+        raise ValueError(f"pad must be in [0, 2^30], got {pad}")
     kp = k if private_terms is None else int(private_terms)
     if not 1 <= kp <= k:
         raise ValueError(f"private_terms must be in [1, k={k}], got {private_terms}")

@@ -96,7 +96,7 @@ def encode(images, labels, keys: Keys, *, rows=None, sign: str = "flip", mean=No
     channels_last = _arrays.channels_last(images, layout)
     nchw = images.transpose(0, 3, 1, 2) if channels_last else images
     n, channels, height, width = nchw.shape
-    _arrays.check_keys(keys, n, public=public)
+    _arrays.check_keys(keys, n, public=public, patch=(height, width))
     rows = _arrays.row_ids(rows, n)
     unit = 1.0 / 255 if images.dtype == np.uint8 else 1.0
     mean, std = _arrays.normalization(mean, std, channels)
