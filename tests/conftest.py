@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-settings.register_profile("default", deadline=None, max_examples=60)
+settings.register_profile("default", deadline=None, max_examples=60, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 DATA_DIR = Path(os.environ.get("INSTAHIDE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -30,3 +30,12 @@ def cifar_test():
 @pytest.fixture
 def rng():
     return np.random.default_rng()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The number of property-test cases actually run (tests/test_fuzz.py)."""
+    from helpers import FUZZ_CASES
+
+    if FUZZ_CASES:
+        detail = ", ".join(f"{name} {count}" for name, count in sorted(FUZZ_CASES.items()))
+        terminalreporter.write_line(f"fuzz cases run: {sum(FUZZ_CASES.values())} ({detail})")

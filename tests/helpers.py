@@ -1,8 +1,13 @@
 """Comparison helpers shared by the tests."""
 
+from collections import Counter
+
 import numpy as np
 
 import instahide
+
+# Property-test cases run in this session, by test family (reported at the end by conftest.py).
+FUZZ_CASES: Counter = Counter()
 
 
 def as_float(x: np.ndarray, out_dtype: str) -> np.ndarray:
@@ -30,5 +35,5 @@ def assert_encodings_close(out: np.ndarray, ref: np.ndarray, out_dtype: str) -> 
 def assert_signs_identical(out: np.ndarray, ref: np.ndarray, out_dtype: str) -> None:
     """The mask is exact: signs agree wherever the value is not (close to) zero."""
     a, b = as_float(out, out_dtype), as_float(ref, out_dtype)
-    clear = np.abs(b) > 1e-4 * max(1.0, float(np.abs(b).max()))
+    clear = np.abs(b) > 1e-4 * max(1.0, float(np.abs(b).max(initial=0)))
     assert np.array_equal(np.signbit(a)[clear], np.signbit(b)[clear])
