@@ -44,19 +44,24 @@ def test_exceptions_hide_the_keys(setup):
     bad_lam = keys.lam.copy()
     bad_lam[3, 2] = np.nan
     fields = dict(index=keys.index, lam=keys.lam, offset=keys.offset, flip=keys.flip, epoch=7, private_terms=3)
+
+    def forged(**changes):
+        return instahide.Keys(**{**fields, **changes}, mask_key=keys.mask_key)
+
     attempts = [
         lambda: instahide.Encoder(key=secret[:31]), lambda: instahide.Encoder(key=secret + b"\0"),
         lambda: instahide.Encoder(key=secret.hex()), lambda: instahide.mask_key_of(secret[:16]),
-        lambda: instahide.mask(keys.mask_key[:31], 0, [0], (3, 6, 6)), lambda: instahide.mask(keys.mask_key, -1, [0], (3, 6, 6)),
+        lambda: instahide.mask(keys.mask_key[:31], 0, [0], (3, 6, 6)),
+        lambda: instahide.mask(keys.mask_key, -1, [0], (3, 6, 6)),
         lambda: instahide.Keys(**fields, mask_key=keys.mask_key[:20]),
-        lambda: instahide.Keys(**{**fields, "epoch": -1}, mask_key=keys.mask_key),
-        lambda: encoder.encode(images, labels, instahide.Keys(**{**fields, "index": bad_index}, mask_key=keys.mask_key)),
-        lambda: encoder.encode(images, labels, instahide.Keys(**{**fields, "lam": bad_lam}, mask_key=keys.mask_key)),
-        lambda: instahide.reference.encode(images, labels, instahide.Keys(**{**fields, "lam": bad_lam}, mask_key=keys.mask_key)),
+        lambda: forged(epoch=-1),
+        lambda: encoder.encode(images, labels, forged(index=bad_index)),
+        lambda: encoder.encode(images, labels, forged(lam=bad_lam)),
+        lambda: instahide.reference.encode(images, labels, forged(lam=bad_lam)),
         lambda: encoder.encode(images[:11], labels[:11], keys), lambda: encoder.encode(images, labels, keys, rows=[12]),
-        lambda: instahide._core.encode([(images, True, [1.0] * 3, [0.0] * 3)], 3, keys.index, keys.lam, keys.offset, keys.flip,
-                                       np.arange(12), keys.mask_key[:-1], 7, 0, np.empty((12, 3, 6, 6), np.float32), 0,
-                                       False, 0),
+        lambda: instahide._core.encode([(images, True, [1.0] * 3, [0.0] * 3)], 3, keys.index, keys.lam, keys.offset,
+                                       keys.flip, np.arange(12), keys.mask_key[:-1], 7, 0,
+                                       np.empty((12, 3, 6, 6), np.float32), 0, False, 0),
         lambda: instahide.derive_keys(secret, 7, 0, k=3), lambda: instahide.derive_keys(secret, 7, 12, k=3, upper=0.1),
     ]
     for attempt in attempts:

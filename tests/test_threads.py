@@ -98,7 +98,8 @@ def test_concurrent_calls_of_different_configurations_equal_serial_calls():
                     config, d = jobs[j % len(jobs)]
                     out, soft = encode_config(config, *data[d], key)
                     expected, expected_soft = serial[j % len(jobs)]
-                    if not (np.array_equal(out.view(np.uint8), expected.view(np.uint8)) and np.array_equal(soft, expected_soft)):
+                    same = np.array_equal(out.view(np.uint8), expected.view(np.uint8))
+                    if not (same and np.array_equal(soft, expected_soft)):
                         failures.append((offset, j))
         except Exception as error:  # reported below
             errors.append(error)

@@ -28,10 +28,12 @@ def forged(keys, **changes):
 
 
 @pytest.mark.parametrize("options,error,match", [
-    (dict(pad=2**31), ValueError, "pad"), (dict(pad=1.5), ValueError, "pad"), (dict(num_threads=1.5), ValueError, "num_threads"),
+    (dict(pad=2**31), ValueError, "pad"), (dict(pad=1.5), ValueError, "pad"),
+    (dict(num_threads=1.5), ValueError, "num_threads"),
     (dict(num_classes=0), ValueError, "num_classes"), (dict(num_classes=2.5), ValueError, "num_classes"),
     (dict(mean=(0.5, np.nan, 0.5)), ValueError, "mean"), (dict(std=(0.2, -0.2, 0.2)), ValueError, "std"),
-    (dict(std=np.inf), ValueError, "std"), (dict(dom=np.nan), ValueError, "dom"), (dict(upper=np.nan), ValueError, "upper"),
+    (dict(std=np.inf), ValueError, "std"), (dict(dom=np.nan), ValueError, "dom"),
+    (dict(upper=np.nan), ValueError, "upper"),
     (dict(key=bytearray(31)), TypeError, "32 bytes"), (dict(key=b"\0" * 33), TypeError, "32 bytes"),
     (dict(private_terms=2), ValueError, "public pool"),
 ])
@@ -86,7 +88,8 @@ def test_keys_for_another_configuration(setup):
 
 @pytest.mark.parametrize("field,value,match", [
     ("lam", np.nan, r"keys.lam\[4, 1\] = nan is not finite"), ("lam", np.inf, r"keys.lam\[4, 1\] = inf is not finite"),
-    ("index", -1, r"keys.index\[4, 1\] = -1 is out of range"), ("index", 2**62, r"keys.index\[4, 1\] = \d+ is out of range"),
+    ("index", -1, r"keys.index\[4, 1\] = -1 is out of range"),
+    ("index", 2**62, r"keys.index\[4, 1\] = \d+ is out of range"),
 ])
 def test_forged_key_values_rejected_by_the_core(setup, field, value, match):
     """The core checks the rows it encodes; the reference checks the whole table."""
@@ -259,14 +262,17 @@ def test_bad_derive_keys_arguments(options, error, match):
 
 
 @pytest.mark.parametrize("changes,error,match", [
-    (dict(index=np.zeros((4, 3), np.int32)), TypeError, "Keys.index"), (dict(lam=np.zeros((4, 3), np.float64)), TypeError, "Keys.lam"),
-    (dict(lam=np.zeros((4, 2), np.float32)), ValueError, "Keys.lam"), (dict(offset=np.zeros((4, 3), np.int32)), TypeError, "Keys.offset"),
+    (dict(index=np.zeros((4, 3), np.int32)), TypeError, "Keys.index"),
+    (dict(lam=np.zeros((4, 3), np.float64)), TypeError, "Keys.lam"),
+    (dict(lam=np.zeros((4, 2), np.float32)), ValueError, "Keys.lam"),
+    (dict(offset=np.zeros((4, 3), np.int32)), TypeError, "Keys.offset"),
     (dict(flip=np.zeros((4, 3), np.uint8)), TypeError, "Keys.flip"), (dict(epoch=-1), ValueError, "epoch"),
     (dict(mask_key=b"\0" * 16), TypeError, "mask key"), (dict(private_terms=0), ValueError, "private_terms"),
 ])
 def test_bad_keys_fields(changes, error, match):
-    fields = dict(index=np.zeros((4, 3), np.int64), lam=np.zeros((4, 3), np.float32), offset=np.zeros((4, 3, 2), np.int32),
-                  flip=np.zeros((4, 3), bool), epoch=0, mask_key=b"\0" * 32, private_terms=3)
+    fields = dict(index=np.zeros((4, 3), np.int64), lam=np.zeros((4, 3), np.float32),
+                  offset=np.zeros((4, 3, 2), np.int32), flip=np.zeros((4, 3), bool), epoch=0, mask_key=b"\0" * 32,
+                  private_terms=3)
     with pytest.raises(error, match=match):
         instahide.Keys(**{**fields, **changes})
 

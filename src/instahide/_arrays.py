@@ -125,7 +125,8 @@ def allocate(shape, dtype, what: str) -> np.ndarray:
     try:
         return np.empty(shape, dtype)
     except MemoryError as error:
-        raise MemoryError(f"{what} of shape {tuple(shape)} could not be allocated: encode fewer rows at a time") from error
+        raise MemoryError(f"{what} of shape {tuple(shape)} could not be allocated: "
+                          "encode fewer rows at a time") from error
 
 
 def normalization(mean, std, channels: int):
