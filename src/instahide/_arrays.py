@@ -90,18 +90,34 @@ def check_keys(keys, n: int, check_indices: bool = True, public=None, patch=None
 def check_key_values(keys, public=None, patch=None) -> None:
     """What the compiled core re-checks per row, over all rows at once (for the paths that
     check keys once: the reference and the CUDA tables): finite coefficients, and public
-    patches inside their images. Indices must already be in range."""
+    patches inside their images. Private indices must already be in range."""
     if not np.isfinite(keys.lam).all():
-        raise ValueError("keys.lam holds NaN or infinite coefficients")
-    kp = keys.private_terms
-    if kp < keys.k and keys.n:
-        sizes = public.sizes[keys.index[:, kp:]]  # (n, k - kp, 2)
-        offset = keys.offset[:, kp:].astype(np.int64)
-        fits = (offset >= 0) & (offset + np.asarray(patch, np.int64) <= sizes) if patch is not None else offset >= 0
-        if not fits.all():
-            row, term = np.argwhere(~fits.all(axis=2))[0]
-            raise ValueError(f"keys.offset[{row}, {kp + term}] = {tuple(keys.offset[row, kp + term])} puts the patch "
-                             f"outside public image {keys.index[row, kp + term]} {tuple(sizes[row, term])}")
+        row, term = np.argwhere(~np.isfinite(keys.lam))[0]
+        raise ValueError(f"keys.lam[{row}, {term}] = {keys.lam[row, term]} is not finite")
+    if keys.private_terms < keys.k and public is not None and patch is not None:
+        check_public_patches(keys.index, keys.offset, np.arange(keys.n), keys.private_terms, public, patch)
+
+
+def check_public_patches(index, offset, rows, private_terms: int, public, patch) -> None:
+    """The public terms of `rows` (their index and offset tables) read patches inside their
+    pool images (docs/algorithm.md). The core would read 0 outside them; keys that do that
+    are forged or meant for another pool."""
+    public_index = index[:, private_terms:]
+    if public_index.size == 0:
+        return
+    outside = (public_index < 0) | (public_index >= len(public))
+    if outside.any():
+        row, term = np.argwhere(outside)[0]
+        raise ValueError(f"keys.index[{rows[row]}, {private_terms + term}] = {public_index[row, term]} is out of range "
+                         f"for a set of {len(public)} images")
+    sizes = public.sizes[public_index]  # (rows, k - kp, 2)
+    corner = offset[:, private_terms:].astype(np.int64)
+    inside = ((corner >= 0) & (corner + np.asarray(patch, np.int64) <= sizes)).all(axis=2)
+    if not inside.all():
+        row, term = np.argwhere(~inside)[0]
+        raise ValueError(f"keys.offset[{rows[row]}, {private_terms + term}] = {tuple(corner[row, term].tolist())} puts "
+                         f"the {patch[0]}x{patch[1]} patch outside public image {public_index[row, term]} "
+                         f"{tuple(sizes[row, term].tolist())}")
 
 
 def check_memory(shape, dtype, what: str) -> None:

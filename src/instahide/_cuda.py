@@ -99,9 +99,7 @@ def _tables(keys, lib: _Library, pool=None, patch=None):
         private, public = keys.index[:, :kp], keys.index[:, kp:]
         bounds = {"private": (int(private.min()), int(private.max())) if private.size else (0, -1),
                   "public": (int(public.min()), int(public.max())) if public.size else (0, -1)}
-        if pool is not None and public.size and (bounds["public"][0] < 0 or bounds["public"][1] >= len(pool)):
-            raise ValueError(f"keys.index refers to public images outside [0, {len(pool)})")
-        _arrays.check_key_values(keys, pool, patch)  # what the CPU core checks per row
+        _arrays.check_key_values(keys, pool, patch)  # what the CPU path checks per batch
         per_keys[lib.device] = ({name: lib.upload(value, wait=True) for name, value in (
             ("index", keys.index), ("lam", keys.lam), ("offset", keys.offset), ("flip", keys.flip.view(np.uint8)))},
             bounds)

@@ -136,17 +136,19 @@ class Encoder:
         rows = _arrays.row_ids(rows, n)
         channels, height, width = (x.shape[3], x.shape[1], x.shape[2]) if channels_last else x.shape[1:]
         sources = [(x, channels_last, *self._scale_shift(channels, x.dtype))]
+        index, offset = keys.index[rows], keys.offset[rows]
         if keys.private_terms < keys.k:
             pool = self.public
             sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes, *self._public_scale_shift(height, width,
                                                                                                              channels)))
+            _arrays.check_public_patches(index, offset, rows, keys.private_terms, pool, (height, width))
 
         out_shape = (len(rows), height, width, channels) if self.out_layout == "NHWC" else (len(rows), channels, height, width)
         out = _arrays.allocate(out_shape, _arrays.numpy_out_dtype(self.out_dtype), "the encoded batch")
         if len(rows):  # an empty batch has nothing to check or compute (even for an empty set)
-            _core.encode(sources, keys.private_terms, keys.index[rows], keys.lam[rows], keys.offset[rows],
-                         keys.flip[rows], rows, keys.mask_key, keys.epoch, self._sign_code, out, self._out_code,
-                         self.out_layout == "NHWC", self.num_threads)
+            _core.encode(sources, keys.private_terms, index, keys.lam[rows], offset, keys.flip[rows], rows,
+                         keys.mask_key, keys.epoch, self._sign_code, out, self._out_code, self.out_layout == "NHWC",
+                         self.num_threads)
         soft = self._mix_labels(labels, keys, rows)
         if torch_input:
             return _to_torch(out, self.out_dtype), _to_torch(soft, "float32")
