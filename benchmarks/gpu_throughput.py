@@ -121,7 +121,6 @@ def case(name, n, shape, k, batch, copy, pool=None):
                 entry["kernel_images_per_s"] = batch / kernel
                 entry["kernel_fraction_of_copy"] = batch / kernel * bytes_per_image / 1e9 / copy
         results.append(entry)
-    del x
     return results
 
 
@@ -137,11 +136,12 @@ def training_overhead(n=50_000, batch=128):
     rows = np.random.default_rng(0).permutation(n)[:batch]
     x, y = encoder.encode(images, labels, keys, rows=rows)
     rows_out = []
-    for model_name, model in (("preact_resnet18", PreActResNet18(num_classes=10)), ("small_cnn", SmallCNN(num_classes=10))):
+    for model_name, model in (("preact_resnet18", PreActResNet18(num_classes=10)),
+                              ("small_cnn", SmallCNN(num_classes=10))):
         model = model.cuda().train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
-        def step():
+        def step(model=model, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
             soft_cross_entropy(model(x), y).backward()
             optimizer.step()
@@ -181,7 +181,8 @@ def main():
     fused = {(r["case"], r["batch"]): r for r in results if r["impl"] == "fused_cuda"}
     for r in results:
         if r["impl"] == "torch_ops_cuda":
-            print(f"fused_cuda is {fused[r['case'], r['batch']]['images_per_s'] / r['images_per_s']:.1f}x torch_ops_cuda "
+            speedup = fused[r["case"], r["batch"]]["images_per_s"] / r["images_per_s"]
+            print(f"fused_cuda is {speedup:.1f}x torch_ops_cuda "
                   f"({r['case']}, batch {r['batch']})")
     for o in overhead:
         print(f"training step {o['model']} batch {o['batch']}: {o['step_ms']:.2f} ms, encoding {o['encode_ms']:.3f} ms "

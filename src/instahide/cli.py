@@ -15,7 +15,7 @@ def main(argv=None) -> int:
     try:
         from . import train as training
     except ImportError as error:  # torch missing
-        training = None
+        training = None  # type: ignore[assignment]  # the optional torch part
         train.set_defaults(missing=str(error))
     else:
         training.add_arguments(train)

@@ -53,7 +53,9 @@ def load_class_tar(path, classes=CIFAR10_CLASSES, limit: int | None = None):
             members = kept
         images, labels = [], []
         for label, _, m in members:
-            with Image.open(io.BytesIO(tar.extractfile(m).read())) as im:
+            data = tar.extractfile(m)
+            assert data is not None  # a regular file (m.isfile())
+            with Image.open(io.BytesIO(data.read())) as im:
                 images.append(np.asarray(im.convert("RGB")))
             labels.append(label)
     shapes = {im.shape for im in images}

@@ -72,7 +72,8 @@ class Encoder:
             if patch_size is None:
                 raise ValueError("with a public pool, give patch_size: the private images' (H, W), e.g. 32")
             self.private_terms = int(private_terms)
-            self.patch_size = (int(patch_size), int(patch_size)) if np.isscalar(patch_size) else tuple(map(int, patch_size))
+            self.patch_size = ((int(patch_size), int(patch_size)) if np.ndim(patch_size) == 0
+                               else tuple(map(int, patch_size)))
             sizes = public.sizes
             if (sizes < np.asarray(self.patch_size)).any():
                 raise ValueError(f"public images smaller than the {self.patch_size} patch: build the pool with a "
@@ -130,10 +131,11 @@ class Encoder:
         sources = [(x, channels_last, *self._scale_shift(channels, x.dtype))]
         if keys.private_terms < keys.k:
             pool = self.public
-            sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes, *self._public_scale_shift(height, width,
-                                                                                                             channels)))
+            sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes,
+                            *self._public_scale_shift(height, width, channels)))
 
-        out_shape = (len(rows), height, width, channels) if self.out_layout == "NHWC" else (len(rows), channels, height, width)
+        out_shape = ((len(rows), height, width, channels) if self.out_layout == "NHWC"
+                     else (len(rows), channels, height, width))
         out = np.empty(out_shape, _arrays.numpy_out_dtype(self.out_dtype))
         _core.encode(sources, keys.private_terms, keys.index[rows], keys.lam[rows], keys.offset[rows],
                      keys.flip[rows], rows, keys.mask_key, keys.epoch, self._sign_code, out, self._out_code,

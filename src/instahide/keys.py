@@ -96,7 +96,8 @@ class Keys:
         return self.index.shape[1]
 
     def __repr__(self) -> str:
-        return f"Keys(n={self.n}, k={self.k}, private_terms={self.private_terms}, epoch={self.epoch}, mask_key=<hidden>)"
+        return (f"Keys(n={self.n}, k={self.k}, private_terms={self.private_terms}, epoch={self.epoch}, "
+                "mask_key=<hidden>)")
 
     def save(self, path) -> None:
         """Writes the keys to an .npz file. Saved keys decrypt: store them like the data."""
@@ -105,7 +106,7 @@ class Keys:
                  private_terms=np.array(self.private_terms, np.int64))
 
     @classmethod
-    def load(cls, path) -> "Keys":
+    def load(cls, path) -> Keys:
         with np.load(os.fspath(path), allow_pickle=False) as f:
             if "format" not in f or str(f["format"]) != _FORMAT:
                 raise ValueError(f"{path} is not an instahide keys file ({_FORMAT})")
@@ -226,8 +227,8 @@ def _repair_repeats(index: np.ndarray, t: int, stream: Stream) -> None:
     def allowed(row: int, image: int) -> bool:
         return not (previous[row] == image).any()
 
-    for start in clashing:
-        start = int(start)
+    for clash in clashing:
+        start = int(clash)
         reached_by = {start: -1}  # row -> the image through which the search reached it
         came_from = {}  # image -> the row that asked for it
         queue, found = deque([start]), None
@@ -236,8 +237,8 @@ def _repair_repeats(index: np.ndarray, t: int, stream: Stream) -> None:
             found = next(((row, f) for f in free if allowed(row, f)), None)
             if found:
                 break
-            for image in np.flatnonzero(~np.isin(np.arange(n), previous[row])):
-                image = int(image)
+            for candidate in np.flatnonzero(~np.isin(np.arange(n), previous[row])):
+                image = int(candidate)
                 if image not in came_from and owner[image] >= 0 and owner[image] not in reached_by:
                     came_from[image] = row
                     reached_by[int(owner[image])] = image
