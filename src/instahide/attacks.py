@@ -181,7 +181,8 @@ class Scores:
     challenge: Challenge | None = None    # the challenge attacked (for `save_grid`)
 
     def summary(self) -> dict:
-        summary: dict[str, float | None] = {"mean_ssim": float(self.ssim.mean()), "max_ssim": float(self.ssim.max()),
+        summary: dict[str, float | None]
+        summary = {"mean_ssim": float(self.ssim.mean()), "max_ssim": float(self.ssim.max()),
                    "fraction_above_0.5": float((self.ssim > 0.5).mean()),
                    "fraction_above_0.9": float((self.ssim > 0.9).mean()),
                    "mean_psnr": float(self.psnr.mean()), "chance_ssim": self.chance_ssim, "seconds": self.seconds}
