@@ -38,7 +38,7 @@ constexpr int kWarps = kThreads / 32;
 #define INSTAHIDE_CUDA_PIXELS_PER_LANE 2
 #endif
 #ifndef INSTAHIDE_CUDA_TERMS_PER_GROUP
-#define INSTAHIDE_CUDA_TERMS_PER_GROUP 4
+#define INSTAHIDE_CUDA_TERMS_PER_GROUP 2
 #endif
 #ifndef INSTAHIDE_CUDA_MIN_BLOCKS  // blocks per SM the register allocation must allow
 #define INSTAHIDE_CUDA_MIN_BLOCKS 1
