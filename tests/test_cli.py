@@ -53,6 +53,14 @@ def test_bench_measures_fused_against_reference_and_copy(tmp_path, capsys):
     assert "numpy_reference" in capsys.readouterr().out
 
 
+def test_bench_on_cuda_without_a_device_says_so(capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is usable here")
+    assert cli.main(["bench", "--device", "cuda"]) == 1
+    assert "no usable CUDA device" in capsys.readouterr().err
+
+
 # --- encode -----------------------------------------------------------------------------
 
 @pytest.fixture
@@ -117,6 +125,17 @@ def test_encode_refuses_another_key_or_other_options(dataset, tmp_path, capsys):
     assert cli.main(encode_args(dataset, out, tmp_path / "a.key", "--k", "3")) == 1
     assert "different run: k, private_terms differ" in capsys.readouterr().err
     assert files(out) == before
+
+
+def test_encode_refuses_a_second_concurrent_run(dataset, tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "a") as lock:  # as a running encode holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert cli.main(encode_args(dataset, out, tmp_path / "secret.key")) == 1
+    assert "another instahide encode is writing" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
 
 
 def test_encode_without_key_file_says_it_cannot_resume(dataset, tmp_path, capsys):
@@ -191,7 +210,7 @@ def test_encode_interrupted_then_resumed_equals_an_uninterrupted_run(dataset, tm
     for name, data in files(out).items():  # whatever carries a final name is complete
         if name.startswith("shard-"):
             assert data == full[name]
-        elif name != "manifest.json":
+        elif name not in ("manifest.json", ".lock"):
             assert name.startswith(".") and name.endswith(".tmp")
     manifest = json.loads((out / "manifest.json").read_text())
     assert not manifest["complete"]

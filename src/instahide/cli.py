@@ -271,8 +271,12 @@ def _public_pool(spec: str, side: int):
 def _bench(args) -> int:
     from . import bench
 
-    report = bench.run(batch=args.batch, k=args.k, device=args.device, images=args.images, seconds=args.seconds,
-                       threads=args.threads)
+    try:
+        report = bench.run(batch=args.batch, k=args.k, device=args.device, images=args.images, seconds=args.seconds,
+                           threads=args.threads)
+    except RuntimeError as error:  # no usable CUDA device
+        print(f"instahide bench: error: {error}", file=sys.stderr)
+        return 1
     print(bench.format_report(report))
     if args.json:
         with open(args.json, "w") as f:

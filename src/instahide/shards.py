@@ -14,6 +14,7 @@ Shards hold no row ids: they would tell which private image each encoding is bui
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -168,8 +169,9 @@ def encode_to_shards(images, labels, encoder: Encoder, out, *, epochs: int = 1, 
     manifest = None
     try:
         out.mkdir(parents=True, exist_ok=True)
-        manifest = _start(out, params)
-        _run(out, manifest, images, labels, encoder, progress)
+        with _exclusive(out):
+            manifest = _start(out, params)
+            _run(out, manifest, images, labels, encoder, progress)
     except OSError as error:
         if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
             done = 0 if manifest is None else sum(s["sha256"] is not None for s in manifest["shards"])
@@ -178,6 +180,23 @@ def encode_to_shards(images, labels, encoder: Encoder, out, *, epochs: int = 1, 
                               "space or choose another --out, then rerun the same command to resume") from error
         raise
     return manifest
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Holds a lock on `out` (POSIX): a second run there would race for the same shards and
+    remove the first one's temporary files as stale."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(out / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another instahide encode is writing to {out}") from None
+        yield
 
 
 def _start(out: Path, params: dict) -> dict:
