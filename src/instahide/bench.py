@@ -65,7 +65,8 @@ def _rate(encode, batches, seconds: float, sync=lambda: None) -> float:
     """Median images/s over passes through `batches`, passes repeated for about `seconds`."""
     encode(batches[0])  # warm-up
     sync()
-    rates, started = [], time.perf_counter()
+    rates: list[float] = []
+    started = time.perf_counter()
     while not rates or (time.perf_counter() - started < seconds and len(rates) < 50):
         start = time.perf_counter()
         for rows in batches:

@@ -74,7 +74,8 @@ def build_parser():
                     "accuracies and writes encodings.png (originals beside their encodings). Needs torch, "
                     "scikit-learn, scikit-image and Pillow: pip install 'instahide[demo]'.")
     try:
-        from . import demo as demo_module, train as training
+        from . import demo as demo_module
+        from . import train as training
     except ImportError as error:  # torch missing
         missing_torch = str(error)
         demo_module = training = None

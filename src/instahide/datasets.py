@@ -105,7 +105,7 @@ def load_image_folder(folder, size: int | None = None):
             with Image.open(path) as im:
                 im = im.convert("RGB")
                 if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)
                 images.append(np.asarray(im))
             labels.append(label)
     if not images:
@@ -120,12 +120,13 @@ def load_digits(size: int = 32):
     inside its wheel: no download. Scaled to 0..255 and resized to size x size (bilinear),
     gray replicated into 3 channels so that they mix with RGB public patches. Returns
     (images (N, size, size, 3) uint8, labels (N,) int64)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits as sklearn_digits
+    import importlib
 
-    digits = sklearn_digits()
+    from PIL import Image
+
+    digits = importlib.import_module("sklearn.datasets").load_digits()  # scikit-learn ships no type stubs
     pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)  # the set's values are 0..16
-    images = np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR)) for p in pixels])
+    images = np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.BILINEAR)) for p in pixels])
     return np.repeat(images[..., None], 3, axis=3), digits.target.astype(np.int64)
 
 

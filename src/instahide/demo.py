@@ -119,7 +119,7 @@ def fit(model, loader, seconds: float, lr: float, say) -> dict:
     started, epochs, batches, last_said = time.perf_counter(), 0, 0, 0.0  # epochs: complete ones
     while True:
         model.train()
-        total = count = 0
+        total, count = 0.0, 0
         for x, y in loader:
             elapsed = time.perf_counter() - started
             if elapsed >= seconds:
@@ -176,7 +176,7 @@ def run(args) -> dict:
             if mode == "cross" else f"{encoder.k}")
         say(f"training {mode} (k = {terms}) for {budget:.0f} s ...")
         torch.manual_seed(args.seed)  # the same initial weights for every mode
-        model = SmallCNN(num_classes=classes, channels=3, width=args.width)
+        model: torch.nn.Module = SmallCNN(num_classes=classes, channels=3, width=args.width)
         if mode != "vanilla" and args.abs_input:
             model = AbsInput(model)
         loader = InstaHideLoader(train_x, train_y, encoder, batch_size=args.batch_size, drop_last=len(train_x) >
@@ -220,7 +220,7 @@ def save_grid(path, images, labels, encoders: dict, count: int = 8) -> None:
         top = r * (h * zoom + gap)
         draw.text((4, top + h * zoom // 2 - 5), name, fill="black")
         for c, tile in enumerate(tiles):
-            canvas.paste(Image.fromarray(tile).resize((w * zoom, h * zoom), Image.NEAREST),
+            canvas.paste(Image.fromarray(tile).resize((w * zoom, h * zoom), Image.Resampling.NEAREST),
                          (label_width + c * (w * zoom + gap), top))
     canvas.save(path)
 

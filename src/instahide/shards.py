@@ -147,7 +147,7 @@ def parameters(encoder: Encoder, images: np.ndarray, labels: np.ndarray, epochs:
 
 def plan(images: int, epochs: int, shard_size: int) -> list[dict]:
     """Shards as (epoch, start, count) slices of each epoch's row order, in file order."""
-    shards = []
+    shards: list[dict] = []
     for epoch in range(epochs):
         for start in range(0, images, shard_size):
             shards.append({"file": f"shard-{len(shards):05d}.npz", "epoch": epoch, "start": start,
