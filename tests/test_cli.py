@@ -261,10 +261,12 @@ def test_demo_on_digits_learns(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--seconds", "8", "--modes", "vanilla", "--train-size", "600", "--test-size", "200",
-                     "--out", str(out), "--quiet"]) == 0
+    # a fixed amount of work (3 epochs; the time budget is far above it), whatever the machine's load
+    assert cli.main(["demo", "--seconds", "300", "--epochs", "3", "--modes", "vanilla", "--train-size", "600",
+                     "--test-size", "200", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "results.json").read_text())
-    assert summary["classes"] == 10 and summary["results"][0]["test_accuracy"] > 0.3  # chance: 0.1
+    assert summary["classes"] == 10 and summary["results"][0]["epochs"] == 3
+    assert summary["results"][0]["test_accuracy"] > 0.5  # chance: 0.1
 
 
 def test_demo_rejects_unknown_modes(capsys):

@@ -54,6 +54,8 @@ def add_arguments(parser) -> None:
                         help="training images (default: all of digits or a folder, 10000 of CIFAR-10)")
     parser.add_argument("--test-size", type=int, default=None,
                         help="test images (default: a quarter of digits or a folder, 2000 of CIFAR-10)")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="stop each mode after this many epochs, even within the time budget")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate, cosine-decayed over the budget")
     parser.add_argument("--width", type=int, default=16, help="channels of the CNN's first block")
@@ -112,20 +114,22 @@ def make_encoders(args, train_x, mean, std, augment, modes) -> dict:
     return encoders
 
 
-def fit(model, loader, seconds: float, lr: float, say) -> dict:
-    """SGD (momentum 0.9, weight decay 5e-4) for `seconds` of wall time, the learning rate
-    cosine-decayed over that time; stops between batches when the time is up."""
+def fit(model, loader, seconds: float, lr: float, say, max_epochs: float | None = None) -> dict:
+    """SGD (momentum 0.9, weight decay 5e-4) for `seconds` of wall time or `max_epochs`,
+    whichever ends first, the learning rate cosine-decayed over the progress; stops between
+    batches."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     started, epochs, batches, last_said = time.perf_counter(), 0, 0, 0.0  # epochs: complete ones
+    max_batches = math.inf if max_epochs is None else max(1, round(max_epochs * len(loader)))
     while True:
         model.train()
         total, count = 0.0, 0
         for x, y in loader:
-            elapsed = time.perf_counter() - started
-            if elapsed >= seconds:
+            progress = max((time.perf_counter() - started) / seconds, batches / max_batches)
+            if progress >= 1:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * elapsed / seconds))
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * progress))
             loss = soft_cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -181,7 +185,7 @@ def run(args) -> dict:
             model = AbsInput(model)
         loader = InstaHideLoader(train_x, train_y, encoder, batch_size=args.batch_size, drop_last=len(train_x) >
                                  args.batch_size)
-        trained = fit(model, loader, budget, args.lr, say)
+        trained = fit(model, loader, budget, args.lr, say, args.epochs)
         _, accuracy = evaluate(model, test_x, test_y, mean, std, "cpu")
         results.append({"mode": mode, "k": terms, "test_accuracy": accuracy, **trained})
     summary = {"data": description, "train_images": len(train_x), "test_images": len(test_x), "classes": classes,
