@@ -98,7 +98,7 @@ def load_data(args):
     return images[train], labels[train], images[test], labels[test], description, augment
 
 
-def make_encoders(args, train_x, mean, std, augment, modes) -> dict:
+def make_encoders(args, mean, std, augment, modes) -> dict:
     """One encoder per mode, each with a fresh secret key from the OS."""
     options = dict(mean=mean, std=std, layout="NHWC", **augment)
     encoders = {}
@@ -121,12 +121,14 @@ def fit(model, loader, seconds: float, lr: float, say, max_epochs: float | None 
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     started, epochs, batches, last_said = time.perf_counter(), 0, 0, 0.0  # epochs: complete ones
     max_batches = math.inf if max_epochs is None else max(1, round(max_epochs * len(loader)))
-    while True:
+    done = False
+    while not done:
         model.train()
         total, count = 0.0, 0
-        for x, y in loader:
+        for x, y in loader:  # one epoch, freshly keyed
             progress = max((time.perf_counter() - started) / seconds, batches / max_batches)
-            if progress >= 1:
+            done = progress >= 1
+            if done:
                 break
             for group in optimizer.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * progress))
@@ -141,8 +143,6 @@ def fit(model, loader, seconds: float, lr: float, say, max_epochs: float | None 
             if now - last_said >= 5:
                 say(f"  epoch {epochs}: train loss {total / max(count, 1):.3f}, {now:.0f} of {seconds:.0f} s")
                 last_said = now
-            continue
-        break
     return {"epochs": round(batches / max(len(loader), 1), 1), "batches": batches,
             "seconds": time.perf_counter() - started}
 
@@ -165,7 +165,7 @@ def run(args) -> dict:
         values = train_x.reshape(-1, 3) / 255.0
         mean, std = values.mean(axis=0), np.maximum(values.std(axis=0), 1e-3)
     say(f"{description}: {len(train_x)} training and {len(test_x)} test images, {classes} classes")
-    encoders = make_encoders(args, train_x, mean, std, augment, modes)
+    encoders = make_encoders(args, mean, std, augment, modes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     grid = out / "encodings.png"
