@@ -25,6 +25,7 @@ _MAX_REDRAW_ROUNDS = 10_000
 # Stream domains: each random quantity of an epoch has its own ChaCha20 nonce.
 _COEFFICIENTS, _OFFSETS, _FLIPS, _PUBLIC_IMAGES, _PUBLIC_OFFSETS = 1, 2, 3, 4, 5
 _PARTNER_SLOT, _DISTINCT_REPAIR = 16, 48
+_ROW_ORDER = 96
 
 
 def new_secret_key() -> bytes:
@@ -45,6 +46,13 @@ def _subkey(secret: bytes, purpose: bytes) -> bytes:
 def mask_key_of(secret: bytes) -> bytes:
     """The ChaCha20 key of the sign mask (mask spec v1), derived from the secret key."""
     return _subkey(check_secret_key(secret), b"mask key")
+
+
+def row_order(secret: bytes, epoch: int, n: int) -> np.ndarray:
+    """The order in which an epoch's n rows are batched (training) or published (encoded
+    shards): a permutation derived from the secret key, so every process agrees on it and it
+    tells nobody without the key which row, and so which own image, an encoding holds."""
+    return Stream(_subkey(check_secret_key(secret), b"batch order"), int(epoch), _ROW_ORDER).permutation(int(n))
 
 
 @dataclass(frozen=True, eq=False)
