@@ -1,6 +1,13 @@
-"""Builds instahide._core with CMake (setuptools drives it, as pybind11's cmake_example does)."""
+"""Builds instahide._core with CMake (setuptools drives it, as pybind11's cmake_example does).
+
+Environment: INSTAHIDE_CUDA=auto|on|off (CUDA kernels: when nvcc is found, required, skipped),
+INSTAHIDE_BUILD_TYPE (CMake build type, Release by default), CMAKE_ARGS (extra CMake arguments,
+space-separated, e.g. -DINSTAHIDE_CUDA_ARCHITECTURES=80-real;90-real;90-virtual),
+CMAKE_GENERATOR (default: Ninja where it is installed, Visual Studio with MSVC), ARCHFLAGS
+(macOS: "-arch arm64" etc., as cibuildwheel sets it)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,13 +36,26 @@ class CMakeBuild(build_ext):
             f"-DINSTAHIDE_CUDA={os.environ.get('INSTAHIDE_CUDA', 'auto')}",
         ]
         cmake_args += [arg for arg in os.environ.get("CMAKE_ARGS", "").split(" ") if arg]  # e.g. GPU architectures
-        try:
-            import ninja  # noqa: F401
-
-            cmake_args.append("-GNinja")
-        except ImportError:
-            pass
         build_args = ["--parallel", str(os.cpu_count() or 2)]
+        if self.compiler.compiler_type == "msvc":
+            # Visual Studio generators are multi-configuration: the module goes to a folder per
+            # configuration unless told otherwise, and the configuration is picked at build time.
+            cmake_args.append(f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY_{build_type.upper()}={ext_dir}{os.sep}")
+            build_args += ["--config", build_type]
+            platform = {"win32": "Win32", "win-amd64": "x64", "win-arm64": "ARM64"}.get(self.plat_name)
+            if platform and "CMAKE_GENERATOR" not in os.environ and "-A" not in cmake_args:
+                cmake_args += ["-A", platform]
+        elif "CMAKE_GENERATOR" not in os.environ:
+            try:
+                import ninja  # noqa: F401
+
+                cmake_args.append("-GNinja")
+            except ImportError:
+                pass
+        if sys.platform.startswith("darwin"):
+            archs = re.findall(r"-arch (\S+)", os.environ.get("ARCHFLAGS", ""))
+            if archs:  # cross-compiling (cibuildwheel's x86_64 wheels on an arm64 runner)
+                cmake_args.append(f"-DCMAKE_OSX_ARCHITECTURES={';'.join(archs)}")
         build_dir = Path(self.build_temp) / ext.name
         build_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cmake", ext.source_dir, *cmake_args], cwd=build_dir, check=True)

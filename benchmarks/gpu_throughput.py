@@ -5,8 +5,9 @@ inputs larger than L2).
     python benchmarks/gpu_throughput.py [--json gpu.json]
 
 Shapes: CIFAR (3x32x32 uint8 NHWC, k=4, 50,000 private images resident on the GPU, batches of
-4,096 and 65,536 rows), CIFAR cross mode (k=6: 2 private + 4 patches of a 10,000-image 40x40
-public pool, batch 65,536) and ImageNet-like (3x224x224, k=4, batch 256). Output float32 NCHW.
+4,096 and 65,536 rows; also with the training augmentation, pad 4 and flips), CIFAR cross mode
+(k=6: 2 private + 4 patches of a 10,000-image 40x40 public pool, batch 65,536) and ImageNet-like
+(3x224x224, k=4, batch 256). Output float32 NCHW.
 Bytes moved per image = k source windows at their dtype + the output written once.
 
 Training overhead: one SGD step of the pre-activation ResNet-18 (and the small CNN) on a batch
@@ -72,13 +73,14 @@ def copy_gbps(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / time_cuda(lambda: dst.copy_(src)) / 1e9
 
 
-def case(name, n, shape, k, batch, copy, pool=None):
+def case(name, n, shape, k, batch, copy, pool=None, augment=False):
     c, h, w = shape
     images = torch.randint(0, 256, (n, h, w, c), dtype=torch.uint8, device="cuda")
     labels = torch.randint(0, 10, (n,), device="cuda")
     bytes_per_image = k * c * h * w + c * h * w * 4
     cross = {} if pool is None else {"private_terms": 2, "public": pool, "patch_size": (h, w), "dom": 0.3}
-    encoder = instahide.Encoder(k=k, mean=MEAN, std=STD, **cross)
+    augmentation = {"pad": 4, "hflip": True} if augment else {}
+    encoder = instahide.Encoder(k=k, mean=MEAN, std=STD, **cross, **augmentation)
     keys = encoder.keys(n, 0)
     order = np.random.default_rng(0).permutation(n)
     # rows of one epoch; a batch larger than the set takes rows more than once
@@ -108,7 +110,8 @@ def case(name, n, shape, k, batch, copy, pool=None):
         mixed *= torch.randint(2, size=list(mixed.shape), device="cuda") * 2.0 - 1
 
     results = []
-    impls = (("fused_cuda", fused), ("torch_ops_cuda", torch_ops)) if pool is None else (("fused_cuda_cross", fused),)
+    impls = (("fused_cuda", fused), ("torch_ops_cuda", torch_ops)) if pool is None and not augment else \
+        (("fused_cuda_cross" if pool is not None else "fused_cuda_augmented", fused),)
     for impl, fn in impls:
         seconds = time_cuda(fn)
         ips = batch / seconds
@@ -121,7 +124,6 @@ def case(name, n, shape, k, batch, copy, pool=None):
                 entry["kernel_images_per_s"] = batch / kernel
                 entry["kernel_fraction_of_copy"] = batch / kernel * bytes_per_image / 1e9 / copy
         results.append(entry)
-    del x
     return results
 
 
@@ -137,11 +139,12 @@ def training_overhead(n=50_000, batch=128):
     rows = np.random.default_rng(0).permutation(n)[:batch]
     x, y = encoder.encode(images, labels, keys, rows=rows)
     rows_out = []
-    for model_name, model in (("preact_resnet18", PreActResNet18(num_classes=10)), ("small_cnn", SmallCNN(num_classes=10))):
+    for model_name, model in (("preact_resnet18", PreActResNet18(num_classes=10)),
+                              ("small_cnn", SmallCNN(num_classes=10))):
         model = model.cuda().train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
-        def step():
+        def step(model=model, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
             soft_cross_entropy(model(x), y).backward()
             optimizer.step()
@@ -165,6 +168,8 @@ def main():
     if not args.quick:
         results += case("cifar", 50_000, (3, 32, 32), 4, 4096, copy)
     results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy)
+    # as in training: random crops of the 4-padded image and horizontal flips
+    results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, augment=True)
     pool = instahide.PublicPool.from_images(np.random.default_rng(1).integers(0, 256, (10_000, 40, 40, 3), np.uint8),
                                             short_side=None, progress=False)
     results += case("cifar", 50_000, (3, 32, 32), 6, 65536, copy, pool=pool)
@@ -181,7 +186,8 @@ def main():
     fused = {(r["case"], r["batch"]): r for r in results if r["impl"] == "fused_cuda"}
     for r in results:
         if r["impl"] == "torch_ops_cuda":
-            print(f"fused_cuda is {fused[r['case'], r['batch']]['images_per_s'] / r['images_per_s']:.1f}x torch_ops_cuda "
+            speedup = fused[r["case"], r["batch"]]["images_per_s"] / r["images_per_s"]
+            print(f"fused_cuda is {speedup:.1f}x torch_ops_cuda "
                   f"({r['case']}, batch {r['batch']})")
     for o in overhead:
         print(f"training step {o['model']} batch {o['batch']}: {o['step_ms']:.2f} ms, encoding {o['encode_ms']:.3f} ms "

@@ -3,14 +3,13 @@ of rows from one epoch's keys). Each `make_*` returns a function encoding one ba
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 import instahide
 from instahide import reference
+from instahide.bench import copy_bandwidth  # noqa: F401  (shared with `instahide bench`)
 from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD
 
 CIFAR_MEAN = np.array(CIFAR10_MEAN, np.float32)
@@ -143,33 +142,3 @@ def make_torch_ops(w: Workload, threads: int = 0):
         return mixed, ys, lam
 
     return encode
-
-
-def copy_bandwidth(threads: int = 2, megabytes: int = 256, repeats: int = 7) -> dict:
-    """Bytes read + written per second by a large array copy: numpy's single-threaded copy and
-    the same split over `threads` threads (numpy releases the GIL while copying)."""
-    src = np.ones(megabytes << 20, np.uint8)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)  # fault the pages in
-
-    def single():
-        np.copyto(dst, src)
-
-    def threaded():
-        step = len(src) // threads
-        parts = [threading.Thread(target=np.copyto, args=(dst[i * step:(i + 1) * step], src[i * step:(i + 1) * step]))
-                 for i in range(threads)]
-        for p in parts:
-            p.start()
-        for p in parts:
-            p.join()
-
-    result = {}
-    for name, fn in (("single_thread", single), (f"{threads}_threads", threaded)):
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        result[name] = 2 * src.nbytes / float(np.median(times)) / 1e9
-    return result

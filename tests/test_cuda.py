@@ -34,12 +34,13 @@ def test_build_info_reports_the_device_state():
 @pytest.mark.skipif(not INFO["cuda_compiled"] or INFO["cuda_devices"] > 0, reason="needs a CUDA build without a GPU")
 def test_cuda_errors_become_python_exceptions_without_a_device():
     with pytest.raises(RuntimeError, match="cuda"):
-        instahide._core.encode_cuda([(1, 0, (1, 3, 4, 4), (48, 16, 4, 1), [1.0] * 3, [0.0] * 3)], 1, 1, 1, 8, 8, 8, 8, 8,
-                                    bytes(32), 0, 0, 8, 0, False, 4, 4, 0, 0)
+        instahide._core.encode_cuda([(1, 0, (1, 3, 4, 4), (48, 16, 4, 1), [1.0] * 3, [0.0] * 3)], 1, 1, 1, 8, 8, 8,
+                                    8, 8, bytes(32), 0, 0, 8, 0, False, 4, 4, 0, 0)
 
 
 torch = pytest.importorskip("torch")
-needs_gpu = pytest.mark.skipif(not (INFO["cuda_devices"] > 0 and torch.cuda.is_available()), reason="no usable CUDA device")
+needs_gpu = pytest.mark.skipif(not (INFO["cuda_devices"] > 0 and torch.cuda.is_available()),
+                               reason="no usable CUDA device")
 
 
 def encode_three_ways(images, labels, encoder, keys, rows=None):
@@ -57,7 +58,8 @@ def encode_three_ways(images, labels, encoder, keys, rows=None):
 
 
 @needs_gpu
-@pytest.mark.parametrize("layout,out_layout,dtype", list(itertools.product(["NHWC", "NCHW"], ["NCHW", "NHWC"], ["uint8", "float32"])))
+@pytest.mark.parametrize("layout,out_layout,dtype",
+                         list(itertools.product(["NHWC", "NCHW"], ["NCHW", "NHWC"], ["uint8", "float32"])))
 @pytest.mark.parametrize("out_dtype", ["float32", "float16", "bfloat16"])
 def test_cuda_matches_cpu_and_reference(layout, out_layout, dtype, out_dtype):
     rng = np.random.default_rng()
@@ -149,9 +151,11 @@ def test_cuda_bad_inputs():
     encoder = instahide.Encoder(k=2)
     keys = encoder.keys(10, 0)
     with pytest.raises(TypeError, match="uint8 or float32"):
-        encoder.encode(torch.zeros((10, 3, 8, 8), dtype=torch.float64, device="cuda"), torch.zeros(10, dtype=torch.int64), keys)
+        encoder.encode(torch.zeros((10, 3, 8, 8), dtype=torch.float64, device="cuda"),
+                       torch.zeros(10, dtype=torch.int64), keys)
     with pytest.raises(ValueError, match="20 rows|10 rows"):
-        encoder.encode(torch.zeros((20, 3, 8, 8), dtype=torch.uint8, device="cuda"), torch.zeros(20, dtype=torch.int64), keys)
+        encoder.encode(torch.zeros((20, 3, 8, 8), dtype=torch.uint8, device="cuda"),
+                       torch.zeros(20, dtype=torch.int64), keys)
 
 
 @needs_gpu
@@ -173,7 +177,8 @@ def test_cupy_arrays_encode_like_torch_tensors():
 def test_cuda_cross_mode_with_a_mixed_size_pool():
     rng = np.random.default_rng(0)
     pool = instahide.PublicPool.from_images(
-        [rng.integers(0, 256, (int(rng.integers(32, 60)), int(rng.integers(32, 60)), 3), dtype=np.uint8) for _ in range(30)],
+        [rng.integers(0, 256, (int(rng.integers(32, 60)), int(rng.integers(32, 60)), 3), dtype=np.uint8)
+         for _ in range(30)],
         short_side=None, progress=False)
     images = torch.from_numpy(rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8))
     labels = torch.from_numpy(rng.integers(0, 10, 80))

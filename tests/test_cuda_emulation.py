@@ -2,6 +2,7 @@
 of random cases (csrc/tests/emulate_cuda.cu): compiled with nvcc where it is found, so the
 kernel's index arithmetic is checked on machines without a GPU (CI has nvcc and no GPU)."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,10 +18,15 @@ NVCC = shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/
 def test_cuda_kernel_emulated_on_the_host_matches_the_cpu_core(tmp_path):
     core = ROOT / "csrc" / "core"
     program = tmp_path / "emulate_cuda"
-    build = subprocess.run([NVCC, "-std=c++17", "-O1", "-I", str(core), str(ROOT / "csrc" / "tests" / "emulate_cuda.cu"),
-                            str(core / "encode_cpu.cpp"), str(core / "thread_pool.cpp"), "-o", str(program)],
+    build = subprocess.run([NVCC, "-std=c++17", "-O1", "-I", str(core),
+                            str(ROOT / "csrc" / "tests" / "emulate_cuda.cu"), str(core / "encode_cpu.cpp"),
+                            str(core / "thread_pool.cpp"), "-o", str(program)],
                            capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     run = subprocess.run([str(program)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
-    assert " cases, 0 failed" in run.stdout
+    summary = re.search(r"(\d+) cases \((\d+) on the word-wide path\), (\d+) failed", run.stdout)
+    assert summary, run.stdout[-3000:]
+    cases, word_cases, failed = map(int, summary.groups())
+    assert failed == 0 and cases >= 3000
+    assert word_cases >= cases // 10  # both paths of the kernel were exercised

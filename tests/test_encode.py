@@ -35,7 +35,8 @@ def check_against_reference(images, labels, encoder, keys, rows=None, **referenc
     return out, soft
 
 
-@pytest.mark.parametrize("layout,out_layout,dtype", list(itertools.product(["NHWC", "NCHW"], ["NCHW", "NHWC"], ["uint8", "float32"])))
+@pytest.mark.parametrize("layout,out_layout,dtype",
+                         list(itertools.product(["NHWC", "NCHW"], ["NCHW", "NHWC"], ["uint8", "float32"])))
 @pytest.mark.parametrize("out_dtype", ["float32", "float16", "bfloat16"])
 def test_layouts_and_dtypes(rng, layout, out_layout, dtype, out_dtype):
     images = make_images(rng, 40, 3, 12, 10, dtype, layout)

@@ -18,7 +18,8 @@ def setup():
 
 @pytest.mark.parametrize("options,match", [
     (dict(k=0), "k must"), (dict(k=17), "k must"), (dict(k=2.5), "k must"), (dict(k=4, upper=0.2), "upper"),
-    (dict(upper=1.5), "upper"), (dict(sign="negate"), "sign"), (dict(pad=-1), "pad"), (dict(out_dtype="float64"), "out_dtype"),
+    (dict(upper=1.5), "upper"), (dict(sign="negate"), "sign"), (dict(pad=-1), "pad"),
+    (dict(out_dtype="float64"), "out_dtype"),
     (dict(layout="CHW"), "layout"), (dict(out_layout="HWC"), "out_layout"), (dict(num_threads=-2), "num_threads"),
 ])
 def test_bad_encoder_options(options, match):
@@ -36,8 +37,10 @@ def test_bad_secret_key():
 def test_bad_images(setup):
     encoder, images, labels, keys = setup
     for bad, error, match in [
-        (images.astype(np.int16), TypeError, "uint8 or float32"), (images.astype(np.float64), TypeError, "uint8 or float32"),
-        (images[0], ValueError, "4-d"), (images[..., None], ValueError, "4-d"), (images.tolist(), TypeError, "numpy array"),
+        (images.astype(np.int16), TypeError, "uint8 or float32"),
+        (images.astype(np.float64), TypeError, "uint8 or float32"),
+        (images[0], ValueError, "4-d"), (images[..., None], ValueError, "4-d"),
+        (images.tolist(), TypeError, "numpy array"),
         (images[:, :, :, :2].repeat(3, axis=1)[:, :8], ValueError, "cannot tell the layout"),
     ]:
         with pytest.raises(error, match=match):
@@ -80,8 +83,10 @@ def test_core_rejects_wrong_buffers(setup):
     instahide._core.encode(**args)
     for name, value, error in [
         ("lam", keys.lam.astype(np.float64), TypeError), ("index", keys.index.astype(np.int32), TypeError),
-        ("out", np.empty((20, 3, 8, 8), np.float64), TypeError), ("out", np.empty((20, 3, 8, 8), np.float32)[:, :, ::-1], ValueError),
-        ("out", np.empty((20, 4, 8, 8), np.float32), ValueError), ("out", np.empty((19, 3, 8, 8), np.float32), ValueError),
+        ("out", np.empty((20, 3, 8, 8), np.float64), TypeError),
+        ("out", np.empty((20, 3, 8, 8), np.float32)[:, :, ::-1], ValueError),
+        ("out", np.empty((20, 4, 8, 8), np.float32), ValueError),
+        ("out", np.empty((19, 3, 8, 8), np.float32), ValueError),
         ("offset", keys.offset[:, :, :1].copy(), ValueError), ("mask_key", b"123", ValueError), ("sign", 3, ValueError),
         ("out_type", 1, TypeError), ("private_terms", 4, ValueError),
     ]:

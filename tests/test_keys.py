@@ -123,7 +123,9 @@ def test_keys_validate_their_arrays():
                 offset=np.zeros((3, 2, 2), np.int32), flip=np.zeros((3, 2), bool), epoch=0, mask_key=bytes(32),
                 private_terms=2)
     instahide.Keys(**good)
-    for name, value, error in [("lam", np.zeros((3, 2)), TypeError), ("offset", np.zeros((3, 2, 3), np.int32), ValueError),
-                               ("mask_key", b"x", TypeError), ("epoch", -1, ValueError), ("private_terms", 3, ValueError)]:
+    for name, value, error in [("lam", np.zeros((3, 2)), TypeError),
+                               ("offset", np.zeros((3, 2, 3), np.int32), ValueError),
+                               ("mask_key", b"x", TypeError), ("epoch", -1, ValueError),
+                               ("private_terms", 3, ValueError)]:
         with pytest.raises(error):
             instahide.Keys(**{**good, name: value})

@@ -143,10 +143,12 @@ def test_pool_bad_inputs(rng):
 
 def test_sift_filter_rejects_flat_images_and_keeps_textured_ones(tiny_imagenet_pool):
     pytest.importorskip("cv2")
-    from instahide.pool import sift_keypoints
+    import io
+    import tarfile
 
-    import tarfile, io  # noqa: E401
     from PIL import Image
+
+    from instahide.pool import sift_keypoints
 
     with tarfile.open(DATA_DIR / "tiny-imagenet-val.tar") as tar:
         members = sorted((m for m in tar.getmembers() if m.name.endswith(".JPEG")), key=lambda m: m.name)[:30]

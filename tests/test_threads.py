@@ -93,7 +93,7 @@ def test_concurrent_calls_of_different_configurations_equal_serial_calls():
 
     def work(offset):
         try:
-            for round_ in range(3):
+            for _ in range(3):
                 for j in range(offset, offset + len(jobs)):
                     config, d = jobs[j % len(jobs)]
                     out, soft = encode_config(config, *data[d], key)

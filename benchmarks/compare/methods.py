@@ -252,7 +252,7 @@ def time_rounds(trainers: list[Trainer], steps: int, rounds: int, warmup: int, p
     for r in range(rounds):
         for trainer in trainers:
             rates[trainer.name].append(steps_rate(trainer, steps))
-        progress("  round {}/{}: ".format(r + 1, rounds) +
+        progress(f"  round {r + 1}/{rounds}: " +
                  ", ".join(f"{name} {values[-1]:,.0f}/s" for name, values in rates.items()))
     return rates, {t.name: t.batch_seconds / t.step_seconds for t in trainers}
 

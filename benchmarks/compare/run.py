@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import instahide  # noqa: E402
+
 import methods  # noqa: E402
 import report  # noqa: E402
 
@@ -204,7 +205,6 @@ def run_fast(args, data, wanted, pool) -> tuple[list[dict], float]:
             accuracy[name] = data.test_accuracy(trainer.model)
             privacy[name] = trainer.describe_privacy()
             log(f"  {name}: test accuracy {accuracy[name]:.2%}, {epoch_seconds[name]:.1f} s per epoch, {privacy[name]}")
-    plain = median(rates["plain"])
     for t in trainers:
         note = f"batch preparation{' (encoding)' if t.name.startswith('instahide') else ''} " \
                f"{batch_share[t.name]:.1%} of the timed step time"

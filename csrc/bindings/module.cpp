@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../core/encode.h"
+#include "../core/platform.h"
 #include "../core/thread_pool.h"
 #if INSTAHIDE_WITH_CUDA
 #include "../core/encode_cuda.h"
@@ -26,7 +27,7 @@ namespace {
 // workers under spawn) carry equal dtypes that are not the same object.
 bool same_dtype(const py::dtype& have, const py::dtype& want) {
   const char order = have.byteorder();
-  const bool native = order == '=' || order == '|' || order == (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '<' : '>');
+  const bool native = order == '=' || order == '|' || order == (INSTAHIDE_LITTLE_ENDIAN ? '<' : '>');
   return native && have.kind() == want.kind() && have.itemsize() == want.itemsize();
 }
 

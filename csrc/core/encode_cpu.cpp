@@ -12,6 +12,7 @@
 #include "chacha20.h"
 #include "encode.h"
 #include "float_convert.h"
+#include "platform.h"
 #include "thread_pool.h"
 
 // Hot loops get clones for AVX-512 and AVX2 hosts, picked at load time, so that one portable
@@ -23,9 +24,9 @@
 #endif
 
 // Helpers of the cloned functions must inline into them to get their instruction set.
-#define INSTAHIDE_INLINE __attribute__((always_inline)) inline
+#define INSTAHIDE_INLINE INSTAHIDE_ALWAYS_INLINE
 
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "keystream bytes are read as little-endian words");
+static_assert(INSTAHIDE_LITTLE_ENDIAN, "keystream bytes are read as little-endian words");
 
 namespace instahide {
 namespace {
@@ -150,7 +151,7 @@ struct Prefetcher {
 
   INSTAHIDE_INLINE void step() {
     for (int64_t i = 0; i < per_step && term < count; ++i) {
-      __builtin_prefetch(image[term] + offset, 0, 1);  // to L2: the row after this one reads it
+      INSTAHIDE_PREFETCH_L2(image[term] + offset);  // to L2: the row after this one reads it
       offset += 64;
       if (offset >= bytes[term]) offset = 0, ++term;
     }

@@ -38,10 +38,13 @@ constexpr int kWarps = kThreads / 32;
 #define INSTAHIDE_CUDA_PIXELS_PER_LANE 2
 #endif
 #ifndef INSTAHIDE_CUDA_TERMS_PER_GROUP
-#define INSTAHIDE_CUDA_TERMS_PER_GROUP 4
+#define INSTAHIDE_CUDA_TERMS_PER_GROUP 2
 #endif
 #ifndef INSTAHIDE_CUDA_MIN_BLOCKS  // blocks per SM the register allocation must allow
 #define INSTAHIDE_CUDA_MIN_BLOCKS 1
+#endif
+#ifndef INSTAHIDE_CUDA_WORD_LOADS  // the word-wide path for uint8 images (0: byte loads only)
+#define INSTAHIDE_CUDA_WORD_LOADS 1
 #endif
 constexpr int kPixelsPerThread = INSTAHIDE_CUDA_PIXELS_PER_LANE;  // per lane and pass
 constexpr int kTermsPerGroup = INSTAHIDE_CUDA_TERMS_PER_GROUP;
@@ -134,6 +137,7 @@ struct Params {
   uint32_t H, W, HW;  // output window; C * H * W < 2^31
   FastDiv div_w;
   int64_t chunks_per_row, items;  // items = rows * chunks_per_row
+  bool words;  // host only: the launch takes the word-wide path (see compute_chunk_words)
 };
 
 // One term of the block's row, in shared memory.
@@ -143,6 +147,7 @@ struct Term {
   int32_t dy, dx;
   uint32_t height, width;
   bool flip, u8;
+  bool planar;  // stride_w == 1: each channel's row is contiguous (else channels-last pixels)
   float alpha[kMaxChannels];      // lam * scale[c]
   float lam_shift[kMaxChannels];  // lam * shift[c]
 };
@@ -203,6 +208,7 @@ INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row
     term.width = valid ? width : 0;
     term.flip = flip;
     term.u8 = s.u8;
+    term.planar = s.stride_w == 1;
     for (int c = 0; c < kMaxChannels; ++c) {
       term.alpha[c] = c < P.C ? lam * s.scale[c] : 0.0f;
       term.lam_shift[c] = c < P.C ? lam * s.shift[c] : 0.0f;
@@ -366,13 +372,228 @@ INSTAHIDE_HD void compute_chunk(const Params& P, const Shared& sh, int lane, int
   }
 }
 
+// ---- The word-wide path: uint8 images, output rows of a multiple of 4 pixels. A lane owns
+// 4 adjacent pixels of an output row, whose sources are 4 adjacent pixels of a source row
+// (in reverse order where flipped): it reads them as whole 32-bit words (C + 1 words
+// channels-last, 2 per channel planar) at any byte alignment, and takes the bytes apart with
+// funnel shifts and byte permutes, instead of one byte load per element. Words are clamped
+// to the source row, so that a lane whose pixels partly fall outside the image still reads
+// only words that hold a byte of the row; the bytes of outside pixels are then replaced by 0.
+constexpr int kWordPixels = 4;  // per lane and pass
+constexpr int kWordPassPixels = 32 * kWordPixels;
+static_assert(kChunkPixels % kWordPassPixels == 0, "a chunk is whole passes");
+
+INSTAHIDE_HD uint32_t funnel_shift_right(uint32_t lo, uint32_t hi, uint32_t shift) {
+#if defined(__CUDA_ARCH__)
+  return __funnelshift_r(lo, hi, shift);
+#else
+  return shift == 0 ? lo : (lo >> shift) | (hi << (32 - shift));
+#endif
+}
+
+// Byte b of w as a float: the byte in the low mantissa bits of 2^23 (one byte permute).
+template <int b>
+INSTAHIDE_HD float byte_to_float(uint32_t w) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(__byte_perm(w, 0x4b000000u, 0x7540 | b)) - 8388608.0f;
+#else
+  return float_of(0x4b000000u | ((w >> (8 * b)) & 0xffu)) - 8388608.0f;
+#endif
+}
+
+INSTAHIDE_HD int32_t clamp_to(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+// The words of term `term` for the lane's pixels x..x+3 of output row y: word[m] and, per
+// run of bytes (one channels-last, one per channel planar), its byte shift; in[i]: pixel i
+// is inside the image.
+template <int kC>
+INSTAHIDE_HD void load_term_words(const Params& P, const Term& term, uint32_t y, uint32_t x, bool live,
+                                  uint32_t (&word)[2 * kC], uint32_t (&shift)[kC], bool (&in)[kWordPixels]) {
+  const uint32_t ys = y + uint32_t(term.dy);
+  const bool row_in = live & (ys < term.height);
+  // Source columns xlo..xlo+3 (unsigned wrap-around: one compare tests both ends).
+  const uint32_t xlo = (term.flip ? P.W - kWordPixels - x : x) + uint32_t(term.dx);
+  INSTAHIDE_UNROLL
+  for (int i = 0; i < kWordPixels; ++i) in[i] = row_in & (xlo + uint32_t(term.flip ? 3 - i : i) < term.width);
+  // Byte offsets from the image's 4-aligned base; those of pixels inside the image are exact
+  // in 32 bits (the launch is not `wide`), the others are clamped before use.
+  const uint32_t misalign = uint32_t(reinterpret_cast<uintptr_t>(term.image)) & 3u;
+  const uint32_t* base = reinterpret_cast<const uint32_t*>(term.image - misalign);
+  const uint32_t row = misalign + ys * uint32_t(term.stride_h);
+  auto load_run = [&](uint32_t row_first, uint32_t row_bytes, uint32_t first, int words, uint32_t* dst) {
+    const int32_t lo = int32_t(row_first & ~3u), hi = int32_t((row_first + row_bytes - 1) & ~3u);
+    INSTAHIDE_UNROLL
+    for (int m = 0; m < words; ++m) {
+      const int32_t at = clamp_to(int32_t((first & ~3u) + 4u * uint32_t(m)), lo, hi);
+      dst[m] = row_in ? load_readonly(base + (at >> 2)) : 0u;
+    }
+  };
+  if (term.planar) {
+    INSTAHIDE_UNROLL
+    for (int c = 0; c < kC; ++c) {
+      const uint32_t row_c = row + uint32_t(c) * uint32_t(term.stride_c), first = row_c + xlo;
+      shift[c] = (first & 3u) * 8u;
+      load_run(row_c, term.width, first, 2, word + 2 * c);
+    }
+  } else {
+    const uint32_t first = row + xlo * uint32_t(kC);
+    shift[0] = (first & 3u) * 8u;
+    load_run(row, term.width * uint32_t(kC), first, kC + 1, word);
+  }
+}
+
+// acc[i][c] += alpha[c] * pixel i, channel c of the term's words.
+template <int kC, bool kFlip>
+INSTAHIDE_HD void add_term_words(const Term& term, const uint32_t (&word)[2 * kC], const uint32_t (&shift)[kC],
+                                 const bool (&in)[kWordPixels], float (&acc)[kWordPixels][kMaxChannels]) {
+  if (term.planar) {
+    INSTAHIDE_UNROLL
+    for (int c = 0; c < kC; ++c) {
+      const uint32_t run = funnel_shift_right(word[2 * c], word[2 * c + 1], shift[c]);
+      const float v[kWordPixels] = {byte_to_float<kFlip ? 3 : 0>(run), byte_to_float<kFlip ? 2 : 1>(run),
+                                    byte_to_float<kFlip ? 1 : 2>(run), byte_to_float<kFlip ? 0 : 3>(run)};
+      INSTAHIDE_UNROLL
+      for (int i = 0; i < kWordPixels; ++i) acc[i][c] = fmaf(term.alpha[c], in[i] ? v[i] : 0.0f, acc[i][c]);
+    }
+  } else {
+    uint32_t run[kC];  // the 4 * kC bytes of the 4 source pixels, 4-aligned
+    INSTAHIDE_UNROLL
+    for (int m = 0; m < kC; ++m) run[m] = funnel_shift_right(word[m], word[m + 1], shift[0]);
+    INSTAHIDE_UNROLL
+    for (int i = 0; i < kWordPixels; ++i) {
+      INSTAHIDE_UNROLL
+      for (int c = 0; c < kC; ++c) {
+        const int j = (kFlip ? kWordPixels - 1 - i : i) * kC + c;  // byte j of the run
+        float v;
+        switch (j & 3) {
+          case 0: v = byte_to_float<0>(run[j >> 2]); break;
+          case 1: v = byte_to_float<1>(run[j >> 2]); break;
+          case 2: v = byte_to_float<2>(run[j >> 2]); break;
+          default: v = byte_to_float<3>(run[j >> 2]); break;
+        }
+        acc[i][c] = fmaf(term.alpha[c], in[i] ? v : 0.0f, acc[i][c]);
+      }
+    }
+  }
+}
+
+// N terms: all their loads first, so that they are in flight together, then the arithmetic.
+template <int kC, int N>
+INSTAHIDE_HD void gather_terms_words(const Params& P, const Term* terms, uint32_t y, uint32_t x, bool live,
+                                     float (&acc)[kWordPixels][kMaxChannels]) {
+  uint32_t word[N][2 * kC], shift[N][kC];
+  bool in[N][kWordPixels];
+  INSTAHIDE_UNROLL
+  for (int n = 0; n < N; ++n) load_term_words<kC>(P, terms[n], y, x, live, word[n], shift[n], in[n]);
+  INSTAHIDE_UNROLL
+  for (int n = 0; n < N; ++n) {
+    if (terms[n].flip)  // the same for every lane of the warp (one row)
+      add_term_words<kC, true>(terms[n], word[n], shift[n], in[n], acc);
+    else
+      add_term_words<kC, false>(terms[n], word[n], shift[n], in[n], acc);
+  }
+}
+
+template <typename Out>
+INSTAHIDE_HD void store4(Out* dst, const Out (&v)[4]) {
+#if defined(__CUDA_ARCH__)
+  // 4 * sizeof(Out)-aligned (checked by the host): one 16- or 8-byte store.
+  if constexpr (sizeof(Out) == 4) {
+    float4 w;
+    memcpy(&w, v, 16);
+    *reinterpret_cast<float4*>(dst) = w;
+  } else {
+    uint2 w;
+    memcpy(&w, v, 8);
+    *reinterpret_cast<uint2*>(dst) = w;
+  }
+#else
+  for (int i = 0; i < 4; ++i) dst[i] = v[i];
+#endif
+}
+
+// Signs, converts and writes the lane's 4 pixels p..p+3, with vector stores.
+template <typename Out, bool kChannelsLast, int kC, SignMode kSign>
+INSTAHIDE_HD void store_pixels_words(const Params& P, const Shared& sh, int64_t row, uint32_t p,
+                                     const float (&acc)[kWordPixels][kMaxChannels]) {
+  Out value[kWordPixels][kC];
+  INSTAHIDE_UNROLL
+  for (int c = 0; c < kC; ++c) {
+    // Mask bits j..j+3, j = c*HW + p: p and HW are multiples of 4, so one word holds them.
+    uint32_t nibble = 0;
+    if (kSign == SignMode::kFlip) {
+      const uint32_t j = uint32_t(c) * P.HW + p;
+      nibble = sh.keystream[c * kWordsPerChannel + (j >> 5) - sh.first_block[c] * 16] >> (j & 31);
+    }
+    INSTAHIDE_UNROLL
+    for (int i = 0; i < kWordPixels; ++i) {
+      uint32_t bits = bits_of(acc[i][c]);
+      if (kSign == SignMode::kFlip) bits ^= ((nibble >> i) & 1u) << 31;
+      else if (kSign == SignMode::kAbs) bits &= 0x7fffffffu;
+      value[i][c] = convert<Out>(float_of(bits));
+    }
+  }
+  Out* out = static_cast<Out*>(P.out) + row * int64_t(kC) * P.HW;
+  if (kChannelsLast) {
+    // The lane's 4 * kC values are contiguous: kC stores of 4.
+    const Out* flat = &value[0][0];
+    INSTAHIDE_UNROLL
+    for (int m = 0; m < kC; ++m) {
+      Out four[4] = {flat[4 * m], flat[4 * m + 1], flat[4 * m + 2], flat[4 * m + 3]};
+      store4(out + p * uint32_t(kC) + 4 * m, four);
+    }
+  } else {
+    INSTAHIDE_UNROLL
+    for (int c = 0; c < kC; ++c) {
+      Out four[4] = {value[0][c], value[1][c], value[2][c], value[3][c]};
+      store4(out + c * int64_t(P.HW) + p, four);
+    }
+  }
+}
+
+// Phase 2 of a chunk on the word-wide path: lane `lane` mixes, signs and writes the pixels
+// q + 4 * lane .. q + 4 * lane + 3 of each pass q.
+template <typename Out, bool kChannelsLast, int kC>
+INSTAHIDE_HD void compute_chunk_words(const Params& P, const Shared& sh, int lane, int64_t row, uint32_t p0,
+                                      uint32_t p1) {
+  float beta[kMaxChannels] = {};
+  for (int t = 0; t < P.k; ++t) {
+    INSTAHIDE_UNROLL
+    for (int c = 0; c < kMaxChannels; ++c) beta[c] += sh.term[t].lam_shift[c];
+  }
+  for (uint32_t q = p0; q < p1; q += kWordPassPixels) {
+    const uint32_t p = q + uint32_t(kWordPixels * lane);
+    const bool live = p < p1;  // p1 - p0 is a multiple of 4: all 4 pixels or none
+    const uint32_t y = P.div_w.div(p), x = p - y * P.W;
+    float acc[kWordPixels][kMaxChannels];
+    INSTAHIDE_UNROLL
+    for (int i = 0; i < kWordPixels; ++i)
+      INSTAHIDE_UNROLL
+      for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = -beta[c];
+    int t = 0;
+    for (; t + kTermsPerGroup <= P.k; t += kTermsPerGroup)
+      gather_terms_words<kC, kTermsPerGroup>(P, sh.term + t, y, x, live, acc);
+    if (kTermsPerGroup > 2 && t + 2 <= P.k) {
+      gather_terms_words<kC, 2>(P, sh.term + t, y, x, live, acc);
+      t += 2;
+    }
+    if (kTermsPerGroup > 1 && t < P.k) gather_terms_words<kC, 1>(P, sh.term + t, y, x, live, acc);
+    if (!live) continue;
+    switch (P.sign) {
+      case SignMode::kFlip: store_pixels_words<Out, kChannelsLast, kC, SignMode::kFlip>(P, sh, row, p, acc); break;
+      case SignMode::kAbs: store_pixels_words<Out, kChannelsLast, kC, SignMode::kAbs>(P, sh, row, p, acc); break;
+      default: store_pixels_words<Out, kChannelsLast, kC, SignMode::kNone>(P, sh, row, p, acc); break;
+    }
+  }
+}
+
 INSTAHIDE_HD void chunk_of(const Params& P, int64_t item, int64_t& row, uint32_t& p0, uint32_t& p1) {
   row = item / P.chunks_per_row;
   p0 = uint32_t(item - row * P.chunks_per_row) * uint32_t(kChunkPixels);
   p1 = p0 + uint32_t(kChunkPixels) < P.HW ? p0 + uint32_t(kChunkPixels) : P.HW;
 }
 
-template <typename Out, bool kChannelsLast, typename U, int kC>
+template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords>
 __global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_kernel(const Params P) {
   __shared__ Shared per_warp[kWarps];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
@@ -384,7 +605,10 @@ __global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_ke
     __syncwarp();  // the warp's previous chunk is done with `sh`
     setup_chunk(P, sh, lane, row, p0, p1);
     __syncwarp();
-    compute_chunk<Out, kChannelsLast, U, kC>(P, sh, lane, row, p0, p1);
+    if constexpr (kWords)
+      compute_chunk_words<Out, kChannelsLast, kC>(P, sh, lane, row, p0, p1);
+    else
+      compute_chunk<Out, kChannelsLast, U, kC>(P, sh, lane, row, p0, p1);
   }
 }
 
@@ -479,6 +703,15 @@ Params prepare(const EncodeArgs& a, bool& wide) {
   P.HW = P.H * P.W;
   P.div_w = make_fast_div(P.W);
   P.chunks_per_row = (int64_t(P.HW) + kChunkPixels - 1) / kChunkPixels;
+  // The word-wide path: uint8 images whose pixels are channels-last or whose channel rows are
+  // contiguous, rows of whole groups of 4 output pixels, and an output aligned for stores of 4.
+  const int64_t out_bytes = a.out_type == OutType::kFloat32 ? 4 : 2;
+  P.words = INSTAHIDE_CUDA_WORD_LOADS && !wide && P.W % kWordPixels == 0 &&
+            reinterpret_cast<uintptr_t>(a.out) % uintptr_t(kWordPixels * out_bytes) == 0;
+  for (int i = 0; i < used; ++i) {
+    const ImageSource& s = a.sources[i];
+    P.words &= s.pixel == PixelType::kUint8 && (s.stride_w == 1 || (s.stride_c == 1 && s.stride_w == C));
+  }
   check_arg(a.rows <= INT64_MAX / P.chunks_per_row, "rows = " + std::to_string(a.rows) + " is too large");
   P.items = a.rows * P.chunks_per_row;
   return P;
@@ -487,7 +720,14 @@ Params prepare(const EncodeArgs& a, bool& wide) {
 template <typename Out, bool kChannelsLast, typename U, int kC>
 void launch(const Params& P, cudaStream_t stream) {
   const unsigned grid = unsigned(std::min<int64_t>((P.items + kWarps - 1) / kWarps, INT32_MAX));  // loops beyond
-  encode_kernel<Out, kChannelsLast, U, kC><<<grid, kThreads, 0, stream>>>(P);
+  if constexpr (sizeof(U) == 4 && kC > 0) {
+    if (P.words) {
+      encode_kernel<Out, kChannelsLast, U, kC, true><<<grid, kThreads, 0, stream>>>(P);
+      check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
+      return;
+    }
+  }
+  encode_kernel<Out, kChannelsLast, U, kC, false><<<grid, kThreads, 0, stream>>>(P);
   check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
 }
 

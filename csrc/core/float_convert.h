@@ -4,22 +4,24 @@
 #include <cstdint>
 #include <cstring>
 
+#include "platform.h"
+
 namespace instahide {
 
-__attribute__((always_inline)) inline uint32_t float_bits(float f) {
+INSTAHIDE_ALWAYS_INLINE uint32_t float_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
 }
 
-__attribute__((always_inline)) inline float bits_float(uint32_t u) {
+INSTAHIDE_ALWAYS_INLINE float bits_float(uint32_t u) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
 }
 
 // bfloat16: the high half of the float, rounded to nearest even; NaN stays a quiet NaN.
-__attribute__((always_inline)) inline uint16_t float_to_bfloat16(uint32_t u) {
+INSTAHIDE_ALWAYS_INLINE uint16_t float_to_bfloat16(uint32_t u) {
   uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   bool nan = (u & 0x7fffffffu) > 0x7f800000u;
   return uint16_t(nan ? ((u >> 16) | 0x40u) : rounded);
@@ -27,7 +29,7 @@ __attribute__((always_inline)) inline uint16_t float_to_bfloat16(uint32_t u) {
 
 // IEEE binary16, round to nearest even, subnormals, overflow to inf, NaN to quiet NaN
 // (the magic-number method: float addition does the subnormal rounding).
-__attribute__((always_inline)) inline uint16_t float_to_float16(uint32_t u) {
+INSTAHIDE_ALWAYS_INLINE uint16_t float_to_float16(uint32_t u) {
   const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t a = u & 0x7fffffffu;
   const uint32_t f32_inf = 255u << 23;

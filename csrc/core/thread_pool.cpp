@@ -1,7 +1,11 @@
 #include "thread_pool.h"
 
-#include <pthread.h>
+#if defined(__linux__)
 #include <sched.h>
+#endif
+#if !defined(_WIN32)
+#include <pthread.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -101,8 +105,10 @@ void forget_pool_after_fork() {
 }
 
 Pool& pool_with(int workers) {
+#if !defined(_WIN32)  // no fork on Windows
   static bool registered = [] { return pthread_atfork(nullptr, nullptr, forget_pool_after_fork) == 0; }();
   (void)registered;
+#endif
   if (!g_pool || g_pool->workers() < workers) {
     delete g_pool;
     g_pool = new Pool(workers);
@@ -113,11 +119,13 @@ Pool& pool_with(int workers) {
 }  // namespace
 
 int available_cores() {
+#if defined(__linux__)  // the cores this process may run on (taskset, cgroup cpusets)
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) {
     int n = CPU_COUNT(&set);
     if (n > 0) return n;
   }
+#endif
   unsigned n = std::thread::hardware_concurrency();
   return n > 0 ? int(n) : 1;
 }

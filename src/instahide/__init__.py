@@ -14,8 +14,8 @@ from .pool import PublicPool
 __version__ = "0.1.0"
 
 __all__ = [
-    "Encoder", "Keys", "PublicPool", "mask", "reference", "derive_keys", "mask_key_of", "new_secret_key", "bfloat16_to_float32",
-    "available_cores", "get_num_threads", "set_num_threads", "build_info",
+    "Encoder", "Keys", "PublicPool", "mask", "reference", "derive_keys", "mask_key_of", "new_secret_key",
+    "bfloat16_to_float32", "available_cores", "get_num_threads", "set_num_threads", "build_info",
 ]
 
 

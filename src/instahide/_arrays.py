@@ -22,7 +22,8 @@ def as_numpy(x, name: str) -> np.ndarray:
         return x
     if is_torch(x):
         if x.device.type != "cpu":
-            raise ValueError(f"{name} is on {x.device}: pass CPU tensors or numpy arrays here (CUDA tensors go to the GPU path)")
+            raise ValueError(f"{name} is on {x.device}: pass CPU tensors or numpy arrays here "
+                             "(CUDA tensors go to the GPU path)")
         if x.requires_grad:
             x = x.detach()
         return x.numpy()

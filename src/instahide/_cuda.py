@@ -11,14 +11,15 @@ array's own library.
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import numpy as np
 
 from . import _arrays, _core
 
 _PIXEL = {np.dtype(np.uint8): 0, np.dtype(np.float32): 1}
-_device_tables: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_device_pools: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_device_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_device_pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def is_cuda_array(x) -> bool:
@@ -31,6 +32,7 @@ class _Library:
     """The few array operations the CUDA path needs, from torch or CuPy."""
 
     def __init__(self, x) -> None:
+        self.xp: Any  # the torch or the cupy module
         if _arrays.is_torch(x):
             import torch
 
@@ -138,7 +140,8 @@ def encode(encoder, images, labels, keys, rows):
     if kp < keys.k:
         sources.append(_pool_source(encoder.public, lib, encoder._public_scale_shift(height, width, channels)))
 
-    out_shape = (len(rows), height, width, channels) if encoder.out_layout == "NHWC" else (len(rows), channels, height, width)
+    out_shape = ((len(rows), height, width, channels) if encoder.out_layout == "NHWC"
+                 else (len(rows), channels, height, width))
     out = lib.empty(out_shape, encoder.out_dtype)
     if len(rows) == 0:
         return out, lib.upload(encoder._mix_labels(_host_labels(labels), keys, rows))

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .encoder import Encoder
-from .keys import Keys
 
 
 @dataclass
@@ -136,7 +135,7 @@ def _retrieve_signs(encodings: np.ndarray, a: np.ndarray, iterations: int, resta
     for c in range(channels):
         for p in range(height * width):
             e, b = magnitude[:, c, p], offsets[:, c, p]
-            starts = [rng.normal(size=n) for _ in range(restarts)]
+            starts = [rng.normal(size=(n,)) for _ in range(restarts)]
             if p % width:
                 starts.insert(0, solved[:, c, p - 1])
             if p >= width:
@@ -148,6 +147,8 @@ def _retrieve_signs(encodings: np.ndarray, a: np.ndarray, iterations: int, resta
                     best, best_error = x, error
                 if best_error < 1e-6 * (1 + np.linalg.norm(e)):
                     break
+            if best is None:
+                raise RuntimeError("sign retrieval found no finite solution")
             # agree with the solved neighbours (left and upper), or with the same pixel of the
             # previous channel (colour channels correlate) for the first pixel
             correlation = (best @ solved[:, c, p - 1] if p % width else 0.0) + (
@@ -180,6 +181,7 @@ class Scores:
     challenge: Challenge | None = None    # the challenge attacked (for `save_grid`)
 
     def summary(self) -> dict:
+        summary: dict[str, float | None]
         summary = {"mean_ssim": float(self.ssim.mean()), "max_ssim": float(self.ssim.max()),
                    "fraction_above_0.5": float((self.ssim > 0.5).mean()),
                    "fraction_above_0.9": float((self.ssim > 0.9).mean()),
@@ -205,7 +207,8 @@ def ssim_matrix(recovered: np.ndarray, originals: np.ndarray) -> np.ndarray:
     result = np.empty((len(x), len(y)))
     for i in range(len(x)):
         vxy = cov_norm * (local_mean(x[i][None] * y) - ux[i][None] * uy)
-        s = ((2 * ux[i][None] * uy + c1) * (2 * vxy + c2)) / ((ux[i][None] ** 2 + uy ** 2 + c1) * (vx[i][None] + vy + c2))
+        s = (((2 * ux[i][None] * uy + c1) * (2 * vxy + c2))
+             / ((ux[i][None] ** 2 + uy ** 2 + c1) * (vx[i][None] + vy + c2)))
         result[i] = s[:, 3:-3, 3:-3, :].mean(axis=(1, 2, 3))  # scikit-image leaves out the border
     return result
 
@@ -531,9 +534,10 @@ def _sign_by_channels_and_sky(normalized: np.ndarray, std) -> np.ndarray:
     """Signs of an approximate recovery (n, C, H, W): the channels decouple, so each has its
     own sign. Colour channels correlate: each takes the sign that correlates with channel 0
     over all images. Then one sign is left, and the pixel range (the sign that puts more
-    unnormalized values inside [0, 1]) cannot tell it on approximate values: photos are brighter at the top than at the bottom
-    (sky, light from above; on every random subset of CIFAR-10 test we tried, and an
-    attacker can check it on public data), so the sign whose upper halves are brighter wins."""
+    unnormalized values inside [0, 1]) cannot tell it on approximate values: photos are
+    brighter at the top than at the bottom (sky, light from above; on every random subset of
+    CIFAR-10 test we tried, and an attacker can check it on public data), so the sign whose
+    upper halves are brighter wins."""
     normalized = normalized.copy()
     for c in range(1, normalized.shape[1]):
         if np.sum(normalized[:, c] * normalized[:, 0]) < 0:
@@ -583,9 +587,10 @@ def recover_encodings_only(publication: Publication, n_images: int, private_term
 def public_crops(count: int, size: int = 32, data_dir=None, seed: int = 0) -> np.ndarray:
     """`count` random size x size crops of Tiny-ImageNet validation images (the attacker's public
     data), (count, size, size, 3) uint8."""
+    from pathlib import Path
+
     from .datasets import default_data_dir
     from .pool import PublicPool
-    from pathlib import Path
 
     pool = PublicPool.from_tar(Path(data_dir or default_data_dir()) / "tiny-imagenet-val.tar", short_side=40,
                                limit=count, progress=False)
@@ -637,6 +642,9 @@ def save_grid(path, scores: Scores, count: int = 8, zoom: int = 3) -> None:
     from PIL import Image
 
     challenge = scores.challenge
+    if challenge is None or scores.recovered is None:
+        raise ValueError("save_grid needs the scores of run_known_mixing or run_encodings_only "
+                         "(with the challenge and the recovered images)")
     count = min(count, len(challenge.images))
     originals = challenge.images[:count].astype(np.float64) / 255
     magnitudes = np.abs(challenge.encodings[:count].astype(np.float64)).transpose(0, 2, 3, 1)
@@ -655,4 +663,4 @@ def save_grid(path, scores: Scores, count: int = 8, zoom: int = 3) -> None:
     if channels == 1:
         pixels = pixels[..., 0]
     image = Image.fromarray(pixels)
-    image.resize((image.width * zoom, image.height * zoom), Image.NEAREST).save(path)
+    image.resize((image.width * zoom, image.height * zoom), Image.Resampling.NEAREST).save(path)

@@ -53,7 +53,9 @@ def load_class_tar(path, classes=CIFAR10_CLASSES, limit: int | None = None):
             members = kept
         images, labels = [], []
         for label, _, m in members:
-            with Image.open(io.BytesIO(tar.extractfile(m).read())) as im:
+            data = tar.extractfile(m)
+            assert data is not None  # a regular file (m.isfile())
+            with Image.open(io.BytesIO(data.read())) as im:
                 images.append(np.asarray(im.convert("RGB")))
             labels.append(label)
     shapes = {im.shape for im in images}
@@ -87,12 +89,15 @@ def load_cifar10(split: str = "test", data_dir=None, limit: int | None = None, c
     return images, labels
 
 
-def load_image_folder(folder):
+def load_image_folder(folder, size: int | None = None):
     """Images in class subfolders (``<folder>/<class>/<image>``, classes in sorted order) as
-    (images (N, H, W, 3) uint8, labels (N,), class names). All images must share one size."""
+    (images (N, H, W, 3) uint8, labels (N,), class names). All images must share one size,
+    unless `size` is given: then each is resized to size x size (bilinear)."""
     from PIL import Image
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"{folder}: no class subfolders")
@@ -100,13 +105,48 @@ def load_image_folder(folder):
     for label, name in enumerate(classes):
         for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES):
             with Image.open(path) as im:
-                images.append(np.asarray(im.convert("RGB")))
+                im = im.convert("RGB")
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)
+                images.append(np.asarray(im))
             labels.append(label)
     if not images:
         raise ValueError(f"{folder}: no images")
     if len({im.shape for im in images}) != 1:
-        raise ValueError(f"{folder}: images of several sizes")
+        raise ValueError(f"{folder}: images of several sizes (give a size to resize them)")
     return np.stack(images), np.asarray(labels, np.int64), tuple(classes)
+
+
+def load_digits(size: int = 32):
+    """scikit-learn's handwritten digits (1,797 images of 8x8 pixels, 10 classes), shipped
+    inside its wheel: no download. Scaled to 0..255 and resized to size x size (bilinear),
+    gray replicated into 3 channels so that they mix with RGB public patches. Returns
+    (images (N, size, size, 3) uint8, labels (N,) int64)."""
+    import importlib
+
+    from PIL import Image
+
+    digits = importlib.import_module("sklearn.datasets").load_digits()  # scikit-learn ships no type stubs
+    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)  # the set's values are 0..16
+    images = np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.BILINEAR)) for p in pixels])
+    return np.repeat(images[..., None], 3, axis=3), digits.target.astype(np.int64)
+
+
+# Photos inside scikit-image's wheel (skimage/data/*.png|jpg): readable with no download.
+BUNDLED_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+                  "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text")
+
+
+def bundled_photos():
+    """scikit-image's bundled photos as a list of (H, W, 3) uint8 arrays (grayscale ones
+    replicated into 3 channels): the demo's public images."""
+    import skimage.data
+
+    photos = []
+    for name in BUNDLED_PHOTOS:
+        image = np.asarray(getattr(skimage.data, name)())
+        photos.append(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3])
+    return photos
 
 
 def load_pickle_batches(folder, split: str):
@@ -136,3 +176,40 @@ def load_split(path, split: str):
         images, labels, _ = load_image_folder(path)
         return images, labels
     raise FileNotFoundError(f"{path}: no such dataset file or folder")
+
+
+def load_dataset(spec: str, split: str = "train", size: int | None = None, labels_path=None):
+    """(images uint8 (N, H, W, C) or (N, C, H, W), labels (N,), description) from a spec:
+    ``digits`` (scikit-learn's, resized to `size`, default 32), ``cifar10`` (`split` of the
+    copy in default_data_dir()), an .npz holding ``images`` and ``labels``, an .npy of images
+    with labels in `labels_path`, a class tar file, CIFAR-10 python batches, or a folder of
+    class subfolders (images resized to `size` when given)."""
+    if spec == "digits":
+        images, labels = load_digits(size or 32)
+        return images, labels, f"scikit-learn digits ({images.shape[1]}x{images.shape[2]})"
+    if spec == "cifar10":
+        images, labels = load_cifar10(split)
+        return images, labels, f"CIFAR-10 {split} (JPEG copy)"
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"{spec}: no such file or folder (or give digits, cifar10)")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            if "images" not in f or "labels" not in f:
+                raise ValueError(f"{path}: an .npz data set holds arrays named images and labels, found {f.files}")
+            images, labels = f["images"], f["labels"]
+    elif path.suffix == ".npy":
+        if labels_path is None:
+            raise ValueError(f"{path}: an .npy holds images only; give the labels (an .npy of class ids)")
+        images, labels = np.load(path, allow_pickle=False), np.load(labels_path, allow_pickle=False)
+    elif path.is_dir() and size is not None and not (path / "data_batch_1").exists():
+        images, labels, _ = load_image_folder(path, size=size)
+    else:
+        images, labels = load_split(path, split)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"{spec}: expected uint8 images (N, H, W, C) or (N, C, H, W), got {images.dtype} "
+                         f"{images.shape}")
+    if labels.shape[:1] != images.shape[:1]:
+        raise ValueError(f"{spec}: {len(images)} images but labels of shape {labels.shape}")
+    return images, labels, str(spec)
+

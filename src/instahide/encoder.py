@@ -80,7 +80,8 @@ class Encoder:
             if patch_size is None:
                 raise ValueError("with a public pool, give patch_size: the private images' (H, W), e.g. 32")
             self.private_terms = int(private_terms)
-            self.patch_size = (int(patch_size), int(patch_size)) if np.isscalar(patch_size) else tuple(map(int, patch_size))
+            self.patch_size = ((int(patch_size), int(patch_size)) if np.ndim(patch_size) == 0
+                               else tuple(map(int, patch_size)))
             if len(self.patch_size) != 2 or min(self.patch_size) < 1:
                 raise ValueError(f"patch_size must be a positive size or (H, W), got {patch_size!r}")
             sizes = public.sizes
@@ -139,11 +140,12 @@ class Encoder:
         index, offset = keys.index[rows], keys.offset[rows]
         if keys.private_terms < keys.k:
             pool = self.public
-            sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes, *self._public_scale_shift(height, width,
-                                                                                                             channels)))
+            sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes,
+                            *self._public_scale_shift(height, width, channels)))
             _arrays.check_public_patches(index, offset, rows, keys.private_terms, pool, (height, width))
 
-        out_shape = (len(rows), height, width, channels) if self.out_layout == "NHWC" else (len(rows), channels, height, width)
+        out_shape = ((len(rows), height, width, channels) if self.out_layout == "NHWC"
+                     else (len(rows), channels, height, width))
         out = _arrays.allocate(out_shape, _arrays.numpy_out_dtype(self.out_dtype), "the encoded batch")
         if len(rows):  # an empty batch has nothing to check or compute (even for an empty set)
             _core.encode(sources, keys.private_terms, index, keys.lam[rows], offset, keys.flip[rows], rows,

@@ -25,6 +25,7 @@ _MAX_REDRAW_ROUNDS = 10_000
 # Stream domains: each random quantity of an epoch has its own ChaCha20 nonce.
 _COEFFICIENTS, _OFFSETS, _FLIPS, _PUBLIC_IMAGES, _PUBLIC_OFFSETS = 1, 2, 3, 4, 5
 _PARTNER_SLOT, _DISTINCT_REPAIR = 16, 48
+_ROW_ORDER = 96
 
 
 def new_secret_key() -> bytes:
@@ -45,6 +46,13 @@ def _subkey(secret: bytes, purpose: bytes) -> bytes:
 def mask_key_of(secret: bytes) -> bytes:
     """The ChaCha20 key of the sign mask (mask spec v1), derived from the secret key."""
     return _subkey(check_secret_key(secret), b"mask key")
+
+
+def row_order(secret: bytes, epoch: int, n: int) -> np.ndarray:
+    """The order in which an epoch's n rows are batched (training) or published (encoded
+    shards): a permutation derived from the secret key, so every process agrees on it and it
+    tells nobody without the key which row, and so which own image, an encoding holds."""
+    return Stream(_subkey(check_secret_key(secret), b"batch order"), int(epoch), _ROW_ORDER).permutation(int(n))
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +104,8 @@ class Keys:
         return self.index.shape[1]
 
     def __repr__(self) -> str:
-        return f"Keys(n={self.n}, k={self.k}, private_terms={self.private_terms}, epoch={self.epoch}, mask_key=<hidden>)"
+        return (f"Keys(n={self.n}, k={self.k}, private_terms={self.private_terms}, epoch={self.epoch}, "
+                "mask_key=<hidden>)")
 
     def save(self, path) -> None:
         """Writes the keys to an .npz file. Saved keys decrypt: store them like the data."""
@@ -105,7 +114,7 @@ class Keys:
                  private_terms=np.array(self.private_terms, np.int64))
 
     @classmethod
-    def load(cls, path) -> "Keys":
+    def load(cls, path) -> Keys:
         with np.load(os.fspath(path), allow_pickle=False) as f:
             if "format" not in f or str(f["format"]) != _FORMAT:
                 raise ValueError(f"{path} is not an instahide keys file ({_FORMAT})")
@@ -226,8 +235,8 @@ def _repair_repeats(index: np.ndarray, t: int, stream: Stream) -> None:
     def allowed(row: int, image: int) -> bool:
         return not (previous[row] == image).any()
 
-    for start in clashing:
-        start = int(start)
+    for clash in clashing:
+        start = int(clash)
         reached_by = {start: -1}  # row -> the image through which the search reached it
         came_from = {}  # image -> the row that asked for it
         queue, found = deque([start]), None
@@ -236,8 +245,8 @@ def _repair_repeats(index: np.ndarray, t: int, stream: Stream) -> None:
             found = next(((row, f) for f in free if allowed(row, f)), None)
             if found:
                 break
-            for image in np.flatnonzero(~np.isin(np.arange(n), previous[row])):
-                image = int(image)
+            for candidate in np.flatnonzero(~np.isin(np.arange(n), previous[row])):
+                image = int(candidate)
                 if image not in came_from and owner[image] >= 0 and owner[image] not in reached_by:
                     came_from[image] = row
                     reached_by[int(owner[image])] = image

@@ -44,7 +44,7 @@ def _resize_short_side(image: np.ndarray, short_side: int | None) -> np.ndarray:
         size = (int(short_side * w / h), short_side)
     else:
         size = (short_side, int(short_side * h / w))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
 def sift_keypoints(image: np.ndarray) -> int:
@@ -53,7 +53,7 @@ def sift_keypoints(image: np.ndarray) -> int:
     import cv2
 
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.shape[2] == 3 else np.ascontiguousarray(image[..., 0])
-    return len(cv2.SIFT_create().detect(gray, None))
+    return len(cv2.SIFT.create().detect(gray, None))
 
 
 class PublicPool:
@@ -90,7 +90,8 @@ class PublicPool:
         return len(self.offsets)
 
     def __repr__(self) -> str:
-        return (f"PublicPool({len(self)} images, sizes {self.sizes.min(axis=0).tolist()}..{self.sizes.max(axis=0).tolist()}, "
+        return (f"PublicPool({len(self)} images, sizes "
+                f"{self.sizes.min(axis=0).tolist()}..{self.sizes.max(axis=0).tolist()}, "
                 f"{self.pixels.nbytes / 2**20:.1f} MiB)")
 
     def image(self, i: int) -> np.ndarray:
@@ -115,7 +116,7 @@ class PublicPool:
 
     @classmethod
     def from_images(cls, images, short_side: int | None = 40, progress: bool = True, min_keypoints: int | None = None,
-                    keypoints=sift_keypoints, **stats) -> "PublicPool":
+                    keypoints=sift_keypoints, **stats) -> PublicPool:
         """From an iterable of (H, W, C) or (H, W) uint8 arrays of any sizes; grayscale becomes
         RGB, and each image is resized so that its short side is `short_side` (None: kept).
 
@@ -149,6 +150,7 @@ class PublicPool:
         if not packed:
             raise ValueError("the public pool is empty" + (f" (no image has more than {min_keypoints} keypoints)"
                                                             if min_keypoints is not None and images else ""))
+        assert channels is not None  # set by the first image packed
         pool = cls(np.concatenate(packed), offsets, sizes, channels, **stats)
         pool.build_report = {"images": len(images), "kept": len(packed), "min_keypoints": min_keypoints}
         if progress and min_keypoints is not None:
@@ -156,7 +158,7 @@ class PublicPool:
         return pool
 
     @classmethod
-    def from_array(cls, images, short_side: int | None = 40, **options) -> "PublicPool":
+    def from_array(cls, images, short_side: int | None = 40, **options) -> PublicPool:
         """From an (m, H, W, C) uint8 array."""
         images = np.asarray(images)
         if images.ndim != 4:
@@ -164,7 +166,7 @@ class PublicPool:
         return cls.from_images(list(images), short_side=short_side, **options)
 
     @classmethod
-    def from_folder(cls, folder, short_side: int | None = 40, **options) -> "PublicPool":
+    def from_folder(cls, folder, short_side: int | None = 40, **options) -> PublicPool:
         """Every image file below `folder` (recursive, sorted by path)."""
         from PIL import Image
 
@@ -178,7 +180,7 @@ class PublicPool:
         return cls.from_images(decode(), short_side=short_side, **options)
 
     @classmethod
-    def from_tar(cls, path, short_side: int | None = 40, limit: int | None = None, **options) -> "PublicPool":
+    def from_tar(cls, path, short_side: int | None = 40, limit: int | None = None, **options) -> PublicPool:
         """Every image file in a tar archive (sorted by name), e.g. tiny-imagenet-val.tar."""
         from PIL import Image
 
@@ -187,7 +189,9 @@ class PublicPool:
             members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(_IMAGE_SUFFIXES)),
                              key=lambda m: m.name)[:limit]
             for m in _progress(members, len(members), "decode", options.get("progress", True) and len(members) > 1000):
-                with Image.open(io.BytesIO(tar.extractfile(m).read())) as im:
+                data = tar.extractfile(m)
+                assert data is not None  # a regular file (m.isfile())
+                with Image.open(io.BytesIO(data.read())) as im:
                     images.append(np.asarray(im.convert("RGB")))
         return cls.from_images(images, short_side=short_side, **options)
 
@@ -198,7 +202,7 @@ class PublicPool:
                  channels=np.array(self.channels), mean=self.mean, std=self.std)
 
     @classmethod
-    def load(cls, path) -> "PublicPool":
+    def load(cls, path) -> PublicPool:
         with np.load(os.fspath(path), allow_pickle=False) as f:
             if "format" not in f or str(f["format"]) != _FORMAT:
                 raise ValueError(f"{path} is not an instahide public pool file ({_FORMAT})")

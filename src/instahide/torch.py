@@ -15,13 +15,10 @@ import torch.distributed
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ._random import Stream
 from .encoder import Encoder
-from .keys import _subkey
+from .keys import row_order
 
 __all__ = ["EncodedBatches", "InstaHideLoader", "InstaHideMix", "soft_cross_entropy", "predict"]
-
-_BATCH_ORDER = 96  # stream domain of the epoch's batch order
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -77,7 +74,7 @@ class EncodedBatches(Dataset):
             keys = self.encoder.keys(self.n, self.epoch)
             order = np.arange(self.n)
             if self.shuffle:
-                order = Stream(_subkey(self.encoder.key, b"batch order"), self.epoch, _BATCH_ORDER).permutation(self.n)
+                order = row_order(self.encoder.key, self.epoch, self.n)
             self._cache = (self.epoch, keys, order)
         return self._cache[1], self._cache[2]
 

@@ -162,6 +162,7 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> list[dict]
     if key is None and rank == 0:
         key = new_secret_key()
     key = _shared_secret(key, world_size)
+    assert key is not None  # rank 0 made one, and _shared_secret gave it to every rank
     encoder = make_encoder(args, train_x, key, mean, std)
     # DDP averages the ranks' gradients and starts every rank from rank 0's parameters; each
     # rank encodes only its share of every epoch's batches (EncodedBatches reads the group).

@@ -1,0 +1,56 @@
+"""The package as installed: CI (.ci/run, cibuildwheel) installs the built wheel into a fresh
+environment and sets INSTAHIDE_EXPECT_INSTALLED=1; then the tests must have imported that
+wheel, not src/, and the wheel must hold every module of the source tree, the compiled core,
+its type stub and py.typed. The stub is checked against the compiled module everywhere."""
+
+import ast
+import os
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import instahide
+from instahide import _core
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "src" / "instahide"
+PACKAGE = Path(instahide.__file__).resolve().parent
+installed = pytest.mark.skipif(os.environ.get("INSTAHIDE_EXPECT_INSTALLED") != "1",
+                               reason="INSTAHIDE_EXPECT_INSTALLED=1 only where CI tests an installed wheel")
+
+
+@installed
+def test_instahide_is_imported_from_site_packages():
+    site = {Path(sysconfig.get_paths()[name]).resolve() for name in ("purelib", "platlib")}
+    assert PACKAGE.parent in site, f"instahide imported from {PACKAGE}, not from {sorted(map(str, site))}"
+    assert SOURCE.resolve() != PACKAGE
+
+
+@installed
+@pytest.mark.skipif(not SOURCE.is_dir(), reason="needs the source tree")
+def test_the_wheel_holds_every_module_the_stub_and_py_typed():
+    files = {p.name for p in PACKAGE.iterdir()}
+    missing = ({p.name for p in SOURCE.glob("*.py")} | {"_core.pyi", "py.typed"}) - files
+    assert not missing, f"not in the installed package: {sorted(missing)}"
+    assert [name for name in files if name.startswith("_core.") and name.endswith((".so", ".pyd"))]
+
+
+def _stub_functions() -> dict[str, list[str]]:
+    stub = Path(_core.__file__).with_name("_core.pyi")
+    if not stub.exists():
+        stub = SOURCE / "_core.pyi"
+    tree = ast.parse(stub.read_text())
+    return {node.name: [a.arg for a in node.args.args] for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
+def test_the_stub_declares_every_function_of_the_compiled_core_with_its_arguments():
+    stub = _stub_functions()
+    compiled = sorted(name for name in dir(_core) if not name.startswith("_"))
+    assert sorted(stub) == compiled
+    for name in compiled:
+        # pybind11 signature line: name(arg: type, arg: type = default) -> result
+        signature = (getattr(_core, name).__doc__ or "").splitlines()[0]
+        inside = signature[signature.index("(") + 1:signature.rindex(") ->")]
+        arguments = [part.split(":")[0].strip() for part in inside.split(", ") if ":" in part]
+        assert stub[name] == arguments, name
