@@ -656,8 +656,8 @@ void check(bool ok, const std::string& message) {
 int64_t add_span(int64_t acc, int64_t stride, int64_t extent) {
   const uint64_t a = stride < 0 ? uint64_t(0) - uint64_t(stride) : uint64_t(stride);
   int64_t product, sum;
-  if (a > uint64_t(INT64_MAX) || __builtin_mul_overflow(int64_t(a), extent, &product) ||
-      __builtin_add_overflow(acc, product, &sum))
+  if (a > uint64_t(INT64_MAX) || mul_overflow(int64_t(a), extent, &product) ||
+      add_overflow(acc, product, &sum))
     return INT64_MAX;
   return sum;
 }

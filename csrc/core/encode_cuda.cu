@@ -25,6 +25,7 @@
 
 #include "chacha20.h"
 #include "encode.h"
+#include "platform.h"
 
 namespace instahide {
 namespace {
@@ -624,8 +625,8 @@ void check_cuda(cudaError_t err, const char* what) {
 int64_t add_span(int64_t acc, int64_t stride, int64_t extent) {
   const uint64_t a = stride < 0 ? uint64_t(0) - uint64_t(stride) : uint64_t(stride);
   int64_t product, sum;
-  if (a > uint64_t(INT64_MAX) || __builtin_mul_overflow(int64_t(a), extent, &product) ||
-      __builtin_add_overflow(acc, product, &sum))
+  if (a > uint64_t(INT64_MAX) || mul_overflow(int64_t(a), extent, &product) ||
+      add_overflow(acc, product, &sum))
     return INT64_MAX;
   return sum;
 }

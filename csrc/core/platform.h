@@ -10,3 +10,35 @@
 #define INSTAHIDE_PREFETCH_L2(p) __builtin_prefetch((p), 0, 1)
 #define INSTAHIDE_LITTLE_ENDIAN (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
 #endif
+
+#include <cstdint>
+
+namespace instahide {
+
+// a * b and a + b in int64_t: false and the result in *out, or true where it overflows (the
+// GCC/Clang builtins; the equivalent checks on MSVC, which has no such builtins).
+inline bool mul_overflow(int64_t a, int64_t b, int64_t* out) {
+#if defined(_MSC_VER) && !defined(__clang__)
+  if (a != 0 && b != 0) {
+    const bool overflow = a > 0 ? (b > 0 ? a > INT64_MAX / b : b < INT64_MIN / a)
+                                : (b > 0 ? a < INT64_MIN / b : b < INT64_MAX / a);
+    if (overflow) return true;
+  }
+  *out = a * b;
+  return false;
+#else
+  return __builtin_mul_overflow(a, b, out);
+#endif
+}
+
+inline bool add_overflow(int64_t a, int64_t b, int64_t* out) {
+#if defined(_MSC_VER) && !defined(__clang__)
+  if ((b > 0 && a > INT64_MAX - b) || (b < 0 && a < INT64_MIN - b)) return true;
+  *out = a + b;
+  return false;
+#else
+  return __builtin_add_overflow(a, b, out);
+#endif
+}
+
+}  // namespace instahide
