@@ -717,19 +717,20 @@ void validate(const EncodeArgs& a) {
       check(span < INT64_MAX / 4, std::string(name) + ": strides address more than 2^61 bytes");
     }
   }
+  // Messages are built only on failure: this loop runs for every row of every call.
+  auto cell = [](int64_t row, int t) { return "[" + std::to_string(row) + ", " + std::to_string(t) + "]"; };
   for (int64_t r = 0; r < a.rows; ++r) {
     const int64_t row = a.row_id[r];
-    check(row >= 0, "row ids must be >= 0, got " + std::to_string(row));
+    if (row < 0) throw std::invalid_argument("row ids must be >= 0, got " + std::to_string(row));
     for (int t = 0; t < a.k; ++t) {
       const int64_t at = r * a.k + t, idx = a.index[at];
       const ImageSource& s = a.sources[t < a.private_terms ? 0 : 1];
-      const std::string cell = "[" + std::to_string(row) + ", " + std::to_string(t) + "]";
       if (idx < 0 || idx >= s.count)
-        throw std::invalid_argument("keys.index" + cell + " = " + std::to_string(idx) +
+        throw std::invalid_argument("keys.index" + cell(row, t) + " = " + std::to_string(idx) +
                                     " is out of range for a set of " + std::to_string(s.count) + " images");
       const float lam = a.lam[at];
       if (!(lam - lam == 0.0f))  // NaN or infinite (no <cmath> isfinite: -ffast-math proof)
-        throw std::invalid_argument("keys.lam" + cell + " = " + std::to_string(lam) + " is not finite");
+        throw std::invalid_argument("keys.lam" + cell(row, t) + " = " + std::to_string(lam) + " is not finite");
       // Any window offset is memory-safe (reads outside an image give 0, as in the CUDA kernel);
       // the rule that public patches lie inside their image is the Python layer's to check.
     }
