@@ -116,6 +116,23 @@ struct Tile {
   bool interleaved;
 };
 
+// dst[j] = src[j % C] for j < n, C in 1..4: the period as a compile-time constant, so that the
+// loop compiles to plain stores (a loop over C inside one over n / C becomes a memcpy call per
+// period, once per pixel).
+template <int kC>
+INSTAHIDE_INLINE void repeat_fixed(float* __restrict dst, const float* __restrict src, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = src[j % kC];
+}
+
+INSTAHIDE_INLINE void repeat_period(float* __restrict dst, const float* __restrict src, int64_t C, int64_t n) {
+  switch (C) {
+    case 1: return repeat_fixed<1>(dst, src, n);
+    case 2: return repeat_fixed<2>(dst, src, n);
+    case 3: return repeat_fixed<3>(dst, src, n);
+    default: return repeat_fixed<4>(dst, src, n);
+  }
+}
+
 // Everything one term of one row needs.
 struct Term {
   const ImageSource* source;
@@ -367,12 +384,13 @@ INSTAHIDE_INLINE void stream_copy(void* dst, const void* src, int64_t bytes) {
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
 #if defined(__SSE2__)
+  // Called per 32 elements: the memcpy calls (not inlined, variable sizes) only where needed.
   const int64_t head = std::min<int64_t>(bytes, (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15);
-  std::memcpy(d, s, size_t(head));
+  if (head) std::memcpy(d, s, size_t(head));
   int64_t i = head;
   for (; i + 16 <= bytes; i += 16)
     _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
-  std::memcpy(d + i, s + i, size_t(bytes - i));
+  if (i < bytes) std::memcpy(d + i, s + i, size_t(bytes - i));
 #else
   std::memcpy(d, s, size_t(bytes));
 #endif
@@ -500,8 +518,7 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, int64_t r, const uint8_
       term.alpha[c] = lam * src.scale[c];
       beta[c] += lam * src.shift[c];
     }
-    for (int j = 0; j < 48; j += int(C))
-      for (int64_t c = 0; c < C; ++c) term.alpha_pattern[j + c] = term.alpha[c];
+    repeat_period(term.alpha_pattern, term.alpha, C, 48);
   }
   Prefetcher pf;
   plan_prefetch(args, r + 1, pf);
@@ -510,14 +527,11 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, int64_t r, const uint8_
   // Every accumulator element starts from -beta[c] (padding reads 0, which normalizes to
   // -shift): one interleaved pixel row of that, copied per tile row.
   float* init_row = s.acc_init.data();
-  if (interleaved)
-    for (int64_t x = 0; x < W; ++x)
-      for (int64_t c = 0; c < C; ++c) init_row[x * C + c] = -beta[c];
-  float init_pattern[kBlock], init_plane[kMaxChannels];
+  float init_pattern[kBlock], init_plane[kMaxChannels] = {};
   const float zero_pattern[kBlock] = {}, zero_plane[kMaxChannels] = {};
-  for (int j = 0; j < kBlock; j += int(C))
-    for (int64_t c = 0; c < C; ++c) init_pattern[j + c] = -beta[c];
   for (int64_t c = 0; c < C; ++c) init_plane[c] = -beta[c];
+  if (interleaved) repeat_period(init_row, init_plane, C, W * C);
+  repeat_period(init_pattern, init_plane, C, kBlock);
 
   Out* out_image = static_cast<Out*>(args.out) + r * C * H * W;
   float* acc = s.acc.data();
