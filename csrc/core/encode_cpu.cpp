@@ -666,15 +666,6 @@ void check(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
 }
 
-// |stride| * extent added to acc, or INT64_MAX where that overflows 64 bits.
-int64_t add_span(int64_t acc, int64_t stride, int64_t extent) {
-  const uint64_t a = stride < 0 ? uint64_t(0) - uint64_t(stride) : uint64_t(stride);
-  int64_t product, sum;
-  if (a > uint64_t(INT64_MAX) || mul_overflow(int64_t(a), extent, &product) ||
-      add_overflow(acc, product, &sum))
-    return INT64_MAX;
-  return sum;
-}
 
 }  // namespace
 

@@ -621,15 +621,6 @@ void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-// |a| * b + acc, saturating at INT64_MAX (a span of offsets that cannot fit anything).
-int64_t add_span(int64_t acc, int64_t stride, int64_t extent) {
-  const uint64_t a = stride < 0 ? uint64_t(0) - uint64_t(stride) : uint64_t(stride);
-  int64_t product, sum;
-  if (a > uint64_t(INT64_MAX) || mul_overflow(int64_t(a), extent, &product) ||
-      add_overflow(acc, product, &sum))
-    return INT64_MAX;
-  return sum;
-}
 
 // Host-side checks (no device memory is read) and the kernel's parameters.
 Params prepare(const EncodeArgs& a, bool& wide) {

@@ -41,4 +41,14 @@ inline bool add_overflow(int64_t a, int64_t b, int64_t* out) {
 #endif
 }
 
+// |stride| * extent added to acc, or INT64_MAX where that overflows 64 bits: the span of
+// element offsets a set of images addresses, for the bounds checks of both kernels.
+inline int64_t add_span(int64_t acc, int64_t stride, int64_t extent) {
+  const uint64_t a = stride < 0 ? uint64_t(0) - uint64_t(stride) : uint64_t(stride);
+  int64_t product, sum;
+  if (a > uint64_t(INT64_MAX) || mul_overflow(int64_t(a), extent, &product) || add_overflow(acc, product, &sum))
+    return INT64_MAX;
+  return sum;
+}
+
 }  // namespace instahide
