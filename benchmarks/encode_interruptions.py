@@ -55,8 +55,8 @@ def main() -> int:
             process.wait(timeout=120)
             tally["rounds"] += 1
             tally["interrupted"] += process.returncode != 0
-            for name, data_bytes in files(out).items() if out.exists() else []:
-                tally["incomplete_final_files"] += data_bytes != full.get(name)
+            if out.exists():  # a run killed before it made the folder left nothing
+                tally["incomplete_final_files"] += sum(data != full.get(name) for name, data in files(out).items())
             subprocess.run(encode_command(data, out, key), check=True, stderr=subprocess.DEVNULL)
             tally["identical_after_resume"] += files(out) == full
         print(tally, f"(an uninterrupted run: {full_seconds:.1f} s, {len(full)} shards)")

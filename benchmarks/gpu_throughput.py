@@ -110,8 +110,12 @@ def case(name, n, shape, k, batch, copy, pool=None, augment=False):
         mixed *= torch.randint(2, size=list(mixed.shape), device="cuda") * 2.0 - 1
 
     results = []
-    impls = (("fused_cuda", fused), ("torch_ops_cuda", torch_ops)) if pool is None and not augment else \
-        (("fused_cuda_cross" if pool is not None else "fused_cuda_augmented", fused),)
+    if pool is not None:
+        impls = (("fused_cuda_cross", fused),)
+    elif augment:
+        impls = (("fused_cuda_augmented", fused),)
+    else:
+        impls = (("fused_cuda", fused), ("torch_ops_cuda", torch_ops))
     for impl, fn in impls:
         seconds = time_cuda(fn)
         ips = batch / seconds

@@ -3,6 +3,7 @@ as numpy views (no copies), layouts, rows, labels and normalization, with clear 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -127,13 +128,19 @@ def check_memory(shape, dtype, what: str) -> None:
     written)."""
     shape = tuple(int(s) for s in shape)
     nbytes = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize  # Python ints: no overflow
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    if nbytes > physical:
+    physical = _physical_memory()
+    if physical is not None and nbytes > physical:
         raise MemoryError(f"{what} of shape {shape} needs {nbytes / 2**30:.3g} GiB, more than this machine's "
                           f"{physical / 2**30:.3g} GiB: encode fewer rows at a time")
+
+
+@functools.cache
+def _physical_memory() -> int | None:
+    """Bytes of physical memory (asked once: every encode call checks its output against it)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def allocate(shape, dtype, what: str) -> np.ndarray:
