@@ -147,3 +147,21 @@ def test_torch_tensors_are_views_and_come_back_as_tensors(setup):
     meta = torch.empty((20, 8, 8, 3), dtype=torch.uint8, device="meta")
     with pytest.raises(ValueError, match="meta"):
         encoder.encode(meta, labels, keys)
+
+
+def test_core_checks_row_ids_and_labels_of_epoch_tables(setup):
+    """With the epoch's tables looked up by row id, the core checks each row id against the
+    tables, and the label mixer each index and class id it reads."""
+    _, images, labels, keys = setup
+    out = np.empty((2, 3, 8, 8), np.float32)
+    for rows in ([0, 20], [-1, 3]):
+        with pytest.raises(ValueError, match="row id"):
+            instahide._core.encode([(images, True, [1.0] * 3, [0.0] * 3)], 3, keys.index, keys.lam, keys.offset,
+                                   keys.flip, np.array(rows, np.int64), keys.mask_key, 0, 0, out, 0, False, 0,
+                                   tables_by_row_id=True)
+        with pytest.raises(ValueError, match="row id"):
+            instahide._core.mix_labels(keys.index, keys.lam, np.array(rows, np.int64), 3, labels.astype(np.int64), 10)
+    with pytest.raises(ValueError, match=r"labels\[\d+\] = 10 is out of range"):
+        instahide._core.mix_labels(keys.index, keys.lam, np.arange(20), 3, np.full(20, 10, np.int64), 10)
+    with pytest.raises(ValueError, match="out of range for 5 labels"):
+        instahide._core.mix_labels(keys.index, keys.lam, np.arange(20), 3, np.zeros(5, np.int64), 10)

@@ -108,25 +108,36 @@ ImageSource read_packed_source(const py::tuple& spec) {
   return s;
 }
 
+// The key tables: (rows, k) for the rows of `row_id`, or, with `tables_by_row_id`, the whole
+// epoch's (n, k), looked up by row id (no gather per batch).
+void read_tables(EncodeArgs& a, const py::array& index, const py::array& lam, const py::array& row_id,
+                 bool tables_by_row_id) {
+  if (index.ndim() != 2) fail("index: must have shape (rows, k)");
+  if (row_id.ndim() != 1) fail("row_id: must be one-dimensional");
+  a.tables_by_row_id = tables_by_row_id;
+  a.table_rows = index.shape(0);
+  a.rows = tables_by_row_id ? row_id.shape(0) : a.table_rows;
+  a.k = int(index.shape(1));
+  a.index = table<int64_t>(index, "index", {a.table_rows, a.k});
+  a.lam = table<float>(lam, "lam", {a.table_rows, a.k});
+  a.row_id = table<int64_t>(row_id, "row_id", {a.rows});
+}
+
 void encode(const py::list& sources, int private_terms, const py::array& index, const py::array& lam,
             const py::array& offset, const py::array& flip, const py::array& row_id, const py::bytes& mask_key,
-            uint32_t epoch, int sign, py::array out, int out_type, bool out_channels_last, int num_threads) {
+            uint32_t epoch, int sign, py::array out, int out_type, bool out_channels_last, int num_threads,
+            bool tables_by_row_id) {
   EncodeArgs a;
   if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
   for (size_t i = 0; i < sources.size(); ++i) {
     const py::tuple spec = sources[i].cast<py::tuple>();
     a.sources[i] = spec.size() == 6 ? read_packed_source(spec) : read_source(spec);
   }
-  if (index.ndim() != 2) fail("index: must have shape (rows, k)");
-  a.rows = index.shape(0);
-  a.k = int(index.shape(1));
+  read_tables(a, index, lam, row_id, tables_by_row_id);
   a.private_terms = private_terms;
   if (private_terms < a.k && sources.size() < 2) fail("public terms need a public image source");
-  a.index = table<int64_t>(index, "index", {a.rows, a.k});
-  a.lam = table<float>(lam, "lam", {a.rows, a.k});
-  a.offset = table<int32_t>(offset, "offset", {a.rows, a.k, 2});
-  a.flip = reinterpret_cast<const uint8_t*>(table<bool>(flip, "flip", {a.rows, a.k}));
-  a.row_id = table<int64_t>(row_id, "row_id", {a.rows});
+  a.offset = table<int32_t>(offset, "offset", {a.table_rows, a.k, 2});
+  a.flip = reinterpret_cast<const uint8_t*>(table<bool>(flip, "flip", {a.table_rows, a.k}));
   read_key(mask_key, a.mask_key);
   a.epoch = epoch;
   if (sign < 0 || sign > 2) fail("sign must be 0 (flip), 1 (abs) or 2 (none)");
@@ -148,6 +159,24 @@ void encode(const py::list& sources, int private_terms, const py::array& index, 
 
   py::gil_scoped_release release;
   encode_cpu(a, num_threads);
+}
+
+// Soft labels (rows, classes) float32 from class ids (int64, one per private image), the
+// tables looked up by row id.
+py::array_t<float> mix_labels(const py::array& index, const py::array& lam, const py::array& row_id, int private_terms,
+                              const py::array& labels, int64_t classes) {
+  EncodeArgs a;
+  read_tables(a, index, lam, row_id, true);
+  a.private_terms = private_terms;
+  if (labels.ndim() != 1) fail("labels: must be one-dimensional class ids");
+  const int64_t count = labels.shape(0);
+  const int64_t* ids = table<int64_t>(labels, "labels", {count});
+  if (classes < 1) fail("classes must be >= 1");
+  py::array_t<float> out({a.rows, classes});
+  float* o = out.mutable_data();
+  py::gil_scoped_release release;
+  mix_labels_cpu(a, ids, count, classes, o);
+  return out;
 }
 
 py::array_t<int8_t> mask(const py::bytes& key, uint32_t epoch, const py::array& row_id, int64_t elements,
@@ -283,7 +312,10 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "instahide's compiled core (private: use the instahide package)";
   m.def("encode", &encode, py::arg("sources"), py::arg("private_terms"), py::arg("index"), py::arg("lam"),
         py::arg("offset"), py::arg("flip"), py::arg("row_id"), py::arg("mask_key"), py::arg("epoch"),
-        py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"), py::arg("num_threads"));
+        py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"), py::arg("num_threads"),
+        py::arg("tables_by_row_id") = false);
+  m.def("mix_labels", &mix_labels, py::arg("index"), py::arg("lam"), py::arg("row_id"), py::arg("private_terms"),
+        py::arg("labels"), py::arg("classes"));
   m.def("mask", &mask, py::arg("key"), py::arg("epoch"), py::arg("row_id"), py::arg("elements"),
         py::arg("num_threads") = 0);
   m.def("chacha20", &chacha20, py::arg("key"), py::arg("nonce"), py::arg("counter"), py::arg("blocks"));

@@ -42,9 +42,10 @@ struct EncodeArgs {
   int k = 0;
   int64_t rows = 0;
   const int64_t* row_id = nullptr;   // (rows): the epoch row id, mask nonce
-  // encode_cuda only: the tables below hold every row of the epoch and row r's entries are
-  // those of row_id[r] (the batch is not gathered first).
+  // The tables below hold every row of the epoch (`table_rows` of them) and row r's entries
+  // are those of row_id[r]: a batch is encoded without gathering its keys first.
   bool tables_by_row_id = false;
+  int64_t table_rows = 0;
   const int64_t* index = nullptr;    // (rows, k): image in its term's source
   const float* lam = nullptr;        // (rows, k): mixing coefficients
   const int32_t* offset = nullptr;   // (rows, k, 2): (dy, dx) of the window
@@ -69,6 +70,14 @@ void validate(const EncodeArgs& args);
 
 // CPU kernel: encodes all rows of `args` on `num_threads` threads (0: the default count).
 void encode_cpu(const EncodeArgs& args, int num_threads);
+
+// Soft labels (rows, classes) of the rows of `args` from class ids `labels` (label_count of
+// them, one per private image): out[r, c] = sum over private terms t, in order, of lam[r, t]
+// where labels[index[r, t]] == c, summed in double and rounded once to float (as numpy's
+// weighted bincount). Reads only the term counts, rows, row ids and the index and lam tables
+// of `args`, and checks what it reads: std::invalid_argument for a row id, index or class id
+// out of range.
+void mix_labels_cpu(const EncodeArgs& args, const int64_t* labels, int64_t label_count, int64_t classes, float* out);
 
 // Mask spec v1 for `rows` rows: out[r, j] = +1 or -1, j = c*H*W + y*W + x.
 void mask_cpu(const uint8_t key[32], uint32_t epoch, const int64_t* row_id, int64_t rows,

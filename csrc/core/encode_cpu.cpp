@@ -116,21 +116,22 @@ struct Tile {
   bool interleaved;
 };
 
-// dst[j] = src[j % C] for j < n, C in 1..4: the period as a compile-time constant, so that the
-// loop compiles to plain stores (a loop over C inside one over n / C becomes a memcpy call per
-// period, once per pixel).
-template <int kC>
-INSTAHIDE_INLINE void repeat_fixed(float* __restrict dst, const float* __restrict src, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = src[j % kC];
-}
+// Per-call constants: each source's scale and shift repeated with the channel period over
+// one accumulate block (48 % C == 0 for C <= 4), so that per-row factors are whole-vector
+// products instead of per-element fills.
+struct Patterns {
+  float scale[2][48];
+  float shift[2][48];
+};
 
-INSTAHIDE_INLINE void repeat_period(float* __restrict dst, const float* __restrict src, int64_t C, int64_t n) {
-  switch (C) {
-    case 1: return repeat_fixed<1>(dst, src, n);
-    case 2: return repeat_fixed<2>(dst, src, n);
-    case 3: return repeat_fixed<3>(dst, src, n);
-    default: return repeat_fixed<4>(dst, src, n);
+Patterns make_patterns(const EncodeArgs& args) {
+  Patterns p{};
+  for (int i = 0; i < 2; ++i) {
+    const ImageSource& s = args.sources[i];
+    const int64_t C = std::max<int64_t>(1, std::min<int64_t>(s.channels, kMaxChannels));
+    for (int j = 0; j < 48; ++j) p.scale[i][j] = s.scale[j % C], p.shift[i][j] = s.shift[j % C];
   }
+  return p;
 }
 
 // Everything one term of one row needs.
@@ -453,10 +454,15 @@ INSTAHIDE_INLINE void store_tile_channels_last(const EncodeArgs& args, Out* out_
 
 INSTAHIDE_INLINE int64_t pixel_bytes(const ImageSource& s) { return s.pixel == PixelType::kUint8 ? 1 : 4; }
 
+// Where row r's k entries start in the term tables.
+INSTAHIDE_INLINE int64_t table_entry(const EncodeArgs& args, int64_t r) {
+  return (args.tables_by_row_id ? args.row_id[r] : r) * args.k;
+}
+
 // The first byte of term t's image in row r.
 INSTAHIDE_INLINE const char* term_image(const EncodeArgs& args, int64_t r, int64_t t) {
   const ImageSource& s = args.sources[t < args.private_terms ? 0 : 1];
-  const int64_t i = args.index[r * args.k + t];
+  const int64_t i = args.index[table_entry(args, r) + t];
   const int64_t first = s.image_offset ? s.image_offset[i] : i * s.stride_n;
   return static_cast<const char*>(s.data) + first * pixel_bytes(s);
 }
@@ -466,9 +472,10 @@ INSTAHIDE_INLINE void plan_prefetch(const EncodeArgs& args, int64_t r, Prefetche
   pf = Prefetcher();
   if (r >= args.rows) return;
   int64_t lines = 0, elements = 0;
+  const int64_t entry = table_entry(args, r);
   for (int64_t t = 0; t < args.k; ++t) {
     const ImageSource& s = args.sources[t < args.private_terms ? 0 : 1];
-    const int64_t i = args.index[r * args.k + t];
+    const int64_t i = args.index[entry + t];
     const int64_t pixels = s.image_size ? int64_t(s.image_size[2 * i]) * s.image_size[2 * i + 1] : s.height * s.width;
     const int64_t bytes = s.channels * pixels * pixel_bytes(s);
     elements += s.channels * args.out_height * args.out_width;
@@ -488,20 +495,23 @@ inline int64_t tile_rows(int64_t C, int64_t H, int64_t W) {
 }
 
 template <typename Conv, typename Out>
-INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, int64_t r, const uint8_t* keystream,
-                                                      Scratch& s) {
+INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, const Patterns& patterns, int64_t r, const uint8_t* keystream,
+                                 Scratch& s) {
   const ImageSource& priv = args.sources[0];
   const int64_t C = priv.channels, H = args.out_height, W = args.out_width;
   const int64_t k = args.k;
   const bool interleaved = priv.stride_c == 1 && priv.stride_w == C;
 
   Term terms[kMaxTerms];
-  float beta[kMaxChannels] = {};  // sum_t lam_t * shift[c]: the normalization's constant part
+  // sum_t lam_t * shift[c], c = i % C: the normalization's constant part
+  float beta_pattern[kBlock] = {};
   bool any_flip = false;
+  const int64_t entry = table_entry(args, r);
   for (int64_t t = 0; t < k; ++t) {
     Term& term = terms[t];
-    const ImageSource& src = args.sources[t < args.private_terms ? 0 : 1];
-    const int64_t at = r * k + t;
+    const int which = t < args.private_terms ? 0 : 1;
+    const ImageSource& src = args.sources[which];
+    const int64_t at = entry + t;
     term.source = &src;
     term.image = term_image(args, r, t);
     const int64_t i = args.index[at];
@@ -514,24 +524,26 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, int64_t r, const uint8_
     term.contiguous = interleaved ? (src.stride_c == 1 && src.stride_w == C) : src.stride_w == 1;
     any_flip |= term.flip;
     const float lam = args.lam[at];
-    for (int64_t c = 0; c < C; ++c) {
-      term.alpha[c] = lam * src.scale[c];
-      beta[c] += lam * src.shift[c];
+    const float* scale = patterns.scale[which];
+    const float* shift = patterns.shift[which];
+    for (int j = 0; j < kBlock; ++j) {
+      term.alpha_pattern[j] = lam * scale[j];
+      beta_pattern[j] += lam * shift[j];
     }
-    repeat_period(term.alpha_pattern, term.alpha, C, 48);
+    std::copy_n(term.alpha_pattern, kMaxChannels, term.alpha);
   }
   Prefetcher pf;
   plan_prefetch(args, r + 1, pf);
 
   const int64_t capacity = tile_rows(C, H, W);
   // Every accumulator element starts from -beta[c] (padding reads 0, which normalizes to
-  // -shift): one interleaved pixel row of that, copied per tile row.
+  // -shift): one interleaved pixel row of that, copied per tile row, made when first needed.
   float* init_row = s.acc_init.data();
+  bool init_row_ready = false;
   float init_pattern[kBlock], init_plane[kMaxChannels] = {};
   const float zero_pattern[kBlock] = {}, zero_plane[kMaxChannels] = {};
-  for (int64_t c = 0; c < C; ++c) init_plane[c] = -beta[c];
-  if (interleaved) repeat_period(init_row, init_plane, C, W * C);
-  repeat_period(init_pattern, init_plane, C, kBlock);
+  for (int j = 0; j < kBlock; ++j) init_pattern[j] = -beta_pattern[j];
+  std::copy_n(init_pattern, kMaxChannels, init_plane);
 
   Out* out_image = static_cast<Out*>(args.out) + r * C * H * W;
   float* acc = s.acc.data();
@@ -562,11 +574,16 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, int64_t r, const uint8_
         }
       }
     if (!acc_ready) {
+      if (interleaved && !init_row_ready) {
+        for (int64_t j = 0; j < W * C; j += kBlock)
+          std::copy_n(init_pattern, std::min<int64_t>(kBlock, W * C - j), init_row + j);
+        init_row_ready = true;
+      }
       for (int64_t y = 0; y < tile.rows; ++y) {
         if (interleaved) {
           std::memcpy(acc + y * W * C, init_row, sizeof(float) * size_t(W * C));
         } else {
-          for (int64_t c = 0; c < C; ++c) std::fill_n(acc + c * tile.plane + y * W, W, -beta[c]);
+          for (int64_t c = 0; c < C; ++c) std::fill_n(acc + c * tile.plane + y * W, W, init_plane[c]);
         }
       }
     }
@@ -616,22 +633,25 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, int64_t r, const uint8_
 // Rows [r0, r1) with the keystream of row r at keystream + (r - r0) * stride. One cloned
 // function per output type so that the inlined row kernel is compiled for each vector width.
 template <typename Conv, typename Out>
-INSTAHIDE_INLINE void encode_rows(const EncodeArgs& args, int64_t r0, int64_t r1,
-                                                       const uint8_t* keystream, int64_t stride, Scratch& s) {
-  for (int64_t r = r0; r < r1; ++r) encode_row<Conv, Out>(args, r, keystream + (r - r0) * stride, s);
+INSTAHIDE_INLINE void encode_rows(const EncodeArgs& args, const Patterns& p, int64_t r0, int64_t r1,
+                                  const uint8_t* keystream, int64_t stride, Scratch& s) {
+  for (int64_t r = r0; r < r1; ++r) encode_row<Conv, Out>(args, p, r, keystream + (r - r0) * stride, s);
 }
 
 INSTAHIDE_VECTOR_CLONES
-void encode_rows_float32(const EncodeArgs& a, int64_t r0, int64_t r1, const uint8_t* ks, int64_t stride, Scratch& s) {
-  encode_rows<ToFloat, float>(a, r0, r1, ks, stride, s);
+void encode_rows_float32(const EncodeArgs& a, const Patterns& p, int64_t r0, int64_t r1, const uint8_t* ks,
+                         int64_t stride, Scratch& s) {
+  encode_rows<ToFloat, float>(a, p, r0, r1, ks, stride, s);
 }
 INSTAHIDE_VECTOR_CLONES
-void encode_rows_float16(const EncodeArgs& a, int64_t r0, int64_t r1, const uint8_t* ks, int64_t stride, Scratch& s) {
-  encode_rows<ToHalf, uint16_t>(a, r0, r1, ks, stride, s);
+void encode_rows_float16(const EncodeArgs& a, const Patterns& p, int64_t r0, int64_t r1, const uint8_t* ks,
+                         int64_t stride, Scratch& s) {
+  encode_rows<ToHalf, uint16_t>(a, p, r0, r1, ks, stride, s);
 }
 INSTAHIDE_VECTOR_CLONES
-void encode_rows_bfloat16(const EncodeArgs& a, int64_t r0, int64_t r1, const uint8_t* ks, int64_t stride, Scratch& s) {
-  encode_rows<ToBFloat, uint16_t>(a, r0, r1, ks, stride, s);
+void encode_rows_bfloat16(const EncodeArgs& a, const Patterns& p, int64_t r0, int64_t r1, const uint8_t* ks,
+                          int64_t stride, Scratch& s) {
+  encode_rows<ToBFloat, uint16_t>(a, p, r0, r1, ks, stride, s);
 }
 
 void encode_all(const EncodeArgs& args, int num_threads) {
@@ -640,6 +660,7 @@ void encode_all(const EncodeArgs& args, int num_threads) {
   const int64_t bytes = mask_bytes_per_row(C, H, W);
   const int64_t stride = bytes + kKeystreamPad;
   const int64_t tasks = (args.rows + kRowsPerTask - 1) / kRowsPerTask;
+  const Patterns patterns = make_patterns(args);
   parallel_for(tasks, num_threads, [&](int64_t task) {
     thread_local Scratch s;
     const size_t tile_size = size_t(C * W * tile_rows(C, H, W));
@@ -653,9 +674,9 @@ void encode_all(const EncodeArgs& args, int num_threads) {
       mask_keystream(args.mask_key, args.epoch, args.row_id + r0, r1 - r0, bytes, stride, s.keystream.data());
     }
     switch (args.out_type) {
-      case OutType::kFloat32: encode_rows_float32(args, r0, r1, s.keystream.data(), stride, s); break;
-      case OutType::kFloat16: encode_rows_float16(args, r0, r1, s.keystream.data(), stride, s); break;
-      case OutType::kBFloat16: encode_rows_bfloat16(args, r0, r1, s.keystream.data(), stride, s); break;
+      case OutType::kFloat32: encode_rows_float32(args, patterns, r0, r1, s.keystream.data(), stride, s); break;
+      case OutType::kFloat16: encode_rows_float16(args, patterns, r0, r1, s.keystream.data(), stride, s); break;
+      case OutType::kBFloat16: encode_rows_bfloat16(args, patterns, r0, r1, s.keystream.data(), stride, s); break;
     }
   });
 }
@@ -678,7 +699,7 @@ void validate(const EncodeArgs& a) {
         describe("private_terms", a.private_terms) + " must be in [1, k]");
   check(a.rows >= 0, describe("rows", a.rows) + " must be >= 0");
   check(a.out_height > 0 && a.out_width > 0, "the output window must have a positive size");
-  check(!a.tables_by_row_id, "tables looked up by row id are for encode_cuda only");
+  check(!a.tables_by_row_id || a.table_rows >= 0, "table_rows must be >= 0");
   check(a.sign == SignMode::kFlip || a.sign == SignMode::kAbs || a.sign == SignMode::kNone, "unknown sign mode");
   check(a.out_type == OutType::kFloat32 || a.out_type == OutType::kFloat16 || a.out_type == OutType::kBFloat16,
         "unknown output type");
@@ -727,8 +748,12 @@ void validate(const EncodeArgs& a) {
   for (int64_t r = 0; r < a.rows; ++r) {
     const int64_t row = a.row_id[r];
     if (row < 0) throw std::invalid_argument("row ids must be >= 0, got " + std::to_string(row));
+    if (a.tables_by_row_id && row >= a.table_rows)
+      throw std::invalid_argument("row id " + std::to_string(row) + " is out of range for keys of " +
+                                  std::to_string(a.table_rows) + " rows");
+    const int64_t entry = (a.tables_by_row_id ? row : r) * a.k;
     for (int t = 0; t < a.k; ++t) {
-      const int64_t at = r * a.k + t, idx = a.index[at];
+      const int64_t at = entry + t, idx = a.index[at];
       const ImageSource& s = a.sources[t < a.private_terms ? 0 : 1];
       if (idx < 0 || idx >= s.count)
         throw std::invalid_argument("keys.index" + cell(row, t) + " = " + std::to_string(idx) +
@@ -746,6 +771,36 @@ void encode_cpu(const EncodeArgs& args, int num_threads) {
   validate(args);
   if (args.rows == 0) return;
   encode_all(args, num_threads);
+}
+
+void mix_labels_cpu(const EncodeArgs& a, const int64_t* labels, int64_t label_count, int64_t classes, float* out) {
+  check(a.k >= 1 && a.k <= kMaxTerms && a.private_terms >= 1 && a.private_terms <= a.k, "bad term counts");
+  check(a.rows >= 0 && label_count >= 0, "rows and labels must be >= 0");
+  check(classes >= 1, describe("classes", classes) + " must be >= 1");
+  check(a.rows <= INT64_MAX / classes, "rows x classes overflows");
+  check(a.rows == 0 || (a.index && a.lam && a.row_id && labels && out), "null table, labels or output");
+  std::vector<double> sums(static_cast<size_t>(classes));
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const int64_t row = a.row_id[r];
+    if (row < 0 || (a.tables_by_row_id && row >= a.table_rows))
+      throw std::invalid_argument("row id " + std::to_string(row) + " is out of range for the keys");
+    std::fill(sums.begin(), sums.end(), 0.0);
+    const int64_t entry = table_entry(a, r);
+    for (int t = 0; t < a.private_terms; ++t) {
+      const int64_t image = a.index[entry + t];
+      if (image < 0 || image >= label_count)
+        throw std::invalid_argument("keys.index[" + std::to_string(row) + ", " + std::to_string(t) + "] = " +
+                                    std::to_string(image) + " is out of range for " + std::to_string(label_count) +
+                                    " labels");
+      const int64_t label = labels[image];
+      if (label < 0 || label >= classes)
+        throw std::invalid_argument("labels[" + std::to_string(image) + "] = " + std::to_string(label) +
+                                    " is out of range: class ids must be >= 0 and below num_classes = " +
+                                    std::to_string(classes));
+      sums[size_t(label)] += double(a.lam[entry + t]);
+    }
+    for (int64_t c = 0; c < classes; ++c) out[r * classes + c] = float(sums[size_t(c)]);
+  }
 }
 
 void mask_cpu(const uint8_t key[32], uint32_t epoch, const int64_t* row_id, int64_t rows, int64_t elements_per_row,

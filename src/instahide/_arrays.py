@@ -194,9 +194,12 @@ def bfloat16_to_float32(bits) -> np.ndarray:
     return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-def check_labels(labels, n: int, num_classes: int | None):
+def check_labels(labels, n: int, num_classes: int | None, scan: bool = True):
     """(labels as numpy, number of classes, whether they are soft): class ids (n,) of an
-    integer dtype, or soft labels (n, K) of a float dtype."""
+    integer dtype, or soft labels (n, K) of a float dtype. `scan=False` leaves the range of
+    the class ids to the compiled core, which checks those a batch reads (a full scan per
+    batch costs more than mixing its labels); the class count still comes from the largest
+    id when `num_classes` is None."""
     labels = as_numpy(labels, "labels")
     if labels.shape[:1] != (n,):
         raise ValueError(f"labels must have one entry per image ({n}), got shape {labels.shape}")
@@ -206,11 +209,13 @@ def check_labels(labels, n: int, num_classes: int | None):
         return labels, labels.shape[1], True
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise TypeError("labels must be class ids (n,) of an integer dtype or soft labels (n, K) of a float dtype")
-    if n and labels.min() < 0:
+    if scan and n and labels.min() < 0:
         raise ValueError("class ids must be >= 0")
     if num_classes is not None and (not isinstance(num_classes, (int, np.integer)) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     classes = (int(labels.max()) + 1 if n else 0) if num_classes is None else int(num_classes)
-    if n and labels.max() >= classes:
+    if n and classes < 1:
+        raise ValueError("class ids must be >= 0")
+    if scan and n and labels.max() >= classes:
         raise ValueError(f"class id {labels.max()} is not below num_classes={classes}")
     return labels, classes, False

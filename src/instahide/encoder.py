@@ -137,20 +137,22 @@ class Encoder:
         rows = _arrays.row_ids(rows, n)
         channels, height, width = (x.shape[3], x.shape[1], x.shape[2]) if channels_last else x.shape[1:]
         sources = [(x, channels_last, *self._scale_shift(channels, x.dtype))]
-        index, offset = keys.index[rows], keys.offset[rows]
         if keys.private_terms < keys.k:
             pool = self.public
             sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes,
                             *self._public_scale_shift(height, width, channels)))
-            _arrays.check_public_patches(index, offset, rows, keys.private_terms, pool, (height, width))
+            _arrays.check_public_patches(keys.index[rows], keys.offset[rows], rows, keys.private_terms, pool,
+                                         (height, width))
 
         out_shape = ((len(rows), height, width, channels) if self.out_layout == "NHWC"
                      else (len(rows), channels, height, width))
         out = _arrays.allocate(out_shape, _arrays.numpy_out_dtype(self.out_dtype), "the encoded batch")
         if len(rows):  # an empty batch has nothing to check or compute (even for an empty set)
-            _core.encode(sources, keys.private_terms, index, keys.lam[rows], offset, keys.flip[rows], rows,
+            # The core reads the epoch's tables at the batch's row ids and checks every entry it
+            # reads (row ids, indices, coefficients).
+            _core.encode(sources, keys.private_terms, keys.index, keys.lam, keys.offset, keys.flip, rows,
                          keys.mask_key, keys.epoch, self._sign_code, out, self._out_code, self.out_layout == "NHWC",
-                         self.num_threads)
+                         self.num_threads, tables_by_row_id=True)
         soft = self._mix_labels(labels, keys, rows)
         if torch_input:
             return _to_torch(out, self.out_dtype), _to_torch(soft, "float32")
@@ -184,17 +186,19 @@ class Encoder:
 
     def _mix_labels(self, labels, keys: Keys, rows: np.ndarray) -> np.ndarray:
         """sum over private terms of lam[i, t] * onehot(label of term t), as float32."""
-        labels, classes, soft_input = _arrays.check_labels(labels, keys.n, self.num_classes)
+        labels, classes, soft_input = _arrays.check_labels(labels, keys.n, self.num_classes, scan=False)
         kp = keys.private_terms
-        index, lam = keys.index[rows, :kp], keys.lam[rows, :kp]
         if soft_input:
+            index, lam = keys.index[rows, :kp], keys.lam[rows, :kp]
             soft = np.einsum("bt,btc->bc", lam, labels[index].astype(np.float32))
-        else:  # one weighted count per (row, class)
-            cells = np.arange(len(rows))[:, None] * classes + labels[index]
-            soft = np.bincount(cells.reshape(-1), weights=lam.reshape(-1), minlength=len(rows) * classes)
-            soft = soft.reshape(len(rows), classes).astype(np.float32)
+        elif len(rows):
+            # One weighted count per (row, class), summed in float64 in term order (as a
+            # weighted bincount); the core checks the class ids the batch reads.
+            soft = _core.mix_labels(keys.index, keys.lam, rows, kp, np.ascontiguousarray(labels, np.int64), classes)
+        else:
+            soft = np.zeros((0, classes), np.float32)
         if self.renormalize_labels:
-            soft /= lam.sum(axis=1, keepdims=True)
+            soft /= keys.lam[rows, :kp].sum(axis=1, keepdims=True)
         return soft
 
 
