@@ -6,8 +6,10 @@ bandwidth of this machine.
 Workload: CIFAR shape (3x32x32 uint8, the CIFAR-10 training set from ../shared/data, or
 random images where absent), k=4, batches of 512 rows of one epoch's keys in shuffled order,
 float32 NCHW output. Bytes moved per image = every source window read once at its dtype + the
-output written once. Reported: median images/s over repeats, GB/s, and the fraction of the
-copy bandwidth.
+output written once. Reported: median images/s over rounds, GB/s, and the fraction of the
+copy bandwidth; also, because the machine's speed drifts between rounds, the median over
+rounds of each round's own ratios (to that round's copy, and of fused_cpu to each
+implementation in that round), which cancels drift shared by both sides of a ratio.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def main(argv=None) -> dict:
             per_image[name].append(time_pass(encode, subset))
     copy = {kind: float(np.median([c[kind] for c in copies])) for kind in copies[0]}
     copy_gbps = max(copy.values())
+    copy_per_round = np.array([max(c.values()) for c in copies])
     print("copy bandwidth: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in copy.items()))
     results = []
     for name, seconds in per_image.items():
@@ -102,14 +105,24 @@ def main(argv=None) -> dict:
         if name == "fused_cpu_cross":
             bytes_per_image += (6 - w.k) * w.images[0].size
         gbps = ips * bytes_per_image / 1e9
-        results.append({"impl": name, "images_per_s": ips, "gbps": gbps, "fraction_of_copy": gbps / copy_gbps})
+        paired = bytes_per_image / np.array(seconds) / 1e9 / copy_per_round
+        results.append({"impl": name, "images_per_s": ips, "gbps": gbps, "fraction_of_copy": gbps / copy_gbps,
+                        "fraction_of_copy_per_round": paired.tolist(),
+                        "fraction_of_copy_paired": float(np.median(paired))})
+    fused_seconds = np.array(per_image.get("fused_cpu", []))
+    for r in results:
+        if len(fused_seconds):
+            r["fused_cpu_is_paired"] = float(np.median(np.array(per_image[r["impl"]]) / fused_seconds))
 
     key_seconds = min(timeit_keys(w) for _ in range(3))
     fused = next((r for r in results if r["impl"] == "fused_cpu"), None)
-    print(f"\n{'impl':<18}{'images/s':>14}{'GB/s':>9}{'of copy':>9}{'fused is':>11}")
+    print(f"\n{'impl':<18}{'images/s':>14}{'GB/s':>9}{'of copy':>9}{'fused is':>11}"
+          f"{'paired: of copy':>17}{'fused is':>10}")
     for r in results:
         ratio = f"{fused['images_per_s'] / r['images_per_s']:.1f}x" if fused else "-"
-        print(f"{r['impl']:<18}{r['images_per_s']:>14,.0f}{r['gbps']:>9.2f}{r['fraction_of_copy']:>9.2f}{ratio:>11}")
+        paired_ratio = f"{r['fused_cpu_is_paired']:.1f}x" if fused else "-"
+        print(f"{r['impl']:<18}{r['images_per_s']:>14,.0f}{r['gbps']:>9.2f}{r['fraction_of_copy']:>9.2f}{ratio:>11}"
+              f"{r['fraction_of_copy_paired']:>17.2f}{paired_ratio:>10}")
     print(f"\nkeys of one epoch ({w.n} rows, k={w.k}): {key_seconds * 1e3:.1f} ms")
     report = {
         "copy_gbps": copy_gbps,
