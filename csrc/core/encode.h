@@ -42,8 +42,9 @@ struct EncodeArgs {
   int k = 0;
   int64_t rows = 0;
   const int64_t* row_id = nullptr;   // (rows): the epoch row id, mask nonce
-  // The tables below hold every row of the epoch (`table_rows` of them) and row r's entries
-  // are those of row_id[r]: a batch is encoded without gathering its keys first.
+  // With `tables_by_row_id`, the tables below hold every row of the epoch (`table_rows` of
+  // them) and row r's entries are those of row_id[r], so that a batch is encoded without
+  // gathering its keys first; without it, they hold the `rows` rows in order.
   bool tables_by_row_id = false;
   int64_t table_rows = 0;
   const int64_t* index = nullptr;    // (rows, k): image in its term's source

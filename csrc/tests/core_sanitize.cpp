@@ -384,6 +384,74 @@ void check_concurrency(std::mt19937_64& rng, int callers, int rounds, int64_t& c
 
 }  // namespace
 
+// The call of `c` with its tables scattered over an epoch's tables and looked up by row id
+// (row ids drawn in [0, 3 * rows], repeats allowed): bit-identical to the same rows gathered in
+// order; and the label mixer on the same tables, against sums in term order.
+void check_tables_by_row_id(const Case& original, std::mt19937_64& rng, int64_t& checks) {
+  Case c = original;
+  bind(c);
+  EncodeArgs& a = c.args;
+  const int k = a.k;
+  const int64_t table_rows = 3 * a.rows + 1;
+  std::vector<int64_t> epoch_index(size_t(table_rows * k), 0);
+  std::vector<float> epoch_lam(size_t(table_rows * k), 0.25f);
+  std::vector<int32_t> epoch_offset(size_t(table_rows * k * 2), 0);
+  std::vector<uint8_t> epoch_flip(size_t(table_rows * k), 0);
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const int64_t id = uniform(rng, 0, table_rows - 1);
+    c.row_id[size_t(r)] = id;
+    for (int64_t e = 0; e < k; ++e) {
+      epoch_index[size_t(id * k + e)] = c.index[size_t(r * k + e)];
+      epoch_lam[size_t(id * k + e)] = c.lam[size_t(r * k + e)];
+      epoch_flip[size_t(id * k + e)] = c.flip[size_t(r * k + e)];
+      for (int d = 0; d < 2; ++d) epoch_offset[size_t((id * k + e) * 2 + d)] = c.offset[size_t((r * k + e) * 2 + d)];
+    }
+  }
+  for (int64_t r = 0; r < a.rows; ++r) {  // the in-order tables: what each row id finally holds
+    const int64_t id = c.row_id[size_t(r)];
+    for (int64_t e = 0; e < k; ++e) {
+      c.index[size_t(r * k + e)] = epoch_index[size_t(id * k + e)];
+      c.lam[size_t(r * k + e)] = epoch_lam[size_t(id * k + e)];
+      c.flip[size_t(r * k + e)] = epoch_flip[size_t(id * k + e)];
+      for (int d = 0; d < 2; ++d) c.offset[size_t((r * k + e) * 2 + d)] = epoch_offset[size_t((id * k + e) * 2 + d)];
+    }
+  }
+  encode_cpu(a, 2);
+  EncodeArgs by_id = a;
+  std::vector<uint8_t> out(c.out.size(), 0xCD);
+  by_id.tables_by_row_id = true, by_id.table_rows = table_rows;
+  by_id.index = epoch_index.data(), by_id.lam = epoch_lam.data();
+  by_id.offset = epoch_offset.data(), by_id.flip = epoch_flip.data(), by_id.out = out.data();
+  encode_cpu(by_id, 3);
+  if (out != c.out) fail("tables by row id: output differs from the gathered tables");
+  ++checks;
+  // Labels: class ids per private image; every entry summed in term order in double.
+  const int64_t n = a.sources[0].count, classes = uniform(rng, 1, 12);
+  std::vector<int64_t> labels(static_cast<size_t>(n));
+  for (auto& l : labels) l = uniform(rng, 0, classes - 1);
+  std::vector<float> soft(static_cast<size_t>(a.rows * classes), -1.0f);
+  mix_labels_cpu(by_id, labels.data(), n, classes, soft.data());
+  for (int64_t r = 0; r < a.rows; ++r) {
+    std::vector<double> sums(static_cast<size_t>(classes), 0.0);
+    for (int t = 0; t < a.private_terms; ++t)
+      sums[size_t(labels[size_t(c.index[size_t(r * k + t)])])] += double(c.lam[size_t(r * k + t)]);
+    for (int64_t j = 0; j < classes; ++j)
+      if (soft[size_t(r * classes + j)] != float(sums[size_t(j)])) fail("mix_labels: row " + std::to_string(r));
+  }
+  ++checks;
+  if (a.rows == 0) return;
+  EncodeArgs past = by_id;
+  std::vector<int64_t> ids = c.row_id;
+  ids[size_t(uniform(rng, 0, a.rows - 1))] = table_rows;  // one past the tables
+  past.row_id = ids.data();
+  expect_invalid("row id past the tables", [&] { encode_cpu(past, 1); });
+  expect_invalid("labels: row id past the tables", [&] { mix_labels_cpu(past, labels.data(), n, classes, soft.data()); });
+  labels[size_t(c.index[0])] = classes;  // row 0, term 0 reads a class id out of range
+  expect_invalid("labels: class id out of range", [&] { mix_labels_cpu(a, labels.data(), n, classes, soft.data()); });
+  expect_invalid("labels: index past the labels", [&] { mix_labels_cpu(a, labels.data(), 0, classes, soft.data()); });
+  checks += 4;
+}
+
 int main(int argc, char** argv) {
   const int64_t count = argc > 1 ? std::atoll(argv[1]) : 600;
   const bool threads_only = argc > 2 && std::string(argv[2]) == "threads-only";
@@ -395,6 +463,7 @@ int main(int argc, char** argv) {
       const int threads = int(i % 4);
       encode_cpu(c.args, threads);
       check_case(c, "case " + std::to_string(i));
+      if (i % 4 == 0) check_tables_by_row_id(c, rng, checks);
       ++cases;
     }
     for (int i = 0; i < 20; ++i) check_invalid_arguments(rng, checks);
