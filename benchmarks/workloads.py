@@ -55,6 +55,16 @@ def make_fused_cpu(w: Workload, threads: int = 0, **options):
     return lambda rows: encoder.encode(w.images, w.labels, keys, rows=rows)
 
 
+def make_gather_sum_bound(w: Workload, threads: int = 0):
+    """Not an encoder: the encoder's memory traffic alone (each row sums k whole images picked
+    by the same keys, prefetched the same way, float32 streamed out), in the compiled core.
+    What this access pattern reaches on the machine, a tighter yardstick than a copy."""
+    from instahide import _core
+
+    index = instahide.Encoder(k=w.k).keys(w.n, 0).index
+    return lambda rows: _core.gather_sum(w.images, index[rows], threads)
+
+
 def load_public_pool(synthetic: bool = False):
     """The public pool: Tiny-ImageNet validation images from ../shared/data (short side 40),
     or random 40x40 images where absent."""

@@ -240,3 +240,14 @@ def test_core_label_mixing_equals_weighted_bincount(rng, k, private_terms, class
     expected = np.bincount(cells.reshape(-1), weights=lam[rows, :private_terms].reshape(-1),
                            minlength=len(rows) * classes).reshape(len(rows), classes).astype(np.float32)
     assert soft.dtype == np.float32 and np.array_equal(soft, expected)
+
+
+def test_gather_sum_yardstick_equals_numpy(rng):
+    """The benchmarks' access-pattern yardstick computes what it claims: sums of k images."""
+    images = rng.integers(0, 256, (30, 7, 5, 3), dtype=np.uint8)
+    index = rng.integers(0, 30, (41, 4))
+    out = instahide._core.gather_sum(images, index, 2)
+    expected = images.reshape(30, -1)[index].astype(np.float32).sum(axis=1)
+    assert out.shape == (41, 105) and np.array_equal(out, expected)
+    with pytest.raises(ValueError, match="out of range"):
+        instahide._core.gather_sum(images, np.full((2, 4), 30), 1)

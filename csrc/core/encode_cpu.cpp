@@ -167,8 +167,9 @@ struct Prefetcher {
   int64_t offset = 0;
   int64_t per_step = 1;
 
-  INSTAHIDE_INLINE void step() {
-    for (int64_t i = 0; i < per_step && term < count; ++i) {
+  // One step per term and block of work: a pass mixing N terms at once steps N times per block.
+  INSTAHIDE_INLINE void step(int terms = 1) {
+    for (int64_t i = 0; i < per_step * terms && term < count; ++i) {
       INSTAHIDE_PREFETCH_L2(image[term] + offset);  // to L2: the row after this one reads it
       offset += 64;
       if (offset >= bytes[term]) offset = 0, ++term;
@@ -279,7 +280,7 @@ INSTAHIDE_INLINE void mix_run(float* __restrict a, const T* const* src, const fl
       for (int u = 0; u < N; ++u) v += f[u][j] * load_pixel(p[u] + i + j);
       a[i + j] = v;
     }
-    pf.step();
+    pf.step(N);
   }
   for (int j = 0; i + j < n; ++j) {
     float v = kInit ? z[j] : a[i + j];
@@ -654,6 +655,36 @@ void encode_rows_bfloat16(const EncodeArgs& a, const Patterns& p, int64_t r0, in
   encode_rows<ToBFloat, uint16_t>(a, p, r0, r1, ks, stride, s);
 }
 
+// Rows [r0, r1) of gather_sum_cpu: the encoder's reads (k whole images per row, prefetched a
+// row ahead the same way, mixed up to 4 at a time in one pass) and writes (streamed float32),
+// without its normalization, sign or change of layout.
+INSTAHIDE_VECTOR_CLONES
+void gather_sum_rows(const uint8_t* images, int64_t bytes, const int64_t* index, int k, int64_t rows, int64_t r0,
+                     int64_t r1, float* out, float* acc) {
+  float ones[4][kBlock];
+  std::fill_n(&ones[0][0], 4 * kBlock, 1.0f);
+  const float zero[kBlock] = {};
+  for (int64_t r = r0; r < r1; ++r) {
+    Prefetcher pf;
+    if (r + 1 < rows) {
+      for (int t = 0; t < k; ++t) {
+        pf.image[pf.count] = reinterpret_cast<const char*>(images + index[(r + 1) * k + t] * bytes);
+        pf.bytes[pf.count++] = bytes;
+      }
+      const int64_t lines = k * ((bytes + 63) / 64), steps = std::max<int64_t>(1, k * (bytes / kBlock));
+      pf.per_step = (lines + steps - 1) / steps;
+    }
+    const uint8_t* p[kMaxTerms];
+    for (int t = 0; t < k; ++t) p[t] = images + index[r * k + t] * bytes;
+    for (int g = 0; g < k; g += 4) {
+      if (g == 0) mix_group<uint8_t, true>(acc, p, ones, std::min(4, k), zero, bytes, pf);
+      else mix_group<uint8_t, false>(acc, p + g, ones, std::min(4, k - g), nullptr, bytes, pf);
+    }
+    stream_copy(out + r * bytes, acc, bytes * int64_t(sizeof(float)));
+    pf.finish();
+  }
+}
+
 void encode_all(const EncodeArgs& args, int num_threads) {
   const ImageSource& priv = args.sources[0];
   const int64_t C = priv.channels, H = args.out_height, W = args.out_width;
@@ -819,6 +850,20 @@ void mask_cpu(const uint8_t key[32], uint32_t epoch, const int64_t* row_id, int6
       int8_t* o = out + r * elements_per_row;
       for (int64_t j = 0; j < elements_per_row; ++j) o[j] = int8_t(1 - 2 * ((ks[j >> 3] >> (j & 7)) & 1));
     }
+  });
+}
+
+void gather_sum_cpu(const uint8_t* images, int64_t count, int64_t bytes, const int64_t* index, int k, int64_t rows,
+                    float* out, int num_threads) {
+  check(k >= 1 && k <= kMaxTerms && rows >= 0 && count >= 0 && bytes >= 1, "gather_sum: bad sizes");
+  check(rows == 0 || (images && index && out), "gather_sum: null buffer");
+  for (int64_t i = 0; i < rows * k; ++i)
+    if (index[i] < 0 || index[i] >= count) throw std::invalid_argument("gather_sum: index out of range");
+  parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, num_threads, [&](int64_t task) {
+    thread_local std::vector<float> acc;
+    acc.resize(size_t(bytes));
+    const int64_t r0 = task * kRowsPerTask;
+    gather_sum_rows(images, bytes, index, k, rows, r0, std::min(rows, r0 + kRowsPerTask), out, acc.data());
   });
 }
 
