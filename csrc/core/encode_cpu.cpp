@@ -143,9 +143,9 @@ struct Term {
   int64_t dy, dx;             // window offset
   bool flip;
   bool contiguous;            // the source's pixel rows have the accumulator's layout
-  float alpha[kMaxChannels];  // lam * scale[c]
-  // alpha[i % C] for i < 48: the per-element factor of interleaved runs (48 % C == 0 for
-  // C <= 4, and 48 floats fill whole vectors of 4, 8 or 16 lanes).
+  // lam * scale[i % C] for i < 48: the per-element factor of interleaved runs, whose first C
+  // entries are the per-channel factors (48 % C == 0 for C <= 4, and 48 floats fill whole
+  // vectors of 4, 8 or 16 lanes).
   float alpha_pattern[48];
 };
 
@@ -238,10 +238,12 @@ INSTAHIDE_INLINE void accumulate_term(float* acc, const Term& t, const Tile& til
     for (int64_t c = 0; c < C; ++c) {
       float* plane = acc + c * tile.plane - tile.y0 * W;  // indexed by y * W + x
       if (whole_rows && t.stride_h == W) {
-        accumulate_plane(plane + ya * W, pixel_ptr<T>(t, ya + t.dy, t.dx, c), (yb - ya) * W, t.alpha[c], pf);
+        accumulate_plane(plane + ya * W, pixel_ptr<T>(t, ya + t.dy, t.dx, c), (yb - ya) * W, t.alpha_pattern[c],
+                         pf);
       } else {
         for (int64_t y = ya; y < yb; ++y)
-          accumulate_plane(plane + y * W + lo, pixel_ptr<T>(t, y + t.dy, lo + t.dx, c), hi - lo, t.alpha[c], pf);
+          accumulate_plane(plane + y * W + lo, pixel_ptr<T>(t, y + t.dy, lo + t.dx, c), hi - lo, t.alpha_pattern[c],
+                           pf);
       }
     }
   } else {  // any other strides: element by element
@@ -252,7 +254,7 @@ INSTAHIDE_INLINE void accumulate_term(float* acc, const Term& t, const Tile& til
         const int64_t ty = y - tile.y0;
         for (int64_t x = lo; x < hi; ++x)
           acc[tile.interleaved ? (ty * W + x) * C + c : c * tile.plane + ty * W + x] +=
-              t.alpha[c] * load_pixel(p + (x - lo) * sw);
+              t.alpha_pattern[c] * load_pixel(p + (x - lo) * sw);
       }
   }
 }
@@ -300,11 +302,11 @@ INSTAHIDE_INLINE void mix_group(float* a, const T* const* p, const float (*facto
   }
 }
 
-// Mixes up to 4 tile-covering terms (same pixel type) into `target` in one pass; `init`
-// (48-periodic interleaved, or per channel) starts the accumulator unless it is null.
+// Mixes up to 4 tile-covering terms (same pixel type) into `target` in one pass; `init_pattern`
+// (48-periodic, channel c's value at c) starts the accumulator unless it is null.
 template <typename T>
 INSTAHIDE_INLINE void mix_covering(float* target, const Term* const* terms, int count, const Tile& tile,
-                                   const float* init_pattern, const float* init_plane, Prefetcher& pf) {
+                                   const float* init_pattern, Prefetcher& pf) {
   const T* p[4];
   float factor[4][kBlock];
   if (tile.interleaved) {
@@ -321,11 +323,11 @@ INSTAHIDE_INLINE void mix_covering(float* target, const Term* const* terms, int 
     float init[kBlock];
     for (int u = 0; u < count; ++u) {
       p[u] = pixel_ptr<T>(*terms[u], tile.y0 + terms[u]->dy, 0, c);
-      std::fill_n(factor[u], kBlock, terms[u]->alpha[c]);
+      std::fill_n(factor[u], kBlock, terms[u]->alpha_pattern[c]);
     }
     const int64_t n = tile.rows * tile.W;
-    if (init_plane) {
-      std::fill_n(init, kBlock, init_plane[c]);
+    if (init_pattern) {
+      std::fill_n(init, kBlock, init_pattern[c]);
       mix_group<T, true>(target + c * tile.plane, p, factor, count, init, n, pf);
     } else {
       mix_group<T, false>(target + c * tile.plane, p, factor, count, nullptr, n, pf);
@@ -386,7 +388,8 @@ INSTAHIDE_INLINE void stream_copy(void* dst, const void* src, int64_t bytes) {
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
 #if defined(__SSE2__)
-  // Called per 32 elements: the memcpy calls (not inlined, variable sizes) only where needed.
+  // Called per 32 elements by the encoder: the memcpy calls (not inlined, variable sizes) only
+  // where needed.
   const int64_t head = std::min<int64_t>(bytes, (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15);
   if (head) std::memcpy(d, s, size_t(head));
   int64_t i = head;
@@ -531,7 +534,6 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, const Patterns& pattern
       term.alpha_pattern[j] = lam * scale[j];
       beta_pattern[j] += lam * shift[j];
     }
-    std::copy_n(term.alpha_pattern, kMaxChannels, term.alpha);
   }
   Prefetcher pf;
   plan_prefetch(args, r + 1, pf);
@@ -541,10 +543,9 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, const Patterns& pattern
   // -shift): one interleaved pixel row of that, copied per tile row, made when first needed.
   float* init_row = s.acc_init.data();
   bool init_row_ready = false;
-  float init_pattern[kBlock], init_plane[kMaxChannels] = {};
-  const float zero_pattern[kBlock] = {}, zero_plane[kMaxChannels] = {};
+  float init_pattern[kBlock];
+  const float zero_pattern[kBlock] = {};
   for (int j = 0; j < kBlock; ++j) init_pattern[j] = -beta_pattern[j];
-  std::copy_n(init_pattern, kMaxChannels, init_plane);
 
   Out* out_image = static_cast<Out*>(args.out) + r * C * H * W;
   float* acc = s.acc.data();
@@ -565,12 +566,11 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, const Patterns& pattern
         for (int g = 0; g < count; g += 4) {
           bool& ready = flipped ? mirror_ready : acc_ready;
           const float* pattern = ready ? nullptr : flipped ? zero_pattern : init_pattern;
-          const float* plane = ready ? nullptr : flipped ? zero_plane : init_plane;
           float* target = flipped ? mirror : acc;
           if (pixel == PixelType::kUint8)
-            mix_covering<uint8_t>(target, group + g, std::min(4, count - g), tile, pattern, plane, pf);
+            mix_covering<uint8_t>(target, group + g, std::min(4, count - g), tile, pattern, pf);
           else
-            mix_covering<float>(target, group + g, std::min(4, count - g), tile, pattern, plane, pf);
+            mix_covering<float>(target, group + g, std::min(4, count - g), tile, pattern, pf);
           ready = true;
         }
       }
@@ -584,7 +584,7 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, const Patterns& pattern
         if (interleaved) {
           std::memcpy(acc + y * W * C, init_row, sizeof(float) * size_t(W * C));
         } else {
-          for (int64_t c = 0; c < C; ++c) std::fill_n(acc + c * tile.plane + y * W, W, init_plane[c]);
+          for (int64_t c = 0; c < C; ++c) std::fill_n(acc + c * tile.plane + y * W, W, init_pattern[c]);
         }
       }
     }
@@ -658,24 +658,20 @@ void encode_rows_bfloat16(const EncodeArgs& a, const Patterns& p, int64_t r0, in
 // Rows [r0, r1) of gather_sum_cpu: the encoder's reads (k whole images per row, prefetched a
 // row ahead the same way, mixed up to 4 at a time in one pass) and writes (streamed float32),
 // without its normalization, sign or change of layout.
+// `args` describes the bound's rows as the encoder's (one channel, images of `bytes` pixels in
+// one pixel row), so that it prefetches by the encoder's own plan.
 INSTAHIDE_VECTOR_CLONES
-void gather_sum_rows(const uint8_t* images, int64_t bytes, const int64_t* index, int k, int64_t rows, int64_t r0,
-                     int64_t r1, float* out, float* acc) {
+void gather_sum_rows(const EncodeArgs& args, int64_t r0, int64_t r1, float* out, float* acc) {
+  const int k = args.k;
+  const int64_t bytes = args.out_width;
   float ones[4][kBlock];
   std::fill_n(&ones[0][0], 4 * kBlock, 1.0f);
   const float zero[kBlock] = {};
   for (int64_t r = r0; r < r1; ++r) {
     Prefetcher pf;
-    if (r + 1 < rows) {
-      for (int t = 0; t < k; ++t) {
-        pf.image[pf.count] = reinterpret_cast<const char*>(images + index[(r + 1) * k + t] * bytes);
-        pf.bytes[pf.count++] = bytes;
-      }
-      const int64_t lines = k * ((bytes + 63) / 64), steps = std::max<int64_t>(1, k * (bytes / kBlock));
-      pf.per_step = (lines + steps - 1) / steps;
-    }
+    plan_prefetch(args, r + 1, pf);
     const uint8_t* p[kMaxTerms];
-    for (int t = 0; t < k; ++t) p[t] = images + index[r * k + t] * bytes;
+    for (int t = 0; t < k; ++t) p[t] = reinterpret_cast<const uint8_t*>(term_image(args, r, t));
     for (int g = 0; g < k; g += 4) {
       if (g == 0) mix_group<uint8_t, true>(acc, p, ones, std::min(4, k), zero, bytes, pf);
       else mix_group<uint8_t, false>(acc, p + g, ones, std::min(4, k - g), nullptr, bytes, pf);
@@ -712,10 +708,26 @@ void encode_all(const EncodeArgs& args, int num_threads) {
   });
 }
 
+// Row r's id checked against the tables it looks up; returns where its k entries start.
+int64_t checked_entry(const EncodeArgs& a, int64_t r) {
+  const int64_t row = a.row_id[r];
+  if (row < 0) throw std::invalid_argument("row ids must be >= 0, got " + std::to_string(row));
+  if (a.tables_by_row_id && row >= a.table_rows)
+    throw std::invalid_argument("row id " + std::to_string(row) + " is out of range for keys of " +
+                                std::to_string(a.table_rows) + " rows");
+  return table_entry(a, r);
+}
+
 std::string describe(const char* what, int64_t value) { return std::string(what) + " = " + std::to_string(value); }
 
-void check(bool ok, const std::string& message) {
+void check(bool ok, const char* message) {
   if (!ok) throw std::invalid_argument(message);
+}
+
+// Messages with values are built only on failure: validate runs on every call.
+template <typename Message>
+void check(bool ok, Message&& message) {
+  if (!ok) throw std::invalid_argument(message());
 }
 
 
@@ -725,10 +737,11 @@ void check(bool ok, const std::string& message) {
 // coefficient is checked here (O(rows * k), small next to the encoding), and every size
 // product in 64 bits.
 void validate(const EncodeArgs& a) {
-  check(a.k >= 1 && a.k <= kMaxTerms, describe("k", a.k) + " must be in [1, " + std::to_string(kMaxTerms) + "]");
+  check(a.k >= 1 && a.k <= kMaxTerms,
+        [&] { return describe("k", a.k) + " must be in [1, " + std::to_string(kMaxTerms) + "]"; });
   check(a.private_terms >= 1 && a.private_terms <= a.k,
-        describe("private_terms", a.private_terms) + " must be in [1, k]");
-  check(a.rows >= 0, describe("rows", a.rows) + " must be >= 0");
+        [&] { return describe("private_terms", a.private_terms) + " must be in [1, k]"; });
+  check(a.rows >= 0, [&] { return describe("rows", a.rows) + " must be >= 0"; });
   check(a.out_height > 0 && a.out_width > 0, "the output window must have a positive size");
   check(!a.tables_by_row_id || a.table_rows >= 0, "table_rows must be >= 0");
   check(a.sign == SignMode::kFlip || a.sign == SignMode::kAbs || a.sign == SignMode::kNone, "unknown sign mode");
@@ -736,27 +749,32 @@ void validate(const EncodeArgs& a) {
         "unknown output type");
   check(a.rows == 0 || (a.out && a.index && a.lam && a.offset && a.flip && a.row_id), "null table or output");
   const int64_t C = a.sources[0].channels;
-  check(C >= 1 && C <= kMaxChannels, "private images: " + describe("channels", C) + " must be in [1, 4]");
+  check(C >= 1 && C <= kMaxChannels,
+        [&] { return "private images: " + describe("channels", C) + " must be in [1, 4]"; });
   // Output elements and the mask's 32-bit block counter (512 elements per block) in range.
   const int64_t row_elements = add_span(0, C, add_span(0, a.out_height, a.out_width));
-  check(row_elements < (int64_t(1) << 41) && add_span(0, a.rows, row_elements) < INT64_MAX / 4,
-        "out: the output is too large (" + std::to_string(a.rows) + " rows of " + std::to_string(C) + "x" +
-            std::to_string(a.out_height) + "x" + std::to_string(a.out_width) + ")");
+  check(row_elements < (int64_t(1) << 41) && add_span(0, a.rows, row_elements) < INT64_MAX / 4, [&] {
+    return "out: the output is too large (" + std::to_string(a.rows) + " rows of " + std::to_string(C) + "x" +
+           std::to_string(a.out_height) + "x" + std::to_string(a.out_width) + ")";
+  });
   const int used = a.private_terms < a.k ? 2 : 1;
   for (int i = 0; i < used; ++i) {
     const ImageSource& s = a.sources[i];
     const char* name = i == 0 ? "private images" : "public images";
-    check(s.data != nullptr || s.count == 0, std::string(name) + ": no data");
-    check(s.count > 0, std::string(name) + ": the set is empty");
-    check(s.pixel == PixelType::kUint8 || s.pixel == PixelType::kFloat32, std::string(name) + ": unknown pixel type");
+    check(s.data != nullptr || s.count == 0, [&] { return std::string(name) + ": no data"; });
+    check(s.count > 0, [&] { return std::string(name) + ": the set is empty"; });
+    check(s.pixel == PixelType::kUint8 || s.pixel == PixelType::kFloat32,
+          [&] { return std::string(name) + ": unknown pixel type"; });
     check(s.channels >= 1 && s.channels <= kMaxChannels,
-          std::string(name) + ": " + describe("channels", s.channels) + " must be in [1, 4]");
-    check(s.height > 0 && s.width > 0, std::string(name) + ": images must have a positive size");
+          [&] { return std::string(name) + ": " + describe("channels", s.channels) + " must be in [1, 4]"; });
+    check(s.height > 0 && s.width > 0, [&] { return std::string(name) + ": images must have a positive size"; });
     check(s.channels == a.sources[0].channels, "public and private images must have the same channel count");
     if (s.image_offset || s.image_size) {
-      check(s.image_offset && s.image_size, std::string(name) + ": packed images need offsets and sizes");
-      check(s.stride_c == 1 && s.stride_w == s.channels, std::string(name) + ": packed images are channels-last");
-      check(s.packed_elements >= 0, std::string(name) + ": negative buffer length");
+      check(s.image_offset && s.image_size,
+            [&] { return std::string(name) + ": packed images need offsets and sizes"; });
+      check(s.stride_c == 1 && s.stride_w == s.channels,
+            [&] { return std::string(name) + ": packed images are channels-last"; });
+      check(s.packed_elements >= 0, [&] { return std::string(name) + ": negative buffer length"; });
       for (int64_t i = 0; i < s.count; ++i) {
         const int64_t h = s.image_size[2 * i], w = s.image_size[2 * i + 1], first = s.image_offset[i];
         // h, w < 2^31 (int32) and C <= 4: h * w * C fits 64 bits; `first` is checked before the sum.
@@ -771,18 +789,14 @@ void validate(const EncodeArgs& a) {
       span = add_span(span, s.stride_c, s.channels - 1);
       span = add_span(span, s.stride_h, s.height - 1);
       span = add_span(span, s.stride_w, s.width - 1);
-      check(span < INT64_MAX / 4, std::string(name) + ": strides address more than 2^61 bytes");
+      check(span < INT64_MAX / 4,
+            [&] { return std::string(name) + ": strides address more than 2^61 bytes"; });
     }
   }
   // Messages are built only on failure: this loop runs for every row of every call.
   auto cell = [](int64_t row, int t) { return "[" + std::to_string(row) + ", " + std::to_string(t) + "]"; };
   for (int64_t r = 0; r < a.rows; ++r) {
-    const int64_t row = a.row_id[r];
-    if (row < 0) throw std::invalid_argument("row ids must be >= 0, got " + std::to_string(row));
-    if (a.tables_by_row_id && row >= a.table_rows)
-      throw std::invalid_argument("row id " + std::to_string(row) + " is out of range for keys of " +
-                                  std::to_string(a.table_rows) + " rows");
-    const int64_t entry = (a.tables_by_row_id ? row : r) * a.k;
+    const int64_t row = a.row_id[r], entry = checked_entry(a, r);
     for (int t = 0; t < a.k; ++t) {
       const int64_t at = entry + t, idx = a.index[at];
       const ImageSource& s = a.sources[t < a.private_terms ? 0 : 1];
@@ -807,16 +821,13 @@ void encode_cpu(const EncodeArgs& args, int num_threads) {
 void mix_labels_cpu(const EncodeArgs& a, const int64_t* labels, int64_t label_count, int64_t classes, float* out) {
   check(a.k >= 1 && a.k <= kMaxTerms && a.private_terms >= 1 && a.private_terms <= a.k, "bad term counts");
   check(a.rows >= 0 && label_count >= 0, "rows and labels must be >= 0");
-  check(classes >= 1, describe("classes", classes) + " must be >= 1");
+  check(classes >= 1, [&] { return describe("classes", classes) + " must be >= 1"; });
   check(a.rows <= INT64_MAX / classes, "rows x classes overflows");
   check(a.rows == 0 || (a.index && a.lam && a.row_id && labels && out), "null table, labels or output");
   std::vector<double> sums(static_cast<size_t>(classes));
   for (int64_t r = 0; r < a.rows; ++r) {
-    const int64_t row = a.row_id[r];
-    if (row < 0 || (a.tables_by_row_id && row >= a.table_rows))
-      throw std::invalid_argument("row id " + std::to_string(row) + " is out of range for the keys");
+    const int64_t row = a.row_id[r], entry = checked_entry(a, r);
     std::fill(sums.begin(), sums.end(), 0.0);
-    const int64_t entry = table_entry(a, r);
     for (int t = 0; t < a.private_terms; ++t) {
       const int64_t image = a.index[entry + t];
       if (image < 0 || image >= label_count)
@@ -859,11 +870,17 @@ void gather_sum_cpu(const uint8_t* images, int64_t count, int64_t bytes, const i
   check(rows == 0 || (images && index && out), "gather_sum: null buffer");
   for (int64_t i = 0; i < rows * k; ++i)
     if (index[i] < 0 || index[i] >= count) throw std::invalid_argument("gather_sum: index out of range");
+  EncodeArgs args;
+  ImageSource& s = args.sources[0];
+  s.data = images, s.count = count, s.channels = 1, s.height = 1, s.width = bytes;
+  s.stride_n = bytes, s.stride_c = 1, s.stride_h = bytes, s.stride_w = 1;
+  args.k = args.private_terms = k, args.rows = rows, args.index = index;
+  args.out_height = 1, args.out_width = bytes;
   parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, num_threads, [&](int64_t task) {
     thread_local std::vector<float> acc;
     acc.resize(size_t(bytes));
     const int64_t r0 = task * kRowsPerTask;
-    gather_sum_rows(images, bytes, index, k, rows, r0, std::min(rows, r0 + kRowsPerTask), out, acc.data());
+    gather_sum_rows(args, r0, std::min(rows, r0 + kRowsPerTask), out, acc.data());
   });
 }
 
