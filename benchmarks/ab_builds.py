@@ -1,0 +1,64 @@
+"""A/B of compiled cores in one process: the same encode calls through two or more builds of
+`instahide._core`, alternating by round, compared by the median of each round's time ratio
+(which cancels the machine's drift between rounds, large on shared VMs).
+
+    python benchmarks/ab_builds.py BUILD_A.so BUILD_B.so [--rounds 24]
+
+Each argument is a built `_core*.so` (e.g. from `python setup.py build_ext --build-lib DIR`).
+Workload: 50,000 random 32x32x3 uint8 images, k=4, CIFAR normalization, float32 NCHW out,
+97 batches of 512 rows of one epoch's keys per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import time
+
+import numpy as np
+
+import instahide
+from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD
+
+
+def load_core(path: str):
+    loader = importlib.machinery.ExtensionFileLoader("_core", path)
+    spec = importlib.util.spec_from_file_location("_core", path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("builds", nargs="+", help="paths of built _core*.so files; the first is the baseline")
+    parser.add_argument("--rounds", type=int, default=24)
+    args = parser.parse_args(argv)
+    cores = [load_core(path) for path in args.builds]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50_000, 32, 32, 3), np.uint8)
+    encoder = instahide.Encoder(k=4, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    keys = encoder.keys(len(images), 0)
+    order = rng.permutation(len(images))
+    batches = [np.ascontiguousarray(order[i:i + 512], np.int64) for i in range(0, len(images) - 512, 512)]
+    source = [(images, True, *encoder._scale_shift(3, np.uint8))]
+    out = np.empty((512, 3, 32, 32), np.float32)
+    seconds = np.zeros((args.rounds, len(cores)))
+    for round_ in range(args.rounds):
+        order_of_builds = range(len(cores)) if round_ % 2 == 0 else reversed(range(len(cores)))
+        for b in order_of_builds:
+            start = time.perf_counter()
+            for rows in batches:
+                cores[b].encode(source, 4, keys.index, keys.lam, keys.offset, keys.flip, rows, keys.mask_key, 0, 0,
+                                out, 0, False, 0, tables_by_row_id=True)
+            seconds[round_, b] = time.perf_counter() - start
+    images_per_round = len(batches) * 512
+    for b, path in enumerate(args.builds):
+        ratio = seconds[:, b] / seconds[:, 0]
+        print(f"{path}: median {images_per_round / np.median(seconds[:, b]):,.0f} images/s, time vs the first build: "
+              f"median ratio {np.median(ratio):.3f}, faster in {np.mean(ratio < 1):.0%} of rounds")
+
+
+if __name__ == "__main__":
+    main()
