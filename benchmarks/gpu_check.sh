@@ -27,4 +27,4 @@ python3 -m pytest -q -p no:cacheprovider -rfE --timeout=300 tests/test_cuda.py t
 tail -25 "$out/tests.txt"
 
 # Then throughput.
-python3 benchmarks/gpu_throughput.py --json "$out/gpu_throughput.json" 2>&1 | tee "$out/gpu_throughput.txt"
+python3 benchmarks/gpu_throughput.py --json "$out/gpu_throughput.json" --host-profile "$out/host_profile.txt" 2>&1 | tee "$out/gpu_throughput.txt"

@@ -67,13 +67,51 @@ def kernel_seconds(fn, name: str, calls: int = 10) -> float | None:
         return None
 
 
+def gpu_activity(fn, calls: int = 10) -> dict[str, float]:
+    """Device microseconds per call of each GPU activity (kernels, copies, memsets) that fn()
+    queues, by name: what a call costs the GPU besides the kernel."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        return {e.key[:70]: e.device_time_total / calls for e in prof.key_averages() if e.device_time_total > 0}
+    except Exception as error:  # a diagnostic, never a reason to fail
+        print(f"profiler unavailable: {error}")
+        return {}
+
+
+def host_profile(fn, path: str, calls: int = 200) -> None:
+    """cProfile of `calls` calls of fn() (the host's per-call work), top functions to `path`."""
+    import cProfile
+    import io
+    import pstats
+
+    fn()
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    with open(path, "w") as f:
+        f.write(f"{calls} calls\n" + text.getvalue())
+
+
 def copy_gbps(nbytes: int = 2 << 30) -> float:
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     return 2 * nbytes / time_cuda(lambda: dst.copy_(src)) / 1e9
 
 
-def case(name, n, shape, k, batch, copy, pool=None, augment=False):
+def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_path=None):
     c, h, w = shape
     images = torch.randint(0, 256, (n, h, w, c), dtype=torch.uint8, device="cuda")
     labels = torch.randint(0, 10, (n,), device="cuda")
@@ -127,6 +165,12 @@ def case(name, n, shape, k, batch, copy, pool=None, augment=False):
             if kernel:
                 entry["kernel_images_per_s"] = batch / kernel
                 entry["kernel_fraction_of_copy"] = batch / kernel * bytes_per_image / 1e9 / copy
+            # the call's time against the GPU's busy time: a call slower than its GPU work
+            # leaves the GPU idle (host-bound)
+            entry["call_us"] = seconds * 1e6
+            entry["gpu_us_per_call"] = gpu_activity(fn)
+            if host_profile_path:
+                host_profile(fn, host_profile_path)
         results.append(entry)
     return results
 
@@ -164,13 +208,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json")
     parser.add_argument("--quick", action="store_true", help="only the CIFAR batch-65,536 cases (for tuning)")
+    parser.add_argument("--host-profile", help="write a cProfile of the batch-4,096 encode calls to this file")
     args = parser.parse_args()
     if not torch.cuda.is_available() or instahide.build_info()["cuda_devices"] == 0:
         raise SystemExit(f"no usable CUDA device: {instahide.build_info()['cuda_status']}")
     copy = copy_gbps()
     results = []
     if not args.quick:
-        results += case("cifar", 50_000, (3, 32, 32), 4, 4096, copy)
+        results += case("cifar", 50_000, (3, 32, 32), 4, 4096, copy, host_profile_path=args.host_profile)
     results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy)
     # as in training: random crops of the 4-padded image and horizontal flips
     results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, augment=True)
@@ -187,6 +232,12 @@ def main():
         kernel = f"{r['kernel_fraction_of_copy']:.2f}" if "kernel_fraction_of_copy" in r else "-"
         print(f"{r['impl']:<18}{r['case']:<10}{r['batch']:>7}{r['images_per_s']:>14,.0f}{r['gbps']:>9.1f}"
               f"{r['fraction_of_copy']:>9.2f}{kernel:>16}")
+    for r in results:
+        if r.get("gpu_us_per_call"):
+            busy = sum(r["gpu_us_per_call"].values())
+            print(f"{r['impl']} {r['case']} batch {r['batch']}: call {r['call_us']:.1f} us, GPU busy {busy:.1f} us: "
+                  + ", ".join(f"{name} {us:.1f}" for name, us in sorted(r["gpu_us_per_call"].items(),
+                                                                        key=lambda item: -item[1])))
     fused = {(r["case"], r["batch"]): r for r in results if r["impl"] == "fused_cuda"}
     for r in results:
         if r["impl"] == "torch_ops_cuda":

@@ -1,25 +1,51 @@
 #!/usr/bin/env bash
-# Kernel tuning on a GPU machine, after benchmarks/gpu_check.sh has built the package: rebuilds
-# the CUDA kernel (this GPU's architecture only) for each (pixels per lane, terms per group,
-# min blocks per SM) and times the CIFAR batch-65,536 cases. Results go to ${OUT:-.}/gpu_tune/.
+# Kernel tuning on a GPU machine: builds the package once per variant of the kernel's tuning
+# constants (this GPU's architecture only; all variants at once, each in its own build
+# folder), then times the CIFAR batch-65,536 cases with each. Results go to
+# ${OUT:-.}/gpu_tune/.
+#
+#   bash benchmarks/gpu_tune.sh [build|run]   (default: both; `build` can run beside
+#                                              gpu_check.sh, `run` needs the GPU to itself)
+# Variants "pixels terms min_blocks [word_loads [streaming_stores]]", comma-separated in
+# GPU_TUNE_VARIANTS (word_loads: 1, the default, takes the word-wide path for uint8 images;
+# streaming_stores: 1 marks the output stores evict-first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}/gpu_tune"
-mkdir -p "$out"
+work="${GPU_TUNE_DIR:-/tmp/instahide-gpu-tune}"
+phase="${1:-all}"
+mkdir -p "$out" "$work"
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
-export INSTAHIDE_CUDA=on CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-# Variants "pixels terms min_blocks [word_loads]", comma-separated (word_loads: 1, the default,
-# takes the word-wide path for uint8 images; 0 loads bytes only).
-IFS=, read -ra variants <<< "${GPU_TUNE_VARIANTS:-2 4 1 1,2 4 1 0,2 2 1 1,2 4 3 1}"
-for variant in "${variants[@]}"; do
-  set -- $variant
-  words=${4:-1}
-  name="pix$1-group$2-minblocks$3-words$words"
-  flags="-DINSTAHIDE_CUDA_PIXELS_PER_LANE=$1;-DINSTAHIDE_CUDA_TERMS_PER_GROUP=$2;-DINSTAHIDE_CUDA_MIN_BLOCKS=$3"
-  flags="$flags;-DINSTAHIDE_CUDA_WORD_LOADS=$words"
-  CMAKE_ARGS="-DINSTAHIDE_CUDA_ARCHITECTURES=${arch}-real -DINSTAHIDE_CUDA_FLAGS=$flags" \
-    python3 setup.py -q build_ext --inplace > "$out/build-$name.txt" 2>&1 || { tail -20 "$out/build-$name.txt"; continue; }
-  echo "== $name"
-  python3 benchmarks/gpu_throughput.py --quick --json "$out/$name.json" 2>&1 | grep -E "fused|copy"
-done
+export INSTAHIDE_CUDA=on PYTHONUNBUFFERED=1
+IFS=, read -ra variants <<< "${GPU_TUNE_VARIANTS:-2 2 1 1 0,2 2 1 1 1,2 2 4 1 0}"
+
+name_of() { echo "pix$1-group$2-minblocks$3-words${4:-1}-streaming${5:-0}"; }
+
+if [ "$phase" != run ]; then
+  for variant in "${variants[@]}"; do
+    set -- $variant
+    name=$(name_of "$@")
+    flags="-DINSTAHIDE_CUDA_PIXELS_PER_LANE=$1;-DINSTAHIDE_CUDA_TERMS_PER_GROUP=$2;-DINSTAHIDE_CUDA_MIN_BLOCKS=$3"
+    flags="$flags;-DINSTAHIDE_CUDA_WORD_LOADS=${4:-1};-DINSTAHIDE_CUDA_STREAMING_STORES=${5:-0}"
+    rm -rf "${work:?}/$name" && mkdir -p "$work/$name" && cp -r src/instahide "$work/$name/"
+    rm -f "$work/$name"/instahide/_core*.so  # an in-place build of the default, if any
+    (CMAKE_ARGS="-DINSTAHIDE_CUDA_ARCHITECTURES=${arch}-real -DINSTAHIDE_CUDA_FLAGS=$flags" \
+       CMAKE_BUILD_PARALLEL_LEVEL=4 python3 setup.py -q build_ext --build-temp "$work/$name/temp" \
+       --build-lib "$work/$name/lib" > "$out/build-$name.txt" 2>&1 &&
+       cp "$work/$name"/lib/instahide/_core*.so "$work/$name/instahide/") &
+  done
+  wait
+fi
+
+if [ "$phase" != build ]; then
+  for variant in "${variants[@]}"; do
+    set -- $variant
+    name=$(name_of "$@")
+    if ! ls "$work/$name"/instahide/_core*.so > /dev/null 2>&1; then
+      echo "== $name: build failed"; tail -20 "$out/build-$name.txt"; continue
+    fi
+    echo "== $name"
+    PYTHONPATH="$work/$name" python3 benchmarks/gpu_throughput.py --quick --json "$out/$name.json" 2>&1 |
+      grep -E "fused|copy|call"
+  done
+fi

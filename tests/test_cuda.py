@@ -211,6 +211,46 @@ def test_cuda_labels_on_the_device_follow_in_place_changes():
 
 
 @needs_gpu
+@pytest.mark.parametrize("k,private_terms,classes,dtype,renormalize", [
+    (4, 4, 10, torch.int64, False), (8, 8, 1000, torch.int32, False), (6, 2, 10, torch.int64, False),
+    (3, 3, 7, torch.int16, True), (1, 1, 3, torch.int64, True)])
+def test_cuda_label_kernel_matches_the_host_bit_for_bit(k, private_terms, classes, dtype, renormalize):
+    rng = np.random.default_rng(k * 1000 + classes)
+    n = 500
+    images = torch.from_numpy(rng.integers(0, 256, (n, 3, 8, 8), np.uint8))
+    labels = torch.from_numpy(rng.integers(0, classes, n)).to(dtype)
+    cross = {}
+    if private_terms < k:
+        pool = instahide.PublicPool.from_images(rng.integers(0, 256, (20, 10, 10, 3), np.uint8), short_side=None,
+                                                progress=False)
+        cross = {"private_terms": private_terms, "public": pool, "patch_size": 8}
+    encoder = instahide.Encoder(k=k, num_classes=classes, renormalize_labels=renormalize, **cross)
+    keys = encoder.keys(n, 3)
+    rows = rng.permutation(n)[:300]
+    _, gpu_soft = encoder.encode(images.cuda(), labels.cuda(), keys, rows=rows)
+    _, cpu_soft = encoder.encode(images, labels, keys, rows=rows)
+    assert gpu_soft.is_cuda and gpu_soft.dtype == torch.float32 and gpu_soft.shape == (300, classes)
+    np.testing.assert_array_equal(gpu_soft.cpu().numpy(), cpu_soft.numpy())
+
+
+@needs_gpu
+def test_cuda_labels_are_checked_on_the_host():
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, device="cuda")
+    encoder = instahide.Encoder(k=2, num_classes=10)
+    keys = encoder.keys(40, 0)
+    labels = torch.randint(0, 10, (40,), device="cuda")
+    labels[17] = 10
+    with pytest.raises(ValueError, match="class id 10"):
+        encoder.encode(images, labels, keys)
+    labels[17] = -1
+    with pytest.raises(ValueError, match=">= 0"):
+        encoder.encode(images, labels, keys)
+    labels[17] = 3  # fixed in place: the next call sees the new version
+    _, soft = encoder.encode(images, labels, keys)
+    np.testing.assert_array_equal(soft.cpu().numpy(), encoder.encode(images.cpu(), labels.cpu(), keys)[1].numpy())
+
+
+@needs_gpu
 def test_loader_encodes_a_gpu_resident_set_on_the_gpu():
     from instahide.torch import InstaHideLoader
 

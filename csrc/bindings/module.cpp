@@ -288,11 +288,35 @@ void encode_on_cuda(const py::list& sources, int private_terms, int64_t rows, in
   a.out_channels_last = out_channels_last;
   a.out_height = out_height, a.out_width = out_width;
   py::gil_scoped_release release;
-  encode_cuda_on_device(a, device, reinterpret_cast<void*>(stream));
+  CudaDeviceGuard guard(device);
+  encode_cuda(a, reinterpret_cast<void*>(stream));
 #else
   (void)sources, (void)private_terms, (void)rows, (void)k, (void)index, (void)lam, (void)offset, (void)flip;
   (void)row_id, (void)mask_key, (void)epoch, (void)sign, (void)out, (void)out_type, (void)out_channels_last;
   (void)out_height, (void)out_width, (void)device, (void)stream, (void)tables_by_row_id;
+  throw std::runtime_error("instahide was built without CUDA (no nvcc at build time, or INSTAHIDE_CUDA=off)");
+#endif
+}
+
+// Soft labels on the GPU (see mix_labels_cuda): the epoch's index and lam tables looked up by
+// the batch's row ids, class ids (int64), output (rows, classes) float32; all device pointers.
+void mix_labels_on_cuda(int private_terms, int64_t rows, int k, uintptr_t index, uintptr_t lam, uintptr_t row_id,
+                        uintptr_t labels, int64_t label_count, int64_t classes, bool renormalize, uintptr_t out,
+                        int device, uintptr_t stream) {
+#if INSTAHIDE_WITH_CUDA
+  EncodeArgs a;
+  a.private_terms = private_terms, a.rows = rows, a.k = k;
+  a.index = reinterpret_cast<const int64_t*>(index);
+  a.lam = reinterpret_cast<const float*>(lam);
+  a.row_id = reinterpret_cast<const int64_t*>(row_id);
+  a.tables_by_row_id = true;
+  py::gil_scoped_release release;
+  CudaDeviceGuard guard(device);
+  mix_labels_cuda(a, reinterpret_cast<const int64_t*>(labels), label_count, classes, renormalize,
+                  reinterpret_cast<float*>(out), reinterpret_cast<void*>(stream));
+#else
+  (void)private_terms, (void)rows, (void)k, (void)index, (void)lam, (void)row_id, (void)labels, (void)label_count;
+  (void)classes, (void)renormalize, (void)out, (void)device, (void)stream;
   throw std::runtime_error("instahide was built without CUDA (no nvcc at build time, or INSTAHIDE_CUDA=off)");
 #endif
 }
@@ -347,6 +371,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("epoch"), py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"),
         py::arg("out_height"), py::arg("out_width"), py::arg("device"), py::arg("stream"),
         py::arg("tables_by_row_id") = false);
+  m.def("mix_labels_cuda", &mix_labels_on_cuda, py::arg("private_terms"), py::arg("rows"), py::arg("k"),
+        py::arg("index"), py::arg("lam"), py::arg("row_id"), py::arg("labels"), py::arg("label_count"),
+        py::arg("classes"), py::arg("renormalize"), py::arg("out"), py::arg("device"), py::arg("stream"));
   m.def("build_info", &build_info);
   m.def("pointer_device", &pointer_device, py::arg("pointer"));
 }

@@ -47,6 +47,9 @@ constexpr int kWarps = kThreads / 32;
 #ifndef INSTAHIDE_CUDA_WORD_LOADS  // the word-wide path for uint8 images (0: byte loads only)
 #define INSTAHIDE_CUDA_WORD_LOADS 1
 #endif
+#ifndef INSTAHIDE_CUDA_STREAMING_STORES  // the word-wide path's output stores marked evict-first
+#define INSTAHIDE_CUDA_STREAMING_STORES 0
+#endif
 constexpr int kPixelsPerThread = INSTAHIDE_CUDA_PIXELS_PER_LANE;  // per lane and pass
 constexpr int kTermsPerGroup = INSTAHIDE_CUDA_TERMS_PER_GROUP;
 static_assert(kTermsPerGroup == 1 || kTermsPerGroup == 2 || kTermsPerGroup == 4, "1, 2 or 4 terms per group");
@@ -499,14 +502,17 @@ template <typename Out>
 INSTAHIDE_HD void store4(Out* dst, const Out (&v)[4]) {
 #if defined(__CUDA_ARCH__)
   // 4 * sizeof(Out)-aligned (checked by the host): one 16- or 8-byte store.
+  // Streaming stores (evict-first) would leave L2 to the images, which are read again.
   if constexpr (sizeof(Out) == 4) {
     float4 w;
     memcpy(&w, v, 16);
-    *reinterpret_cast<float4*>(dst) = w;
+    if constexpr (INSTAHIDE_CUDA_STREAMING_STORES) __stcs(reinterpret_cast<float4*>(dst), w);
+    else *reinterpret_cast<float4*>(dst) = w;
   } else {
     uint2 w;
     memcpy(&w, v, 8);
-    *reinterpret_cast<uint2*>(dst) = w;
+    if constexpr (INSTAHIDE_CUDA_STREAMING_STORES) __stcs(reinterpret_cast<uint2*>(dst), w);
+    else *reinterpret_cast<uint2*>(dst) = w;
   }
 #else
   for (int i = 0; i < 4; ++i) dst[i] = v[i];
@@ -613,6 +619,44 @@ __global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_ke
   }
 }
 
+// ---- Soft labels: one thread per (row, class) of the output. The sums are those of
+// mix_labels_cpu (double, private terms in order, one rounding to float), so both agree
+// bit for bit.
+struct LabelParams {
+  const int64_t* row_id;
+  bool tables_by_row_id;
+  const int64_t* index;
+  const float* lam;
+  const int64_t* labels;  // class ids, one per private image
+  int64_t label_count, classes, elements;  // elements = rows * classes
+  int k, private_terms;
+  bool renormalize;  // divide by the row's private coefficient sum (float, in term order)
+  float* out;
+};
+
+// out[r, c]. Indices and class ids out of range add nothing: the caller checked them on the
+// host, and the kernel must not read outside `labels` whatever the tables hold.
+INSTAHIDE_HD float mix_label(const LabelParams& L, int64_t r, int64_t c) {
+  const int64_t entry = (L.tables_by_row_id ? L.row_id[r] : r) * L.k;
+  double sum = 0.0;
+  float lam_sum = 0.0f;
+  for (int t = 0; t < L.private_terms; ++t) {
+    const int64_t image = L.index[entry + t];
+    const float lam = L.lam[entry + t];
+    lam_sum += lam;
+    if (image >= 0 && image < L.label_count && L.labels[image] == c) sum += double(lam);
+  }
+  return L.renormalize ? float(sum) / lam_sum : float(sum);
+}
+
+__global__ void mix_labels_kernel(const LabelParams L) {
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < L.elements;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = e / L.classes;
+    L.out[e] = mix_label(L, r, e - r * L.classes);
+  }
+}
+
 void check_arg(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
 }
@@ -709,6 +753,33 @@ Params prepare(const EncodeArgs& a, bool& wide) {
   return P;
 }
 
+// Host-side checks of a label mixing and the kernel's parameters (elements = 0: nothing to do).
+LabelParams prepare_labels(const EncodeArgs& args, const int64_t* labels, int64_t label_count, int64_t classes,
+                           bool renormalize, float* out) {
+  check_arg(args.k >= 1 && args.k <= kMaxTerms && args.private_terms >= 1 && args.private_terms <= args.k,
+            "mix_labels_cuda: bad term counts");
+  check_arg(args.rows >= 0 && label_count >= 0, "mix_labels_cuda: rows and labels must be >= 0");
+  check_arg(classes >= 1, "mix_labels_cuda: classes = " + std::to_string(classes) + " must be >= 1");
+  check_arg(args.rows <= INT64_MAX / classes, "mix_labels_cuda: rows x classes overflows");
+  LabelParams L = {};
+  if (args.rows == 0) return L;
+  check_arg(args.index && args.lam && labels && out, "mix_labels_cuda: a null table, labels or output pointer");
+  check_arg(!args.tables_by_row_id || args.row_id, "mix_labels_cuda: no row ids to look the tables up by");
+  L.row_id = args.row_id;
+  L.tables_by_row_id = args.tables_by_row_id;
+  L.index = args.index;
+  L.lam = args.lam;
+  L.labels = labels;
+  L.label_count = label_count;
+  L.classes = classes;
+  L.elements = args.rows * classes;
+  L.k = args.k;
+  L.private_terms = args.private_terms;
+  L.renormalize = renormalize;
+  L.out = out;
+  return L;
+}
+
 template <typename Out, bool kChannelsLast, typename U, int kC>
 void launch(const Params& P, cudaStream_t stream) {
   const unsigned grid = unsigned(std::min<int64_t>((P.items + kWarps - 1) / kWarps, INT32_MAX));  // loops beyond
@@ -761,17 +832,24 @@ void encode_cuda(const EncodeArgs& args, void* stream) {
   }
 }
 
-void encode_cuda_on_device(const EncodeArgs& args, int device, void* stream) {
-  int previous = 0;
-  check_cuda(cudaGetDevice(&previous), "cudaGetDevice");
-  if (previous != device) check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  try {
-    encode_cuda(args, stream);
-  } catch (...) {
-    if (previous != device) (void)cudaSetDevice(previous);
-    throw;
-  }
-  if (previous != device) check_cuda(cudaSetDevice(previous), "cudaSetDevice");
+void mix_labels_cuda(const EncodeArgs& args, const int64_t* labels, int64_t label_count, int64_t classes,
+                     bool renormalize, float* out, void* stream) {
+  const LabelParams L = prepare_labels(args, labels, label_count, classes, renormalize, out);
+  if (L.elements == 0) return;
+  constexpr int kLabelThreads = 256;
+  const unsigned grid = unsigned(std::min<int64_t>((L.elements + kLabelThreads - 1) / kLabelThreads, 1 << 20));
+  mix_labels_kernel<<<grid, kLabelThreads, 0, static_cast<cudaStream_t>(stream)>>>(L);
+  check_cuda(cudaGetLastError(), "mix_labels_cuda: kernel launch");
+}
+
+CudaDeviceGuard::CudaDeviceGuard(int device) {
+  check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
+  if (previous_ != device) check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  changed_ = previous_ != device;
+}
+
+CudaDeviceGuard::~CudaDeviceGuard() {
+  if (changed_) (void)cudaSetDevice(previous_);
 }
 
 int cuda_pointer_device(const void* pointer) {

@@ -18,8 +18,27 @@ namespace instahide {
 // as an all-zero image instead of reading out of bounds.
 void encode_cuda(const EncodeArgs& args, void* stream);
 
-// encode_cuda on `device`, restoring the caller's current device afterwards.
-void encode_cuda_on_device(const EncodeArgs& args, int device, void* stream);
+// Soft labels of the rows of `args` on the GPU, asynchronously on `stream`: mix_labels_cpu's
+// sums, bit for bit, and with `renormalize` each row divided by its private terms' coefficient
+// sum (float, in term order). Reads the term counts, rows, row ids and the index and lam
+// tables of `args`; `labels` (label_count class ids) and `out` (rows, classes) are device
+// pointers. Indices and class ids out of range add nothing (the caller checks them on the
+// host, where they are).
+void mix_labels_cuda(const EncodeArgs& args, const int64_t* labels, int64_t label_count, int64_t classes,
+                     bool renormalize, float* out, void* stream);
+
+// Makes `device` current while it lives, then restores the caller's current device.
+class CudaDeviceGuard {
+ public:
+  explicit CudaDeviceGuard(int device);
+  ~CudaDeviceGuard();
+  CudaDeviceGuard(const CudaDeviceGuard&) = delete;
+  CudaDeviceGuard& operator=(const CudaDeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool changed_ = false;
+};
 
 // The device owning a device (or managed) pointer; -1 for host memory.
 int cuda_pointer_device(const void* pointer);

@@ -153,6 +153,31 @@ ImageSet make_images(std::mt19937_64& rng, int64_t n, int64_t C, int64_t H, int6
   return s;
 }
 
+// The label kernel's per-element function on the tables the kernel gets (`g`) against
+// mix_labels_cpu on the CPU's (`a`): bit-identical sums; renormalized ones divided by the
+// coefficient sum in float.
+bool check_labels(std::mt19937_64& rng, const EncodeArgs& a, const EncodeArgs& g, int64_t label_count) {
+  const int64_t classes = 1 + int64_t(rng() % 12);
+  std::vector<int64_t> labels(static_cast<size_t>(label_count));
+  for (auto& label : labels) label = int64_t(rng() % uint64_t(classes));
+  std::vector<float> cpu(size_t(a.rows * classes));
+  mix_labels_cpu(a, labels.data(), label_count, classes, cpu.data());
+  for (const bool renormalize : {false, true}) {
+    std::vector<float> gpu(cpu.size(), -1.0f);
+    const LabelParams L = prepare_labels(g, labels.data(), label_count, classes, renormalize, gpu.data());
+    for (int64_t e = 0; e < L.elements; ++e) gpu[size_t(e)] = mix_label(L, e / classes, e % classes);
+    for (int64_t r = 0; r < a.rows; ++r) {
+      float lam_sum = 0.0f;
+      for (int t = 0; t < a.private_terms; ++t) lam_sum += a.lam[r * a.k + t];
+      for (int64_t c = 0; c < classes; ++c) {
+        const float want = renormalize ? cpu[size_t(r * classes + c)] / lam_sum : cpu[size_t(r * classes + c)];
+        if (std::memcmp(&want, &gpu[size_t(r * classes + c)], 4) != 0) return false;
+      }
+    }
+  }
+  return true;
+}
+
 int main() {
   std::mt19937_64 rng(777);
   int failures = 0, cases = 0;
@@ -290,6 +315,10 @@ int main() {
       }
     }
     if (bad) ++failures;
+    if (!bad_index && rows > 0 && !check_labels(rng, a, g, na + 1)) {
+      std::printf("case %d: soft labels differ\n", iter);
+      ++failures;
+    }
     if (iter < 3) std::printf("cifar case %d: %ld elements, max abs err %.3g\n", iter, long(elems), max_err);
   }
   std::printf("%d cases (%d on the word-wide path), %d failed\n", cases, g_word_cases, failures);

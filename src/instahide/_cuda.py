@@ -161,44 +161,70 @@ def encode(encoder, images, labels, keys, rows):
 
 
 def _soft_labels(encoder, labels, keys, rows, device_rows, tables, lib):
-    """The batch's soft labels. Labels in a torch tensor on the images' device are mixed there
-    from the epoch's device tables (float64 sums, as the host's bincount, so both agree); other
-    labels are mixed on the host and uploaded."""
-    host = _host_labels(labels)
+    """The batch's soft labels. Class ids in a torch tensor on the images' device are mixed
+    there by one kernel from the epoch's device tables (the same float64 sums in term order as
+    the host, so both agree bit for bit); soft input labels there by torch ops; other labels on
+    the host, then uploaded."""
     on_device = lib.name == "torch" and _arrays.is_torch(labels) and labels.device == tables["lam"].device
     if not on_device:
-        return lib.upload(encoder._mix_labels(host, keys, rows))
-    torch = lib.xp
-    _, classes, soft_input = _arrays.check_labels(host, keys.n, encoder.num_classes)  # validates the labels
+        return lib.upload(encoder._mix_labels(_host_labels(labels), keys, rows))
+    device_labels, classes, soft_input = _checked_device_labels(labels, keys.n, encoder.num_classes)
     kp = keys.private_terms
-    index, lam = tables["index"][device_rows, :kp], tables["lam"][device_rows, :kp]
     if soft_input:
-        soft = (lam.double()[:, :, None] * labels[index].double()).sum(1)
-    else:
-        soft = torch.zeros((len(rows), classes), dtype=torch.float64, device=lam.device)
-        soft.scatter_add_(1, labels[index].long(), lam.double())
-    soft = soft.float()
-    if encoder.renormalize_labels:
-        soft /= lam.sum(1, keepdim=True)
+        index, lam = tables["index"][device_rows, :kp], tables["lam"][device_rows, :kp]
+        soft = (lam.double()[:, :, None] * device_labels[index].double()).sum(1).float()
+        if encoder.renormalize_labels:
+            soft /= lam.sum(1, keepdim=True)
+        return soft
+    soft = lib.empty((len(rows), classes), "float32")
+    _core.mix_labels_cuda(kp, len(rows), keys.k, lib.pointer(tables["index"]), lib.pointer(tables["lam"]),
+                          lib.pointer(device_rows), lib.pointer(device_labels), keys.n, classes,
+                          encoder.renormalize_labels, lib.pointer(soft), lib.device, lib.stream())
     return soft
 
 
-_last_host_labels = (lambda: None, -1, None)  # (weak reference, version, host copy)
+class _LabelCache:
+    """One labels tensor's host copy, and what was derived from it, kept until the tensor
+    changes (its version counter moves): the batches of an epoch then wait for no
+    device-to-host copy and scan the labels once."""
+
+    def __init__(self) -> None:
+        self.ref = lambda: None
+        self.version = -1
+        self.host = None
+        self.derived: dict = {}
+
+    def get(self, labels):
+        if self.ref() is not labels or self.version != labels._version:
+            self.host = labels.detach().cpu().numpy()
+            self.ref, self.version, self.derived = weakref.ref(labels), labels._version, {}
+        return self.host
+
+
+_label_cache = _LabelCache()
 
 
 def _host_labels(labels):
-    """Labels for the (small) soft-label computation, which runs on the host. The host copy of
-    the last CUDA labels tensor is kept until it changes (its version counter moves), so the
-    batches of an epoch wait for no device-to-host copy."""
-    global _last_host_labels
+    """Labels as a host array for the (small) soft-label computation on the host."""
     if _arrays.is_torch(labels):
-        if labels.device.type != "cuda":
-            return labels.detach().numpy()
-        ref, version, host = _last_host_labels
-        if ref() is not labels or version != labels._version:
-            host = labels.detach().cpu().numpy()
-            _last_host_labels = (weakref.ref(labels), labels._version, host)
-        return host
+        return labels.detach().numpy() if labels.device.type != "cuda" else _label_cache.get(labels)
     if hasattr(labels, "__cuda_array_interface__") and hasattr(labels, "get"):
         return labels.get()  # CuPy
     return labels
+
+
+def _checked_device_labels(labels, n: int, num_classes):
+    """(labels for the kernel, class count, soft input?) of a CUDA labels tensor, checked whole
+    on the host once per tensor version (the kernel trusts the class ids); class ids as a
+    contiguous int64 tensor on their device."""
+    host = _label_cache.get(labels)
+    cache_key = (n, num_classes)
+    if cache_key not in _label_cache.derived:
+        _, classes, soft_input = _arrays.check_labels(host, n, num_classes)
+        import torch
+
+        ready = soft_input or (labels.dtype == torch.int64 and labels.is_contiguous())
+        # a converted copy is kept; the tensor itself is not (the cache must not keep it alive)
+        _label_cache.derived[cache_key] = (None if ready else labels.detach().long().contiguous(), classes, soft_input)
+    converted, classes, soft_input = _label_cache.derived[cache_key]
+    return (labels if converted is None else converted), classes, soft_input
