@@ -6,9 +6,8 @@
 #
 #   bash benchmarks/gpu_tune.sh [build|run]   (default: both; `build` can run beside
 #                                              gpu_check.sh, `run` needs the GPU to itself)
-# Variants "pixels terms min_blocks [word_loads [streaming_stores]]", comma-separated in
-# GPU_TUNE_VARIANTS (word_loads: 1, the default, takes the word-wide path for uint8 images;
-# streaming_stores: 1 marks the output stores evict-first).
+# Variants "pixels terms min_blocks [word_loads]", comma-separated in GPU_TUNE_VARIANTS
+# (word_loads: 1, the default, takes the word-wide path for uint8 images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}/gpu_tune"
@@ -17,16 +16,16 @@ phase="${1:-all}"
 mkdir -p "$out" "$work"
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
 export INSTAHIDE_CUDA=on PYTHONUNBUFFERED=1
-IFS=, read -ra variants <<< "${GPU_TUNE_VARIANTS:-2 2 1 1 0,2 2 1 1 1,2 2 4 1 0}"
+IFS=, read -ra variants <<< "${GPU_TUNE_VARIANTS:-2 2 4 1,2 2 1 1,2 2 3 1}"
 
-name_of() { echo "pix$1-group$2-minblocks$3-words${4:-1}-streaming${5:-0}"; }
+name_of() { echo "pix$1-group$2-minblocks$3-words${4:-1}"; }
 
 if [ "$phase" != run ]; then
   for variant in "${variants[@]}"; do
     set -- $variant
     name=$(name_of "$@")
     flags="-DINSTAHIDE_CUDA_PIXELS_PER_LANE=$1;-DINSTAHIDE_CUDA_TERMS_PER_GROUP=$2;-DINSTAHIDE_CUDA_MIN_BLOCKS=$3"
-    flags="$flags;-DINSTAHIDE_CUDA_WORD_LOADS=${4:-1};-DINSTAHIDE_CUDA_STREAMING_STORES=${5:-0}"
+    flags="$flags;-DINSTAHIDE_CUDA_WORD_LOADS=${4:-1}"
     rm -rf "${work:?}/$name" && mkdir -p "$work/$name" && cp -r src/instahide "$work/$name/"
     rm -f "$work/$name"/instahide/_core*.so  # an in-place build of the default, if any
     (CMAKE_ARGS="-DINSTAHIDE_CUDA_ARCHITECTURES=${arch}-real -DINSTAHIDE_CUDA_FLAGS=$flags" \

@@ -131,6 +131,24 @@ def test_cuda_runs_on_the_current_stream():
 
 
 @needs_gpu
+def test_cuda_batches_queued_back_to_back_keep_their_own_rows():
+    # Row ids travel on a side stream: each batch's must reach its own kernel, and their memory
+    # must not be reused while a queued kernel may still read it.
+    n = 2048
+    images = torch.randint(0, 256, (n, 16, 16, 3), dtype=torch.uint8, device="cuda")
+    labels = torch.randint(0, 10, (n,), device="cuda")
+    encoder = instahide.Encoder(k=4, num_classes=10)
+    keys = encoder.keys(n, 1)
+    batches = np.array_split(np.random.default_rng(0).permutation(n), 16)
+    torch.cuda._sleep(50_000_000)  # the kernels queue up behind this while the uploads run
+    outputs = [encoder.encode(images, labels, keys, rows=b) for b in batches]
+    for b, (x, y) in zip(batches, outputs):
+        x_cpu, y_cpu = encoder.encode(images.cpu(), labels.cpu(), keys, rows=b)
+        assert_encodings_close(x.cpu().numpy(), x_cpu.numpy(), "float32")
+        np.testing.assert_array_equal(y.cpu().numpy(), y_cpu.numpy())
+
+
+@needs_gpu
 def test_cuda_empty_batch_and_device_guard():
     images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8, device="cuda")
     encoder = instahide.Encoder(k=2)
@@ -214,7 +232,7 @@ def test_cuda_labels_on_the_device_follow_in_place_changes():
 @pytest.mark.parametrize("k,private_terms,classes,dtype,renormalize", [
     (4, 4, 10, torch.int64, False), (8, 8, 1000, torch.int32, False), (6, 2, 10, torch.int64, False),
     (3, 3, 7, torch.int16, True), (1, 1, 3, torch.int64, True)])
-def test_cuda_label_kernel_matches_the_host_bit_for_bit(k, private_terms, classes, dtype, renormalize):
+def test_cuda_soft_labels_mixed_by_the_kernel_match_the_host_bit_for_bit(k, private_terms, classes, dtype, renormalize):
     rng = np.random.default_rng(k * 1000 + classes)
     n = 500
     images = torch.from_numpy(rng.integers(0, 256, (n, 3, 8, 8), np.uint8))

@@ -7,6 +7,7 @@
 
 #include <array>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "../core/encode.h"
@@ -262,11 +263,13 @@ ImageSource read_device_source(const py::tuple& spec) {
 }
 
 // The CUDA kernel on device pointers (keys tables of `rows` rows, output C-contiguous),
-// queued on `stream` of `device`; returns before the kernel ends.
+// queued on `stream` of `device`; returns before the kernel ends. With `soft` (not 0), it
+// also mixes the rows' soft labels from `labels`: (pointer to label_count int64 class ids,
+// label_count, classes, renormalize).
 void encode_on_cuda(const py::list& sources, int private_terms, int64_t rows, int k, uintptr_t index, uintptr_t lam,
                  uintptr_t offset, uintptr_t flip, uintptr_t row_id, const py::bytes& mask_key, uint32_t epoch, int sign,
                  uintptr_t out, int out_type, bool out_channels_last, int64_t out_height, int64_t out_width, int device,
-                 uintptr_t stream, bool tables_by_row_id) {
+                 uintptr_t stream, bool tables_by_row_id, const py::object& labels, uintptr_t soft) {
 #if INSTAHIDE_WITH_CUDA
   EncodeArgs a;
   if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
@@ -287,36 +290,22 @@ void encode_on_cuda(const py::list& sources, int private_terms, int64_t rows, in
   a.out_type = OutType(out_type);
   a.out_channels_last = out_channels_last;
   a.out_height = out_height, a.out_width = out_width;
+  LabelArgs label_args;
+  if (soft) {
+    const auto spec = labels.cast<std::tuple<uintptr_t, int64_t, int64_t, bool>>();
+    label_args.labels = reinterpret_cast<const int64_t*>(std::get<0>(spec));
+    label_args.label_count = std::get<1>(spec);
+    label_args.classes = std::get<2>(spec);
+    label_args.renormalize = std::get<3>(spec);
+    label_args.out = reinterpret_cast<float*>(soft);
+  }
   py::gil_scoped_release release;
   CudaDeviceGuard guard(device);
-  encode_cuda(a, reinterpret_cast<void*>(stream));
+  encode_cuda(a, reinterpret_cast<void*>(stream), soft ? &label_args : nullptr);
 #else
   (void)sources, (void)private_terms, (void)rows, (void)k, (void)index, (void)lam, (void)offset, (void)flip;
   (void)row_id, (void)mask_key, (void)epoch, (void)sign, (void)out, (void)out_type, (void)out_channels_last;
-  (void)out_height, (void)out_width, (void)device, (void)stream, (void)tables_by_row_id;
-  throw std::runtime_error("instahide was built without CUDA (no nvcc at build time, or INSTAHIDE_CUDA=off)");
-#endif
-}
-
-// Soft labels on the GPU (see mix_labels_cuda): the epoch's index and lam tables looked up by
-// the batch's row ids, class ids (int64), output (rows, classes) float32; all device pointers.
-void mix_labels_on_cuda(int private_terms, int64_t rows, int k, uintptr_t index, uintptr_t lam, uintptr_t row_id,
-                        uintptr_t labels, int64_t label_count, int64_t classes, bool renormalize, uintptr_t out,
-                        int device, uintptr_t stream) {
-#if INSTAHIDE_WITH_CUDA
-  EncodeArgs a;
-  a.private_terms = private_terms, a.rows = rows, a.k = k;
-  a.index = reinterpret_cast<const int64_t*>(index);
-  a.lam = reinterpret_cast<const float*>(lam);
-  a.row_id = reinterpret_cast<const int64_t*>(row_id);
-  a.tables_by_row_id = true;
-  py::gil_scoped_release release;
-  CudaDeviceGuard guard(device);
-  mix_labels_cuda(a, reinterpret_cast<const int64_t*>(labels), label_count, classes, renormalize,
-                  reinterpret_cast<float*>(out), reinterpret_cast<void*>(stream));
-#else
-  (void)private_terms, (void)rows, (void)k, (void)index, (void)lam, (void)row_id, (void)labels, (void)label_count;
-  (void)classes, (void)renormalize, (void)out, (void)device, (void)stream;
+  (void)out_height, (void)out_width, (void)device, (void)stream, (void)tables_by_row_id, (void)labels, (void)soft;
   throw std::runtime_error("instahide was built without CUDA (no nvcc at build time, or INSTAHIDE_CUDA=off)");
 #endif
 }
@@ -370,10 +359,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("index"), py::arg("lam"), py::arg("offset"), py::arg("flip"), py::arg("row_id"), py::arg("mask_key"),
         py::arg("epoch"), py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"),
         py::arg("out_height"), py::arg("out_width"), py::arg("device"), py::arg("stream"),
-        py::arg("tables_by_row_id") = false);
-  m.def("mix_labels_cuda", &mix_labels_on_cuda, py::arg("private_terms"), py::arg("rows"), py::arg("k"),
-        py::arg("index"), py::arg("lam"), py::arg("row_id"), py::arg("labels"), py::arg("label_count"),
-        py::arg("classes"), py::arg("renormalize"), py::arg("out"), py::arg("device"), py::arg("stream"));
+        py::arg("tables_by_row_id") = false, py::arg("labels") = py::none(), py::arg("soft") = 0);
   m.def("build_info", &build_info);
   m.def("pointer_device", &pointer_device, py::arg("pointer"));
 }

@@ -61,6 +61,16 @@ struct EncodeArgs {
   int64_t out_height = 0, out_width = 0;
 };
 
+// Soft labels mixed alongside an encode call (by encode_cuda; the CPU path calls
+// mix_labels_cpu): out[r, c] = sum over private terms t, in order, of lam[r, t] where the
+// term's image has class c, summed in double and rounded once to float.
+struct LabelArgs {
+  const int64_t* labels = nullptr;  // label_count class ids, one per private image
+  int64_t label_count = 0, classes = 0;
+  bool renormalize = false;  // divide each row by its private coefficient sum (float, in term order)
+  float* out = nullptr;      // (rows, classes), C-contiguous
+};
+
 // Bytes of mask keystream one row needs (one bit per element, C*H*W elements).
 inline int64_t mask_bytes_per_row(int64_t channels, int64_t height, int64_t width) {
   return (channels * height * width + 7) / 8;

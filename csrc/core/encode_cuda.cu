@@ -32,9 +32,10 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-// Tuning (measured on an H200, benchmarks/RESULTS.md): pixels per lane and pass, and terms
-// whose loads are issued together; more of either puts more bytes in flight per lane at the
-// cost of registers.
+// Tuning (measured on an H200 and an H100, benchmarks/RESULTS.md): pixels per lane and pass
+// (byte path), and terms whose loads are issued together; more of either puts more bytes in
+// flight per lane at the cost of registers. Four blocks per SM cap the kernel at 64 registers
+// (8 bytes spilled), 32 warps per SM in all: more loads in flight per SM.
 #ifndef INSTAHIDE_CUDA_PIXELS_PER_LANE
 #define INSTAHIDE_CUDA_PIXELS_PER_LANE 2
 #endif
@@ -42,13 +43,10 @@ constexpr int kWarps = kThreads / 32;
 #define INSTAHIDE_CUDA_TERMS_PER_GROUP 2
 #endif
 #ifndef INSTAHIDE_CUDA_MIN_BLOCKS  // blocks per SM the register allocation must allow
-#define INSTAHIDE_CUDA_MIN_BLOCKS 1
+#define INSTAHIDE_CUDA_MIN_BLOCKS 4
 #endif
 #ifndef INSTAHIDE_CUDA_WORD_LOADS  // the word-wide path for uint8 images (0: byte loads only)
 #define INSTAHIDE_CUDA_WORD_LOADS 1
-#endif
-#ifndef INSTAHIDE_CUDA_STREAMING_STORES  // the word-wide path's output stores marked evict-first
-#define INSTAHIDE_CUDA_STREAMING_STORES 0
 #endif
 constexpr int kPixelsPerThread = INSTAHIDE_CUDA_PIXELS_PER_LANE;  // per lane and pass
 constexpr int kTermsPerGroup = INSTAHIDE_CUDA_TERMS_PER_GROUP;
@@ -142,6 +140,11 @@ struct Params {
   FastDiv div_w;
   int64_t chunks_per_row, items;  // items = rows * chunks_per_row
   bool words;  // host only: the launch takes the word-wide path (see compute_chunk_words)
+  // Soft labels, mixed by the warp of each row's first chunk (labels null: none).
+  const int64_t* labels;
+  int64_t label_count, classes;
+  bool renormalize;
+  float* soft;
 };
 
 // One term of the block's row, in shared memory.
@@ -154,6 +157,9 @@ struct Term {
   bool planar;  // stride_w == 1: each channel's row is contiguous (else channels-last pixels)
   float alpha[kMaxChannels];      // lam * scale[c]
   float lam_shift[kMaxChannels];  // lam * shift[c]
+  float lam;
+  int64_t label_index;  // the image's entry in the labels: private terms of valid images, else -1
+  int32_t label;        // its class id, -1 if out of range (set after the chunk's passes)
 };
 
 struct Shared {
@@ -217,6 +223,42 @@ INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row
       term.alpha[c] = c < P.C ? lam * s.scale[c] : 0.0f;
       term.lam_shift[c] = c < P.C ? lam * s.shift[c] : 0.0f;
     }
+    term.lam = lam;
+    term.label_index = t < P.private_terms && idx >= 0 && idx < P.label_count ? idx : -1;
+  }
+}
+
+// ---- Soft labels, by the warp of each row's first chunk, in three steps around the chunk's
+// passes: each lane of a private term loads its class id before the passes (so that the
+// load's latency hides behind them), puts it into shared memory after them, and then the
+// lanes write the row's classes lane, lane + 32, ... The sums are mix_labels_cpu's (double,
+// private terms in order, one rounding), so both agree bit for bit; a class id out of range
+// adds to no class.
+INSTAHIDE_HD bool mixes_labels(const Params& P, uint32_t p0) { return P.labels != nullptr && p0 == 0; }
+
+// (The class id is kept as int32, one register across the passes: classes < 2^31.)
+INSTAHIDE_HD int32_t load_label(const Params& P, const Shared& sh, int lane, uint32_t p0) {
+  if (!mixes_labels(P, p0) || lane >= P.private_terms) return -1;
+  const int64_t image = sh.term[lane].label_index;
+  const int64_t label = image >= 0 ? load_readonly(P.labels + image) : -1;
+  return label >= 0 && label < P.classes ? int32_t(label) : -1;
+}
+
+INSTAHIDE_HD void keep_label(const Params& P, Shared& sh, int lane, uint32_t p0, int32_t label) {
+  if (mixes_labels(P, p0) && lane < P.private_terms) sh.term[lane].label = label;
+}
+
+INSTAHIDE_HD void write_labels(const Params& P, const Shared& sh, int lane, int64_t row, uint32_t p0) {
+  if (!mixes_labels(P, p0)) return;
+  for (int64_t c = lane; c < P.classes; c += 32) {
+    double sum = 0.0;
+    float lam_sum = 0.0f;
+    for (int t = 0; t < P.private_terms; ++t) {
+      const float lam = sh.term[t].lam;
+      lam_sum += lam;
+      if (sh.term[t].label == c) sum += double(lam);
+    }
+    P.soft[row * P.classes + c] = P.renormalize ? float(sum) / lam_sum : float(sum);
   }
 }
 
@@ -502,17 +544,15 @@ template <typename Out>
 INSTAHIDE_HD void store4(Out* dst, const Out (&v)[4]) {
 #if defined(__CUDA_ARCH__)
   // 4 * sizeof(Out)-aligned (checked by the host): one 16- or 8-byte store.
-  // Streaming stores (evict-first) would leave L2 to the images, which are read again.
+  // (Streaming, evict-first stores measured 17% slower on an H100: plain stores.)
   if constexpr (sizeof(Out) == 4) {
     float4 w;
     memcpy(&w, v, 16);
-    if constexpr (INSTAHIDE_CUDA_STREAMING_STORES) __stcs(reinterpret_cast<float4*>(dst), w);
-    else *reinterpret_cast<float4*>(dst) = w;
+    *reinterpret_cast<float4*>(dst) = w;
   } else {
     uint2 w;
     memcpy(&w, v, 8);
-    if constexpr (INSTAHIDE_CUDA_STREAMING_STORES) __stcs(reinterpret_cast<uint2*>(dst), w);
-    else *reinterpret_cast<uint2*>(dst) = w;
+    *reinterpret_cast<uint2*>(dst) = w;
   }
 #else
   for (int i = 0; i < 4; ++i) dst[i] = v[i];
@@ -612,48 +652,16 @@ __global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_ke
     __syncwarp();  // the warp's previous chunk is done with `sh`
     setup_chunk(P, sh, lane, row, p0, p1);
     __syncwarp();
+    const int32_t label = load_label(P, sh, lane, p0);
     if constexpr (kWords)
       compute_chunk_words<Out, kChannelsLast, kC>(P, sh, lane, row, p0, p1);
     else
       compute_chunk<Out, kChannelsLast, U, kC>(P, sh, lane, row, p0, p1);
-  }
-}
-
-// ---- Soft labels: one thread per (row, class) of the output. The sums are those of
-// mix_labels_cpu (double, private terms in order, one rounding to float), so both agree
-// bit for bit.
-struct LabelParams {
-  const int64_t* row_id;
-  bool tables_by_row_id;
-  const int64_t* index;
-  const float* lam;
-  const int64_t* labels;  // class ids, one per private image
-  int64_t label_count, classes, elements;  // elements = rows * classes
-  int k, private_terms;
-  bool renormalize;  // divide by the row's private coefficient sum (float, in term order)
-  float* out;
-};
-
-// out[r, c]. Indices and class ids out of range add nothing: the caller checked them on the
-// host, and the kernel must not read outside `labels` whatever the tables hold.
-INSTAHIDE_HD float mix_label(const LabelParams& L, int64_t r, int64_t c) {
-  const int64_t entry = (L.tables_by_row_id ? L.row_id[r] : r) * L.k;
-  double sum = 0.0;
-  float lam_sum = 0.0f;
-  for (int t = 0; t < L.private_terms; ++t) {
-    const int64_t image = L.index[entry + t];
-    const float lam = L.lam[entry + t];
-    lam_sum += lam;
-    if (image >= 0 && image < L.label_count && L.labels[image] == c) sum += double(lam);
-  }
-  return L.renormalize ? float(sum) / lam_sum : float(sum);
-}
-
-__global__ void mix_labels_kernel(const LabelParams L) {
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < L.elements;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = e / L.classes;
-    L.out[e] = mix_label(L, r, e - r * L.classes);
+    if (mixes_labels(P, p0)) {  // the same for the whole warp
+      keep_label(P, sh, lane, p0, label);
+      __syncwarp();
+      write_labels(P, sh, lane, row, p0);
+    }
   }
 }
 
@@ -667,7 +675,7 @@ void check_cuda(cudaError_t err, const char* what) {
 
 
 // Host-side checks (no device memory is read) and the kernel's parameters.
-Params prepare(const EncodeArgs& a, bool& wide) {
+Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
   check_arg(a.k >= 1 && a.k <= kMaxTerms, "k = " + std::to_string(a.k) + " must be in [1, " +
                                               std::to_string(kMaxTerms) + "]");
   check_arg(a.private_terms >= 1 && a.private_terms <= a.k,
@@ -750,34 +758,19 @@ Params prepare(const EncodeArgs& a, bool& wide) {
   }
   check_arg(a.rows <= INT64_MAX / P.chunks_per_row, "rows = " + std::to_string(a.rows) + " is too large");
   P.items = a.rows * P.chunks_per_row;
+  if (labels) {
+    check_arg(labels->classes >= 1 && labels->classes <= INT32_MAX,
+              "classes = " + std::to_string(labels->classes) + " must be in [1, 2^31)");
+    check_arg(labels->label_count >= 0, "the label count must be >= 0");
+    check_arg(a.rows <= INT64_MAX / labels->classes, "rows x classes overflows");
+    check_arg(a.rows == 0 || (labels->labels && labels->out), "encode_cuda: null labels or soft-label output");
+    P.labels = labels->labels;
+    P.label_count = labels->label_count;
+    P.classes = labels->classes;
+    P.renormalize = labels->renormalize;
+    P.soft = labels->out;
+  }
   return P;
-}
-
-// Host-side checks of a label mixing and the kernel's parameters (elements = 0: nothing to do).
-LabelParams prepare_labels(const EncodeArgs& args, const int64_t* labels, int64_t label_count, int64_t classes,
-                           bool renormalize, float* out) {
-  check_arg(args.k >= 1 && args.k <= kMaxTerms && args.private_terms >= 1 && args.private_terms <= args.k,
-            "mix_labels_cuda: bad term counts");
-  check_arg(args.rows >= 0 && label_count >= 0, "mix_labels_cuda: rows and labels must be >= 0");
-  check_arg(classes >= 1, "mix_labels_cuda: classes = " + std::to_string(classes) + " must be >= 1");
-  check_arg(args.rows <= INT64_MAX / classes, "mix_labels_cuda: rows x classes overflows");
-  LabelParams L = {};
-  if (args.rows == 0) return L;
-  check_arg(args.index && args.lam && labels && out, "mix_labels_cuda: a null table, labels or output pointer");
-  check_arg(!args.tables_by_row_id || args.row_id, "mix_labels_cuda: no row ids to look the tables up by");
-  L.row_id = args.row_id;
-  L.tables_by_row_id = args.tables_by_row_id;
-  L.index = args.index;
-  L.lam = args.lam;
-  L.labels = labels;
-  L.label_count = label_count;
-  L.classes = classes;
-  L.elements = args.rows * classes;
-  L.k = args.k;
-  L.private_terms = args.private_terms;
-  L.renormalize = renormalize;
-  L.out = out;
-  return L;
 }
 
 template <typename Out, bool kChannelsLast, typename U, int kC>
@@ -817,9 +810,9 @@ void launch_out(const Params& P, bool channels_last, bool wide, cudaStream_t str
 
 }  // namespace
 
-void encode_cuda(const EncodeArgs& args, void* stream) {
+void encode_cuda(const EncodeArgs& args, void* stream, const LabelArgs* labels) {
   bool wide = false;
-  const Params P = prepare(args, wide);
+  const Params P = prepare(args, labels, wide);
   if (args.rows == 0) return;
   check_arg(args.index && args.lam && args.offset && args.flip && args.out, "encode_cuda: a null key or output pointer");
   check_arg(args.sign != SignMode::kFlip || args.row_id, "encode_cuda: no row ids for the mask");
@@ -830,16 +823,6 @@ void encode_cuda(const EncodeArgs& args, void* stream) {
     case OutType::kFloat16: launch_out<__half>(P, args.out_channels_last, wide, s); break;
     case OutType::kBFloat16: launch_out<__nv_bfloat16>(P, args.out_channels_last, wide, s); break;
   }
-}
-
-void mix_labels_cuda(const EncodeArgs& args, const int64_t* labels, int64_t label_count, int64_t classes,
-                     bool renormalize, float* out, void* stream) {
-  const LabelParams L = prepare_labels(args, labels, label_count, classes, renormalize, out);
-  if (L.elements == 0) return;
-  constexpr int kLabelThreads = 256;
-  const unsigned grid = unsigned(std::min<int64_t>((L.elements + kLabelThreads - 1) / kLabelThreads, 1 << 20));
-  mix_labels_kernel<<<grid, kLabelThreads, 0, static_cast<cudaStream_t>(stream)>>>(L);
-  check_cuda(cudaGetLastError(), "mix_labels_cuda: kernel launch");
 }
 
 CudaDeviceGuard::CudaDeviceGuard(int device) {

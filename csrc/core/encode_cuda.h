@@ -10,22 +10,16 @@
 namespace instahide {
 
 // Encodes all rows of `args` on the current device (the caller selects it), with the semantics
-// of encode_cpu. Every pointer in `args` (sources[i].data, row_id, index, lam, offset, flip, out)
-// is a device pointer. Runs asynchronously on `stream`, a cudaStream_t (null: the default
-// stream). Throws std::invalid_argument for arguments that are unsafe to run (checked on the
-// host, without reading device memory) and std::runtime_error when the launch fails. An image
-// index outside its set is not checked here (it lives in device memory): the kernel reads it
-// as an all-zero image instead of reading out of bounds.
-void encode_cuda(const EncodeArgs& args, void* stream);
-
-// Soft labels of the rows of `args` on the GPU, asynchronously on `stream`: mix_labels_cpu's
-// sums, bit for bit, and with `renormalize` each row divided by its private terms' coefficient
-// sum (float, in term order). Reads the term counts, rows, row ids and the index and lam
-// tables of `args`; `labels` (label_count class ids) and `out` (rows, classes) are device
-// pointers. Indices and class ids out of range add nothing (the caller checks them on the
-// host, where they are).
-void mix_labels_cuda(const EncodeArgs& args, const int64_t* labels, int64_t label_count, int64_t classes,
-                     bool renormalize, float* out, void* stream);
+// of encode_cpu; with `labels`, also mixes the rows' soft labels (as mix_labels_cpu, bit for
+// bit, in the same pass). Every pointer in `args` (sources[i].data, row_id, index, lam,
+// offset, flip, out) and in `labels` (labels, out) is a device pointer. Runs asynchronously on
+// `stream`, a cudaStream_t (null: the default stream). Throws std::invalid_argument for
+// arguments that are unsafe to run (checked on the host, without reading device memory) and
+// std::runtime_error when the launch fails. An image index outside its set is not checked
+// here (it lives in device memory): the kernel reads it as an all-zero image instead of
+// reading out of bounds, and it adds to no class; class ids out of range add nothing (the
+// caller checks them on the host, where they are).
+void encode_cuda(const EncodeArgs& args, void* stream, const LabelArgs* labels = nullptr);
 
 // Makes `device` current while it lives, then restores the caller's current device.
 class CudaDeviceGuard {

@@ -27,11 +27,17 @@ void emulate_kernel(const Params& P) {
     chunk_of(P, item, row, p0, p1);
     std::memset(&g_sh, 0xFF, sizeof(g_sh));  // garbage (NaN floats) to catch reads of unset entries
     for (int lane = 0; lane < 32; ++lane) setup_chunk(P, g_sh, lane, row, p0, p1);
+    int32_t label[32];
     for (int lane = 0; lane < 32; ++lane) {
+      label[lane] = load_label(P, g_sh, lane, p0);
       if constexpr (kWords)
         compute_chunk_words<Out, CL, kC>(P, g_sh, lane, row, p0, p1);
       else
         compute_chunk<Out, CL, U, kC>(P, g_sh, lane, row, p0, p1);
+    }
+    if (mixes_labels(P, p0)) {
+      for (int lane = 0; lane < 32; ++lane) keep_label(P, g_sh, lane, p0, label[lane]);
+      for (int lane = 0; lane < 32; ++lane) write_labels(P, g_sh, lane, row, p0);
     }
   }
 }
@@ -56,9 +62,9 @@ void emulate_layout(const Params& P, bool wide) {
   }
 }
 
-void emulate(const EncodeArgs& a, bool force_wide) {
+void emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels) {
   bool wide = false;
-  Params P = prepare(a, wide);
+  Params P = prepare(a, labels, wide);
   if (a.rows == 0) return;
   wide |= force_wide;
   P.words &= !force_wide;
@@ -153,26 +159,19 @@ ImageSet make_images(std::mt19937_64& rng, int64_t n, int64_t C, int64_t H, int6
   return s;
 }
 
-// The label kernel's per-element function on the tables the kernel gets (`g`) against
-// mix_labels_cpu on the CPU's (`a`): bit-identical sums; renormalized ones divided by the
-// coefficient sum in float.
-bool check_labels(std::mt19937_64& rng, const EncodeArgs& a, const EncodeArgs& g, int64_t label_count) {
-  const int64_t classes = 1 + int64_t(rng() % 12);
-  std::vector<int64_t> labels(static_cast<size_t>(label_count));
-  for (auto& label : labels) label = int64_t(rng() % uint64_t(classes));
-  std::vector<float> cpu(size_t(a.rows * classes));
-  mix_labels_cpu(a, labels.data(), label_count, classes, cpu.data());
-  for (const bool renormalize : {false, true}) {
-    std::vector<float> gpu(cpu.size(), -1.0f);
-    const LabelParams L = prepare_labels(g, labels.data(), label_count, classes, renormalize, gpu.data());
-    for (int64_t e = 0; e < L.elements; ++e) gpu[size_t(e)] = mix_label(L, e / classes, e % classes);
-    for (int64_t r = 0; r < a.rows; ++r) {
-      float lam_sum = 0.0f;
-      for (int t = 0; t < a.private_terms; ++t) lam_sum += a.lam[r * a.k + t];
-      for (int64_t c = 0; c < classes; ++c) {
-        const float want = renormalize ? cpu[size_t(r * classes + c)] / lam_sum : cpu[size_t(r * classes + c)];
-        if (std::memcmp(&want, &gpu[size_t(r * classes + c)], 4) != 0) return false;
-      }
+// Soft labels the emulated kernel wrote (`gpu`, from the tables it got) against
+// mix_labels_cpu on the CPU's tables (`a`): bit-identical sums; renormalized ones divided by
+// the coefficient sum in float, in term order.
+bool labels_match(const EncodeArgs& a, const LabelArgs& labels, const std::vector<float>& gpu) {
+  std::vector<float> cpu(size_t(a.rows * labels.classes));
+  mix_labels_cpu(a, labels.labels, labels.label_count, labels.classes, cpu.data());
+  for (int64_t r = 0; r < a.rows; ++r) {
+    float lam_sum = 0.0f;
+    for (int t = 0; t < a.private_terms; ++t) lam_sum += a.lam[r * a.k + t];
+    for (int64_t c = 0; c < labels.classes; ++c) {
+      const size_t at = size_t(r * labels.classes + c);
+      const float want = labels.renormalize ? cpu[at] / lam_sum : cpu[at];
+      if (std::memcmp(&want, &gpu[at], 4) != 0) return false;
     }
   }
   return true;
@@ -293,7 +292,17 @@ int main() {
       g.flip = epoch_flip.data();
     }
     const bool force_wide = pick(0, 3) == 0;
-    emulate(g, force_wide);
+    // Soft labels of random class ids, mixed in the same pass.
+    LabelArgs labels;
+    std::vector<int64_t> class_ids(static_cast<size_t>(na + 1));
+    labels.classes = pick(1, 40);  // sometimes more than one class per lane
+    for (auto& id : class_ids) id = pick(0, int(labels.classes) - 1);
+    std::vector<float> soft(size_t(rows * labels.classes), -1.0f);
+    labels.labels = class_ids.data();
+    labels.label_count = na + 1;
+    labels.renormalize = pick(0, 1);
+    labels.out = soft.data();
+    emulate(g, force_wide, &labels);
     ++cases;
     if (std::memcmp(out_cpu.data() + elems * esz, out_gpu.data() + elems * esz, 16) != 0) {
       std::printf("case %d: wrote past the end\n", iter);
@@ -315,7 +324,7 @@ int main() {
       }
     }
     if (bad) ++failures;
-    if (!bad_index && rows > 0 && !check_labels(rng, a, g, na + 1)) {
+    if (!bad_index && !labels_match(a, labels, soft)) {
       std::printf("case %d: soft labels differ\n", iter);
       ++failures;
     }

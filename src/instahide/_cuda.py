@@ -18,8 +18,10 @@ import numpy as np
 from . import _arrays, _core
 
 _PIXEL = {np.dtype(np.uint8): 0, np.dtype(np.float32): 1}
+_TORCH_PIXEL_DTYPES = {"torch.uint8": np.dtype(np.uint8), "torch.float32": np.dtype(np.float32)}
 _device_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _device_pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_side_streams: dict = {}  # device -> the torch stream that uploads row ids
 
 
 def is_cuda_array(x) -> bool:
@@ -66,6 +68,24 @@ class _Library:
         with self.xp.cuda.Device(self.device):
             return self.xp.asarray(array)
 
+    def upload_rows(self, rows: np.ndarray):
+        """The batch's row ids on the device. With torch they are copied on a side stream that
+        the current stream then waits for: the copy overlaps the work already queued (the
+        previous batch's kernel) instead of running between two kernels."""
+        if self.name != "torch":
+            return self.upload(rows)
+        torch = self.xp
+        current = torch.cuda.current_stream(self.device)
+        side = _side_streams.get(self.device)
+        if side is None:
+            side = _side_streams[self.device] = torch.cuda.Stream(self.device)
+        host = torch.from_numpy(rows).pin_memory()  # the pinned block is kept until the copy ends
+        with torch.cuda.stream(side):
+            device_rows = host.to(f"cuda:{self.device}", non_blocking=True)
+        current.wait_stream(side)
+        device_rows.record_stream(current)  # its memory is not reused before the kernel is done
+        return device_rows
+
     def empty(self, shape, dtype: str):
         if self.name == "torch":
             return self.xp.empty(shape, dtype=getattr(self.xp, dtype), device=f"cuda:{self.device}")
@@ -81,12 +101,20 @@ class _Library:
 
 def _interface(x, name: str):
     """(pointer, dtype, shape, strides in elements) of a CUDA array."""
+    if _arrays.is_torch(x):  # asked directly: torch's __cuda_array_interface__ is slow Python
+        dtype = _TORCH_PIXEL_DTYPES.get(str(x.dtype))
+        if dtype is None:
+            raise TypeError(f"{name} must be uint8 or float32, got {x.dtype}")
+        return x.data_ptr(), dtype, tuple(x.shape), tuple(x.stride())
     cai = x.__cuda_array_interface__
     dtype = np.dtype(cai["typestr"])
     shape = tuple(cai["shape"])
     strides = cai.get("strides")
     if strides is None:  # C-contiguous
-        strides = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * dtype.itemsize for i in range(len(shape)))
+        strides, size = [], dtype.itemsize
+        for extent in reversed(shape):
+            strides.insert(0, size)
+            size *= extent
     if any(s % dtype.itemsize for s in strides):
         raise ValueError(f"{name}: strides must be multiples of the element size")
     return cai["data"][0], dtype, shape, tuple(s // dtype.itemsize for s in strides)
@@ -150,37 +178,32 @@ def encode(encoder, images, labels, keys, rows):
         raise ValueError(f"keys.index refers to images outside [0, {n})")
     if kp < keys.k and (bounds["public"][0] < 0 or bounds["public"][1] >= len(encoder.public)):
         raise ValueError(f"keys.index refers to public images outside [0, {len(encoder.public)})")
-    device_rows = lib.upload(rows)
+    on_device = lib.name == "torch" and _arrays.is_torch(labels) and labels.device == tables["lam"].device
+    device_labels, classes, soft_input = (_checked_device_labels(labels, keys.n, encoder.num_classes) if on_device
+                                          else (None, 0, False))
+    device_rows = lib.upload_rows(rows)
+    # Class ids on this device are mixed into soft labels by the kernel, in the same pass
+    # (float64 sums in term order, as the host's, so both agree bit for bit).
+    soft, label_spec = None, None
+    if on_device and not soft_input:
+        soft = lib.empty((len(rows), classes), "float32")
+        label_spec = (lib.pointer(device_labels), keys.n, classes, encoder.renormalize_labels)
     # The kernel looks each row up in the epoch's tables by its row id: no per-batch gathers.
     _core.encode_cuda(sources, keys.private_terms, len(rows), keys.k, lib.pointer(tables["index"]),
                       lib.pointer(tables["lam"]), lib.pointer(tables["offset"]), lib.pointer(tables["flip"]),
                       lib.pointer(device_rows), keys.mask_key, keys.epoch, encoder._sign_code, lib.pointer(out),
                       encoder._out_code, encoder.out_layout == "NHWC", height, width, lib.device, lib.stream(),
-                      tables_by_row_id=True)
-    return out, _soft_labels(encoder, labels, keys, rows, device_rows, tables, lib)
-
-
-def _soft_labels(encoder, labels, keys, rows, device_rows, tables, lib):
-    """The batch's soft labels. Class ids in a torch tensor on the images' device are mixed
-    there by one kernel from the epoch's device tables (the same float64 sums in term order as
-    the host, so both agree bit for bit); soft input labels there by torch ops; other labels on
-    the host, then uploaded."""
-    on_device = lib.name == "torch" and _arrays.is_torch(labels) and labels.device == tables["lam"].device
-    if not on_device:
-        return lib.upload(encoder._mix_labels(_host_labels(labels), keys, rows))
-    device_labels, classes, soft_input = _checked_device_labels(labels, keys.n, encoder.num_classes)
-    kp = keys.private_terms
-    if soft_input:
+                      tables_by_row_id=True, labels=label_spec, soft=0 if soft is None else lib.pointer(soft))
+    if soft is not None:
+        return out, soft
+    if on_device:  # soft input labels on the device: mixed there by torch ops
+        kp = keys.private_terms
         index, lam = tables["index"][device_rows, :kp], tables["lam"][device_rows, :kp]
         soft = (lam.double()[:, :, None] * device_labels[index].double()).sum(1).float()
         if encoder.renormalize_labels:
             soft /= lam.sum(1, keepdim=True)
-        return soft
-    soft = lib.empty((len(rows), classes), "float32")
-    _core.mix_labels_cuda(kp, len(rows), keys.k, lib.pointer(tables["index"]), lib.pointer(tables["lam"]),
-                          lib.pointer(device_rows), lib.pointer(device_labels), keys.n, classes,
-                          encoder.renormalize_labels, lib.pointer(soft), lib.device, lib.stream())
-    return soft
+        return out, soft
+    return out, lib.upload(encoder._mix_labels(_host_labels(labels), keys, rows))  # mixed on the host
 
 
 class _LabelCache:
