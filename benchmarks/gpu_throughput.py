@@ -111,10 +111,10 @@ def copy_gbps(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / time_cuda(lambda: dst.copy_(src)) / 1e9
 
 
-def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_path=None):
+def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_path=None, labels_device="cuda"):
     c, h, w = shape
     images = torch.randint(0, 256, (n, h, w, c), dtype=torch.uint8, device="cuda")
-    labels = torch.randint(0, 10, (n,), device="cuda")
+    labels = torch.randint(0, 10, (n,), device=labels_device)
     bytes_per_image = k * c * h * w + c * h * w * 4
     cross = {} if pool is None else {"private_terms": 2, "public": pool, "patch_size": (h, w), "dom": 0.3}
     augmentation = {"pad": 4, "hflip": True} if augment else {}
@@ -209,6 +209,9 @@ def main():
     parser.add_argument("--json")
     parser.add_argument("--quick", action="store_true", help="only the CIFAR batch-65,536 cases (for tuning)")
     parser.add_argument("--host-profile", help="write a cProfile of the batch-4,096 encode calls to this file")
+    parser.add_argument("--host-labels", action="store_true",
+                        help="class ids on the host: the kernel runs without its label step (the soft labels are "
+                             "mixed on the host and uploaded), to measure that step's cost")
     args = parser.parse_args()
     if not torch.cuda.is_available() or instahide.build_info()["cuda_devices"] == 0:
         raise SystemExit(f"no usable CUDA device: {instahide.build_info()['cuda_status']}")
@@ -216,7 +219,8 @@ def main():
     results = []
     if not args.quick:
         results += case("cifar", 50_000, (3, 32, 32), 4, 4096, copy, host_profile_path=args.host_profile)
-    results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy)
+    labels_device = "cpu" if args.host_labels else "cuda"
+    results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, labels_device=labels_device)
     # as in training: random crops of the 4-padded image and horizontal flips
     results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, augment=True)
     pool = instahide.PublicPool.from_images(np.random.default_rng(1).integers(0, 256, (10_000, 40, 40, 3), np.uint8),
