@@ -105,14 +105,15 @@ def encode(images, labels, keys: Keys, *, rows=None, sign: str = "flip", mean=No
     # m = sum_t lam[i, t] * (window_t * unit - mean) / std, public terms with the pool's
     # mean and std
     mixture = np.zeros((len(rows), channels, height, width))
-    for t in range(keys.k):
-        args = (keys.index[rows, t], keys.offset[rows, t], keys.flip[rows, t], (height, width))
-        if t < keys.private_terms:
-            v, m, s = window(nchw, *args) * unit, mean, std
-        else:
-            v, m, s = public_window(public, *args) / 255, public.mean[:, None, None], public.std[:, None, None]
-        lam = keys.lam[rows, t].astype(np.float64)[:, None, None, None]
-        mixture += lam * (v - m) / s
+    with np.errstate(invalid="ignore"):  # infinite pixels: +Inf meeting -Inf gives NaN, as in the core
+        for t in range(keys.k):
+            args = (keys.index[rows, t], keys.offset[rows, t], keys.flip[rows, t], (height, width))
+            if t < keys.private_terms:
+                v, m, s = window(nchw, *args) * unit, mean, std
+            else:
+                v, m, s = public_window(public, *args) / 255, public.mean[:, None, None], public.std[:, None, None]
+            lam = keys.lam[rows, t].astype(np.float64)[:, None, None, None]
+            mixture += lam * (v - m) / s
 
     if sign == "flip":
         encoded = mask(keys.mask_key, keys.epoch, rows, (channels, height, width)) * mixture
