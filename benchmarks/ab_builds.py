@@ -2,11 +2,12 @@
 `instahide._core`, alternating by round, compared by the median of each round's time ratio
 (which cancels the machine's drift between rounds, large on shared VMs).
 
-    python benchmarks/ab_builds.py BUILD_A.so BUILD_B.so [--rounds 24]
+    python benchmarks/ab_builds.py BUILD_A.so BUILD_B.so [--rounds 24] [--augment]
 
 Each argument is a built `_core*.so` (e.g. from `python setup.py build_ext --build-lib DIR`).
 Workload: 50,000 random 32x32x3 uint8 images, k=4, CIFAR normalization, float32 NCHW out,
-97 batches of 512 rows of one epoch's keys per round.
+97 batches of 512 rows of one epoch's keys per round; `--augment` adds the training
+augmentation (pad 4, horizontal flips).
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("builds", nargs="+", help="paths of built _core*.so files; the first is the baseline")
     parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--augment", action="store_true", help="random crops of the 4-padded images and flips")
     args = parser.parse_args(argv)
     cores = [load_core(path) for path in args.builds]
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (50_000, 32, 32, 3), np.uint8)
-    encoder = instahide.Encoder(k=4, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    augmentation = {"pad": 4, "hflip": True} if args.augment else {}
+    encoder = instahide.Encoder(k=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, **augmentation)
     keys = encoder.keys(len(images), 0)
     order = rng.permutation(len(images))
     batches = [np.ascontiguousarray(order[i:i + 512], np.int64) for i in range(0, len(images) - 512, 512)]
