@@ -127,8 +127,9 @@ void read_tables(EncodeArgs& a, const py::array& index, const py::array& lam, co
 void encode(const py::list& sources, int private_terms, const py::array& index, const py::array& lam,
             const py::array& offset, const py::array& flip, const py::array& row_id, const py::bytes& mask_key,
             uint32_t epoch, int sign, py::array out, int out_type, bool out_channels_last, int num_threads,
-            bool tables_by_row_id) {
+            bool tables_by_row_id, bool patches_inside) {
   EncodeArgs a;
+  a.patches_inside = patches_inside;
   if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
   for (size_t i = 0; i < sources.size(); ++i) {
     const py::tuple spec = sources[i].cast<py::tuple>();
@@ -345,7 +346,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("encode", &encode, py::arg("sources"), py::arg("private_terms"), py::arg("index"), py::arg("lam"),
         py::arg("offset"), py::arg("flip"), py::arg("row_id"), py::arg("mask_key"), py::arg("epoch"),
         py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"), py::arg("num_threads"),
-        py::arg("tables_by_row_id") = false);
+        py::arg("tables_by_row_id") = false, py::arg("patches_inside") = false);
   m.def("mix_labels", &mix_labels, py::arg("index"), py::arg("lam"), py::arg("row_id"), py::arg("private_terms"),
         py::arg("labels"), py::arg("classes"));
   m.def("gather_sum", &gather_sum, py::arg("images"), py::arg("index"), py::arg("num_threads") = 0);

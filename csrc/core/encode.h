@@ -47,6 +47,9 @@ struct EncodeArgs {
   // gathering its keys first; without it, they hold the `rows` rows in order.
   bool tables_by_row_id = false;
   int64_t table_rows = 0;
+  // Public patches must lie inside their images (docs/algorithm.md): validate rejects a row
+  // whose public window leaves its image. Without it such windows read 0 outside the image.
+  bool patches_inside = false;
   const int64_t* index = nullptr;    // (rows, k): image in its term's source
   const float* lam = nullptr;        // (rows, k): mixing coefficients
   const int32_t* offset = nullptr;   // (rows, k, 2): (dy, dx) of the window

@@ -806,8 +806,18 @@ void validate(const EncodeArgs& a) {
       const float lam = a.lam[at];
       if (!(lam - lam == 0.0f))  // NaN or infinite (no <cmath> isfinite: -ffast-math proof)
         throw std::invalid_argument("keys.lam" + cell(row, t) + " = " + std::to_string(lam) + " is not finite");
-      // Any window offset is memory-safe (reads outside an image give 0, as in the CUDA kernel);
-      // the rule that public patches lie inside their image is the Python layer's to check.
+      // Any window offset is memory-safe (reads outside an image give 0, as in the CUDA
+      // kernel); public patches outside their image break a rule of the keys, checked on request.
+      if (a.patches_inside && t >= a.private_terms) {
+        const int64_t h = s.image_size ? s.image_size[2 * idx] : s.height;
+        const int64_t w = s.image_size ? s.image_size[2 * idx + 1] : s.width;
+        const int64_t dy = a.offset[2 * at], dx = a.offset[2 * at + 1];  // int32: no overflow below
+        if (dy < 0 || dx < 0 || dy + a.out_height > h || dx + a.out_width > w)
+          throw std::invalid_argument("keys.offset" + cell(row, t) + " = (" + std::to_string(dy) + ", " +
+                                      std::to_string(dx) + ") puts the " + std::to_string(a.out_height) + "x" +
+                                      std::to_string(a.out_width) + " patch outside public image " +
+                                      std::to_string(idx) + " (" + std::to_string(h) + ", " + std::to_string(w) + ")");
+      }
     }
   }
 }

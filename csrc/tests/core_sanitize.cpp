@@ -320,6 +320,14 @@ void check_invalid_arguments(std::mt19937_64& rng, int64_t& checks) {
       lam[0] = bad;
       a.lam = lam.data();
     });
+  std::vector<int32_t> offset;
+  for (const int32_t dy : {-1, int32_t(1) << 30})  // above, and far below, the public image
+    run("public patch outside its image, dy " + std::to_string(dy), [&](EncodeArgs& a) {
+      offset = c.offset;
+      offset[size_t(2 * kp)] = dy;  // row 0's first public term (its tables are row 0's when not by row id)
+      a.offset = offset.data();
+      a.patches_inside = true;
+    });
   run("negative row id", [&](EncodeArgs& a) {
     rows = c.row_id;
     rows.back() = -5;

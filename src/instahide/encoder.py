@@ -141,18 +141,16 @@ class Encoder:
             pool = self.public
             sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes,
                             *self._public_scale_shift(height, width, channels)))
-            _arrays.check_public_patches(keys.index[rows], keys.offset[rows], rows, keys.private_terms, pool,
-                                         (height, width))
 
         out_shape = ((len(rows), height, width, channels) if self.out_layout == "NHWC"
                      else (len(rows), channels, height, width))
         out = _arrays.allocate(out_shape, _arrays.numpy_out_dtype(self.out_dtype), "the encoded batch")
         if len(rows):  # an empty batch has nothing to check or compute (even for an empty set)
             # The core reads the epoch's tables at the batch's row ids and checks every entry it
-            # reads (row ids, indices, coefficients).
+            # reads (row ids, indices, coefficients, public patches inside their images).
             _core.encode(sources, keys.private_terms, keys.index, keys.lam, keys.offset, keys.flip, rows,
                          keys.mask_key, keys.epoch, self._sign_code, out, self._out_code, self.out_layout == "NHWC",
-                         self.num_threads, tables_by_row_id=True)
+                         self.num_threads, tables_by_row_id=True, patches_inside=True)
         soft = self._mix_labels(labels, keys, rows)
         if torch_input:
             return _to_torch(out, self.out_dtype), _to_torch(soft, "float32")
@@ -182,7 +180,11 @@ class Encoder:
             raise ValueError(f"images are {height}x{width}, the encoder's patch_size is {self.patch_size}")
         if self.public.channels != channels:
             raise ValueError(f"the public pool has {self.public.channels} channels, the images {channels}")
-        return (np.float32(1 / 255) / self.public.std).tolist(), (self.public.mean / self.public.std).tolist()
+        pool = self.public
+        if ("public", pool) not in self._normalization:  # keyed by the pool object: a new pool, new values
+            self._normalization["public", pool] = ((np.float32(1 / 255) / pool.std).tolist(),
+                                                   (pool.mean / pool.std).tolist())
+        return self._normalization["public", pool]
 
     def _mix_labels(self, labels, keys: Keys, rows: np.ndarray) -> np.ndarray:
         """sum over private terms of lam[i, t] * onehot(label of term t), as float32."""
