@@ -9,7 +9,8 @@
 // (32 apart, so that the warp's pixels are adjacent) and accumulates all channels of them,
 // kTermsPerGroup terms at a time: the lane's kTermsPerGroup * kPixelsPerThread * C gathers
 // are independent loads in flight together. A warp's writes are contiguous for both output
-// layouts; the mask bits come from shared memory.
+// layouts; the mask bits come from shared memory. The warp of a row's first chunk also mixes
+// the row's soft labels when the call asks for them (see load_label).
 #include "encode_cuda.h"
 
 #include <cuda_bf16.h>
