@@ -48,28 +48,10 @@ def time_cuda(fn, repeats: int = 20, warmup: int = 3, runs: int = 5) -> float:
     return float(np.median(times))
 
 
-def kernel_seconds(fn, name: str, calls: int = 10) -> float | None:
-    """Mean device time per call of the kernels whose name contains `name` (torch profiler),
-    i.e. the kernel alone without the host's per-batch work; None if the profiler fails."""
-    try:
-        from torch.profiler import ProfilerActivity, profile
-
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
-        total_us = sum(e.device_time_total for e in prof.key_averages() if name in e.key)
-        return total_us / 1e6 / calls if total_us > 0 else None
-    except Exception as error:  # the profiler is a diagnostic here, never a reason to fail
-        print(f"profiler unavailable: {error}")
-        return None
-
-
 def gpu_activity(fn, calls: int = 10) -> dict[str, float]:
     """Device microseconds per call of each GPU activity (kernels, copies, memsets) that fn()
-    queues, by name: what a call costs the GPU besides the kernel."""
+    queues, by name (torch profiler): the kernel alone, without the host's per-batch work, and
+    what else a call costs the GPU; empty if the profiler fails."""
     try:
         from torch.profiler import ProfilerActivity, profile
 
@@ -79,7 +61,7 @@ def gpu_activity(fn, calls: int = 10) -> dict[str, float]:
             for _ in range(calls):
                 fn()
             torch.cuda.synchronize()
-        return {e.key[:70]: e.device_time_total / calls for e in prof.key_averages() if e.device_time_total > 0}
+        return {e.key: e.device_time_total / calls for e in prof.key_averages() if e.device_time_total > 0}
     except Exception as error:  # a diagnostic, never a reason to fail
         print(f"profiler unavailable: {error}")
         return {}
@@ -161,14 +143,15 @@ def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_
         entry = {"impl": impl, "case": name, "batch": batch, "images_per_s": ips, "gbps": gbps,
                  "fraction_of_copy": gbps / copy}
         if impl.startswith("fused"):
-            kernel = kernel_seconds(fn, KERNEL_NAME)
+            activity = gpu_activity(fn)
+            kernel = sum(us for name, us in activity.items() if KERNEL_NAME in name) / 1e6
             if kernel:
                 entry["kernel_images_per_s"] = batch / kernel
                 entry["kernel_fraction_of_copy"] = batch / kernel * bytes_per_image / 1e9 / copy
             # the call's time against the GPU's busy time: a call slower than its GPU work
             # leaves the GPU idle (host-bound)
             entry["call_us"] = seconds * 1e6
-            entry["gpu_us_per_call"] = gpu_activity(fn)
+            entry["gpu_us_per_call"] = activity
             if host_profile_path:
                 host_profile(fn, host_profile_path)
         results.append(entry)
@@ -240,7 +223,7 @@ def main():
         if r.get("gpu_us_per_call"):
             busy = sum(r["gpu_us_per_call"].values())
             print(f"{r['impl']} {r['case']} batch {r['batch']}: call {r['call_us']:.1f} us, GPU busy {busy:.1f} us: "
-                  + ", ".join(f"{name} {us:.1f}" for name, us in sorted(r["gpu_us_per_call"].items(),
+                  + ", ".join(f"{name[:70]} {us:.1f}" for name, us in sorted(r["gpu_us_per_call"].items(),
                                                                         key=lambda item: -item[1])))
     fused = {(r["case"], r["batch"]): r for r in results if r["impl"] == "fused_cuda"}
     for r in results:
