@@ -20,7 +20,7 @@ def test_cuda_kernel_emulated_on_the_host_matches_the_cpu_core(tmp_path):
     program = tmp_path / "emulate_cuda"
     build = subprocess.run([NVCC, "-std=c++17", "-O1", "-I", str(core),
                             str(ROOT / "csrc" / "tests" / "emulate_cuda.cu"), str(core / "encode_cpu.cpp"),
-                            str(core / "thread_pool.cpp"), "-o", str(program)],
+                            str(core / "encode_cpu_avx512.cpp"), str(core / "thread_pool.cpp"), "-o", str(program)],
                            capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     run = subprocess.run([str(program)], capture_output=True, text=True, timeout=600)

@@ -37,7 +37,8 @@ def programs(tmp_path_factory):
     for name, flags in BUILDS.items():
         program = folder / ("core_" + name.replace(",", "_"))
         command = [CXX, "-std=c++17", "-O1", "-g", *flags, "-DINSTAHIDE_NO_CLONES", "-I", str(core), str(DRIVER),
-                   str(core / "encode_cpu.cpp"), str(core / "thread_pool.cpp"), "-o", str(program), "-pthread"]
+                   str(core / "encode_cpu.cpp"), str(core / "encode_cpu_avx512.cpp"),
+                   str(core / "thread_pool.cpp"), "-o", str(program), "-pthread"]
         jobs[name] = (program, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     built = {}
     for name, (program, job) in jobs.items():

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../core/encode.h"
+#include "../core/encode_cpu_avx512.h"
 #include "../core/platform.h"
 #include "../core/thread_pool.h"
 #if INSTAHIDE_WITH_CUDA
@@ -327,6 +328,8 @@ py::dict build_info() {
   info["cuda_status"] = "not compiled with CUDA";
 #endif
   info["cpu_cores"] = available_cores();
+  // The CPU row kernel encode calls use where it applies (docs/building.md).
+  info["cpu_kernel"] = cpu::avx512_kernel_available() ? "avx512" : "portable";
   return info;
 }
 

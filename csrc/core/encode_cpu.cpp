@@ -10,6 +10,8 @@
 #endif
 
 #include "chacha20.h"
+#include "cpu_rows.h"
+#include "encode_cpu_avx512.h"
 #include "encode.h"
 #include "float_convert.h"
 #include "platform.h"
@@ -31,9 +33,14 @@ static_assert(INSTAHIDE_LITTLE_ENDIAN, "keystream bytes are read as little-endia
 namespace instahide {
 namespace {
 
+using cpu::kKeystreamPad;
+using cpu::Prefetcher;
+using cpu::plan_prefetch;
+using cpu::term_image;
+using cpu::table_entry;
+
 constexpr int kLanes = 16;         // ChaCha20 blocks computed side by side
 constexpr int64_t kRowsPerTask = 16;
-constexpr int64_t kKeystreamPad = 8;  // lets 64-bit loads at the row's last byte stay in bounds
 
 // One keystream block to compute: its nonce words, counter and destination.
 struct BlockJob {
@@ -154,30 +161,6 @@ struct Scratch {
   std::vector<float> acc, acc_init, acc_flipped;
   std::vector<uint32_t> planes;
   std::vector<uint8_t> keystream;
-};
-
-// Fetches the images of the next row a few cache lines at a time, spread over this row's
-// work: rows pick images at random, so the hardware prefetcher cannot see them coming, and a
-// burst of prefetches would stall on the CPU's few outstanding-miss slots instead of
-// overlapping with compute.
-struct Prefetcher {
-  const char* image[kMaxTerms];
-  int64_t bytes[kMaxTerms];
-  int count = 0, term = 0;
-  int64_t offset = 0;
-  int64_t per_step = 1;
-
-  // One step per term and block of work: a pass mixing N terms at once steps N times per block.
-  INSTAHIDE_INLINE void step(int terms = 1) {
-    for (int64_t i = 0; i < per_step * terms && term < count; ++i) {
-      INSTAHIDE_PREFETCH_L2(image[term] + offset);  // to L2: the row after this one reads it
-      offset += 64;
-      if (offset >= bytes[term]) offset = 0, ++term;
-    }
-  }
-  INSTAHIDE_INLINE void finish() {
-    while (term < count) step();
-  }
 };
 
 constexpr int64_t kBlock = 48;  // elements per accumulate step: whole vectors of 4, 8 or 16 lanes
@@ -456,42 +439,6 @@ INSTAHIDE_INLINE void store_tile_channels_last(const EncodeArgs& args, Out* out_
   }
 }
 
-INSTAHIDE_INLINE int64_t pixel_bytes(const ImageSource& s) { return s.pixel == PixelType::kUint8 ? 1 : 4; }
-
-// Where row r's k entries start in the term tables.
-INSTAHIDE_INLINE int64_t table_entry(const EncodeArgs& args, int64_t r) {
-  return (args.tables_by_row_id ? args.row_id[r] : r) * args.k;
-}
-
-// The first byte of term t's image in row r.
-INSTAHIDE_INLINE const char* term_image(const EncodeArgs& args, int64_t r, int64_t t) {
-  const ImageSource& s = args.sources[t < args.private_terms ? 0 : 1];
-  const int64_t i = args.index[table_entry(args, r) + t];
-  const int64_t first = s.image_offset ? s.image_offset[i] : i * s.stride_n;
-  return static_cast<const char*>(s.data) + first * pixel_bytes(s);
-}
-
-// The images row r reads, to fetch while the current row computes.
-INSTAHIDE_INLINE void plan_prefetch(const EncodeArgs& args, int64_t r, Prefetcher& pf) {
-  pf = Prefetcher();
-  if (r >= args.rows) return;
-  int64_t lines = 0, elements = 0;
-  const int64_t entry = table_entry(args, r);
-  for (int64_t t = 0; t < args.k; ++t) {
-    const ImageSource& s = args.sources[t < args.private_terms ? 0 : 1];
-    const int64_t i = args.index[entry + t];
-    const int64_t pixels = s.image_size ? int64_t(s.image_size[2 * i]) * s.image_size[2 * i + 1] : s.height * s.width;
-    const int64_t bytes = s.channels * pixels * pixel_bytes(s);
-    elements += s.channels * args.out_height * args.out_width;
-    if (!s.image_offset && s.stride_n * pixel_bytes(s) != bytes) continue;  // not compact: leave it to the hardware
-    pf.image[pf.count] = term_image(args, r, t);
-    pf.bytes[pf.count++] = bytes;
-    lines += (bytes + 63) / 64;
-  }
-  const int64_t steps = std::max<int64_t>(1, elements / kBlock);
-  pf.per_step = (lines + steps - 1) / steps;
-}
-
 constexpr int64_t kTileElements = 4096;  // accumulator floats per tile (L1-sized)
 
 inline int64_t tile_rows(int64_t C, int64_t H, int64_t W) {
@@ -688,6 +635,7 @@ void encode_all(const EncodeArgs& args, int num_threads) {
   const int64_t stride = bytes + kKeystreamPad;
   const int64_t tasks = (args.rows + kRowsPerTask - 1) / kRowsPerTask;
   const Patterns patterns = make_patterns(args);
+  const bool avx512 = cpu::avx512_kernel_applies(args);
   parallel_for(tasks, num_threads, [&](int64_t task) {
     thread_local Scratch s;
     const size_t tile_size = size_t(C * W * tile_rows(C, H, W));
@@ -699,6 +647,10 @@ void encode_all(const EncodeArgs& args, int num_threads) {
     if (args.sign == SignMode::kFlip) {
       s.keystream.resize(size_t((r1 - r0) * stride));
       mask_keystream(args.mask_key, args.epoch, args.row_id + r0, r1 - r0, bytes, stride, s.keystream.data());
+    }
+    if (avx512) {
+      cpu::encode_rows_avx512(args, r0, r1, s.keystream.data(), stride);
+      return;
     }
     switch (args.out_type) {
       case OutType::kFloat32: encode_rows_float32(args, patterns, r0, r1, s.keystream.data(), stride, s); break;

@@ -2,7 +2,8 @@
 // UndefinedBehaviorSanitizer (or ThreadSanitizer) by tests/test_sanitizers.py:
 //
 //   g++ -std=c++17 -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-//       -I csrc/core csrc/tests/core_sanitize.cpp csrc/core/encode_cpu.cpp csrc/core/thread_pool.cpp
+//       -I csrc/core csrc/tests/core_sanitize.cpp csrc/core/encode_cpu.cpp csrc/core/encode_cpu_avx512.cpp
+//       csrc/core/thread_pool.cpp
 //       -o core_sanitize -pthread && ./core_sanitize [cases] [threads-only]
 //
 // Random cases of every layout (strides with gaps, negative strides), pixel type, output type
@@ -10,7 +11,8 @@
 // packed public pool; every source buffer is allocated to its exact extent, so a read outside
 // it is a sanitizer report. Outputs are checked against a double-precision reference here;
 // invalid arguments must throw std::invalid_argument; concurrent callers and thread-count
-// changes must give the serial results.
+// changes must give the serial results. Cases alternate between the CPU's two row kernels (the
+// AVX-512 one where the CPU has it, and the portable one).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -469,6 +471,8 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < count; ++i) {
       Case c = make_case(rng);
       const int threads = int(i % 4);
+      if (i % 2) setenv("INSTAHIDE_CPU_KERNEL", "portable", 1);
+      else unsetenv("INSTAHIDE_CPU_KERNEL");
       encode_cpu(c.args, threads);
       check_case(c, "case " + std::to_string(i));
       if (i % 4 == 0) check_tables_by_row_id(c, rng, checks);
