@@ -212,7 +212,26 @@ struct RowTerm {
   int64_t stride_h, stride_c, pixel_bytes;
   int64_t dy, dx;
   bool flip, u8;
-  float alpha[kMaxChannels];  // lam * scale[c]
+};
+
+// Each source's scale and shift as vectors: interleaved runs repeat the channel pattern every
+// 3 elements (vector v holds elements 16v..16v+15), planes use one value per vector.
+template <bool kInterleaved, int kC>
+struct Factors {
+  static constexpr int kVectors = kInterleaved ? 3 : kC;
+  __m512 scale[2][kVectors], shift[2][kVectors];
+
+  INSTAHIDE_AVX512 explicit Factors(const EncodeArgs& a) {
+    for (int i = 0; i < 2; ++i)
+      for (int v = 0; v < kVectors; ++v) {
+        float sc[16], sh[16];
+        for (int m = 0; m < 16; ++m) {
+          const int c = kInterleaved ? (16 * v + m) % 3 : v;
+          sc[m] = a.sources[i].scale[c], sh[m] = a.sources[i].shift[c];
+        }
+        scale[i][v] = _mm512_loadu_ps(sc), shift[i][v] = _mm512_loadu_ps(sh);
+      }
+  }
 };
 
 // One output row. kInterleaved: the sources hold 16-pixel runs of 3 interleaved channels
@@ -220,17 +239,21 @@ struct RowTerm {
 // compile-time constants so that the accumulators live in registers.
 template <OutType kOut, bool kInterleaved, int kC>
 INSTAHIDE_AVX512 void encode_row(const EncodeArgs& a, int64_t r, const uint8_t* keystream, const Permutations& perm,
-                                 Prefetcher& pf) {
+                                 const Factors<kInterleaved, kC>& f, Prefetcher& pf) {
   using Out = typename std::conditional<kOut == OutType::kFloat32, float, uint16_t>::type;
   constexpr int kVectors = kInterleaved ? 3 : kC;  // accumulator vectors per 16 pixels
   const int64_t H = a.out_height, W = a.out_width, k = a.k;
   RowTerm terms[kMaxTerms];
-  float beta[kMaxChannels] = {};  // sum_t lam_t * shift[c]: the normalization's constant part
+  // Per-term factors lam * scale[c] and the accumulators' start -sum_t lam_t * shift[c] (the
+  // normalization's constant part), as vectors of the run's channel pattern.
+  __m512 alpha[kMaxTerms][kVectors], beta[kVectors], init[kVectors];
+  for (int v = 0; v < kVectors; ++v) beta[v] = _mm512_setzero_ps();
   bool any_flip = false;
   const int64_t entry = table_entry(a, r);
   for (int64_t t = 0; t < k; ++t) {
     RowTerm& term = terms[t];
-    const ImageSource& s = a.sources[t < a.private_terms ? 0 : 1];
+    const int which = t < a.private_terms ? 0 : 1;
+    const ImageSource& s = a.sources[which];
     const int64_t i = a.index[entry + t], bytes = pixel_bytes(s);
     term.image = term_image(a, r, t);
     term.height = s.image_size ? s.image_size[2 * i] : s.height;
@@ -243,21 +266,15 @@ INSTAHIDE_AVX512 void encode_row(const EncodeArgs& a, int64_t r, const uint8_t* 
     term.flip = a.flip[entry + t] != 0;
     term.u8 = s.pixel == PixelType::kUint8;
     any_flip |= term.flip;
-    const float lam = a.lam[entry + t];
-    for (int c = 0; c < kC; ++c) term.alpha[c] = lam * s.scale[c], beta[c] += lam * s.shift[c];
-  }
-  // Per-term factors and the accumulators' start as vectors: interleaved runs repeat the
-  // channel pattern every 3 elements, planes use one value per channel.
-  __m512 alpha[kMaxTerms][kVectors], init[kVectors];
-  for (int v = 0; v < kVectors; ++v) {
-    float pattern[16];
-    for (int m = 0; m < 16; ++m) pattern[m] = -beta[kInterleaved ? (16 * v + m) % 3 : v];
-    init[v] = _mm512_loadu_ps(pattern);
-    for (int64_t t = 0; t < k; ++t) {
-      for (int m = 0; m < 16; ++m) pattern[m] = terms[t].alpha[kInterleaved ? (16 * v + m) % 3 : v];
-      alpha[t][v] = _mm512_loadu_ps(pattern);
+    const __m512 lam = _mm512_set1_ps(a.lam[entry + t]);
+    for (int v = 0; v < kVectors; ++v) {
+      alpha[t][v] = _mm512_mul_ps(lam, f.scale[which][v]);
+      beta[v] = _mm512_fmadd_ps(lam, f.shift[which][v], beta[v]);
     }
   }
+  // -beta by its sign bit, as the portable kernel: 0 - 0 would give +0 where -0 is due.
+  const __m512i sign_bit = _mm512_set1_epi32(int(0x80000000u));
+  for (int v = 0; v < kVectors; ++v) init[v] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(beta[v]), sign_bit));
   const __m512i reverse16 = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const bool channels_last = a.out_channels_last && kC == 3;  // one channel: the same order
   Out* out = static_cast<Out*>(a.out) + r * kC * H * W;
@@ -332,10 +349,11 @@ template <OutType kOut, bool kInterleaved, int kC>
 INSTAHIDE_AVX512 void encode_rows(const EncodeArgs& a, int64_t r0, int64_t r1, const uint8_t* keystream,
                                   int64_t stride) {
   const Permutations& perm = permutations();
+  const Factors<kInterleaved, kC> factors(a);
   for (int64_t r = r0; r < r1; ++r) {
     Prefetcher pf;
     plan_prefetch(a, r + 1, pf);
-    encode_row<kOut, kInterleaved, kC>(a, r, keystream + (r - r0) * stride, perm, pf);
+    encode_row<kOut, kInterleaved, kC>(a, r, keystream + (r - r0) * stride, perm, factors, pf);
     pf.finish();
   }
 }
