@@ -185,7 +185,7 @@ def test_encode_full_disk_gives_a_clear_error_and_resumes(dataset, tmp_path, mon
 SLOW_ENCODE = """
 import os, sys, time
 real_fsync = os.fsync
-os.fsync = lambda fd: (time.sleep(0.15), real_fsync(fd))[1]
+os.fsync = lambda fd: (time.sleep(0.4), real_fsync(fd))[1]
 from instahide.cli import main
 sys.exit(main(sys.argv[1:]))
 """

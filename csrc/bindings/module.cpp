@@ -125,10 +125,13 @@ void read_tables(EncodeArgs& a, const py::array& index, const py::array& lam, co
   a.row_id = table<int64_t>(row_id, "row_id", {a.rows});
 }
 
-void encode(const py::list& sources, int private_terms, const py::array& index, const py::array& lam,
-            const py::array& offset, const py::array& flip, const py::array& row_id, const py::bytes& mask_key,
-            uint32_t epoch, int sign, py::array out, int out_type, bool out_channels_last, int num_threads,
-            bool tables_by_row_id, bool patches_inside) {
+// With `labels` (class ids, int64, one per private image) also returns the rows' soft labels
+// (rows, classes) float32, mixed in the same parallel call; else None.
+py::object encode(const py::list& sources, int private_terms, const py::array& index, const py::array& lam,
+                  const py::array& offset, const py::array& flip, const py::array& row_id, const py::bytes& mask_key,
+                  uint32_t epoch, int sign, py::array out, int out_type, bool out_channels_last, int num_threads,
+                  bool tables_by_row_id, bool patches_inside, const py::object& labels, int64_t classes,
+                  bool renormalize) {
   EncodeArgs a;
   a.patches_inside = patches_inside;
   if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
@@ -160,8 +163,25 @@ void encode(const py::list& sources, int private_terms, const py::array& index, 
   if (out.shape(out_channels_last ? 3 : 1) != C) fail("out: channel count differs from the images'");
   a.out = out.mutable_data();
 
-  py::gil_scoped_release release;
-  encode_cpu(a, num_threads);
+  LabelArgs label_args;
+  py::object soft = py::none();
+  if (!labels.is_none()) {
+    const py::array ids = labels.cast<py::array>();
+    if (ids.ndim() != 1) fail("labels: must be one-dimensional class ids");
+    label_args.label_count = ids.shape(0);
+    label_args.labels = table<int64_t>(ids, "labels", {label_args.label_count});
+    if (classes < 1) fail("classes must be >= 1");
+    label_args.classes = classes;
+    label_args.renormalize = renormalize;
+    py::array_t<float> soft_labels({a.rows, classes});
+    label_args.out = soft_labels.mutable_data();
+    soft = soft_labels;
+  }
+  {
+    py::gil_scoped_release release;
+    encode_cpu(a, num_threads, labels.is_none() ? nullptr : &label_args);
+  }
+  return soft;
 }
 
 // Soft labels (rows, classes) float32 from class ids (int64, one per private image), the
@@ -349,7 +369,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("encode", &encode, py::arg("sources"), py::arg("private_terms"), py::arg("index"), py::arg("lam"),
         py::arg("offset"), py::arg("flip"), py::arg("row_id"), py::arg("mask_key"), py::arg("epoch"),
         py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"), py::arg("num_threads"),
-        py::arg("tables_by_row_id") = false, py::arg("patches_inside") = false);
+        py::arg("tables_by_row_id") = false, py::arg("patches_inside") = false, py::arg("labels") = py::none(),
+        py::arg("classes") = 0, py::arg("renormalize") = false);
   m.def("mix_labels", &mix_labels, py::arg("index"), py::arg("lam"), py::arg("row_id"), py::arg("private_terms"),
         py::arg("labels"), py::arg("classes"));
   m.def("gather_sum", &gather_sum, py::arg("images"), py::arg("index"), py::arg("num_threads") = 0);

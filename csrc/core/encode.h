@@ -64,7 +64,7 @@ struct EncodeArgs {
   int64_t out_height = 0, out_width = 0;
 };
 
-// Soft labels mixed alongside an encode call (by encode_cuda; the CPU path calls
+// Soft labels mixed alongside an encode call (by encode_cpu and encode_cuda, as
 // mix_labels_cpu): out[r, c] = sum over private terms t, in order, of lam[r, t] where the
 // term's image has class c, summed in double and rounded once to float.
 struct LabelArgs {
@@ -82,8 +82,10 @@ inline int64_t mask_bytes_per_row(int64_t channels, int64_t height, int64_t widt
 // Throws std::invalid_argument unless `args` is safe to run: shapes, strides, index ranges.
 void validate(const EncodeArgs& args);
 
-// CPU kernel: encodes all rows of `args` on `num_threads` threads (0: the default count).
-void encode_cpu(const EncodeArgs& args, int num_threads);
+// CPU kernel: encodes all rows of `args` on `num_threads` threads (0: the default count);
+// with `labels`, also mixes the rows' soft labels (mix_labels_cpu's sums, then divided by the
+// row's private coefficient sum where `renormalize`), as tasks of the same parallel loop.
+void encode_cpu(const EncodeArgs& args, int num_threads, const LabelArgs* labels = nullptr);
 
 // Soft labels (rows, classes) of the rows of `args` from class ids `labels` (label_count of
 // them, one per private image): out[r, c] = sum over private terms t, in order, of lam[r, t]

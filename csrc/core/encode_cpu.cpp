@@ -628,38 +628,6 @@ void gather_sum_rows(const EncodeArgs& args, int64_t r0, int64_t r1, float* out,
   }
 }
 
-void encode_all(const EncodeArgs& args, int num_threads) {
-  const ImageSource& priv = args.sources[0];
-  const int64_t C = priv.channels, H = args.out_height, W = args.out_width;
-  const int64_t bytes = mask_bytes_per_row(C, H, W);
-  const int64_t stride = bytes + kKeystreamPad;
-  const int64_t tasks = (args.rows + kRowsPerTask - 1) / kRowsPerTask;
-  const Patterns patterns = make_patterns(args);
-  const bool avx512 = cpu::avx512_kernel_applies(args);
-  parallel_for(tasks, num_threads, [&](int64_t task) {
-    thread_local Scratch s;
-    const size_t tile_size = size_t(C * W * tile_rows(C, H, W));
-    s.acc.resize(tile_size);
-    s.acc_init.resize(size_t(C * W));
-    s.acc_flipped.resize(tile_size);
-    s.planes.resize(tile_size);
-    const int64_t r0 = task * kRowsPerTask, r1 = std::min(args.rows, r0 + kRowsPerTask);
-    if (args.sign == SignMode::kFlip) {
-      s.keystream.resize(size_t((r1 - r0) * stride));
-      mask_keystream(args.mask_key, args.epoch, args.row_id + r0, r1 - r0, bytes, stride, s.keystream.data());
-    }
-    if (avx512) {
-      cpu::encode_rows_avx512(args, r0, r1, s.keystream.data(), stride);
-      return;
-    }
-    switch (args.out_type) {
-      case OutType::kFloat32: encode_rows_float32(args, patterns, r0, r1, s.keystream.data(), stride, s); break;
-      case OutType::kFloat16: encode_rows_float16(args, patterns, r0, r1, s.keystream.data(), stride, s); break;
-      case OutType::kBFloat16: encode_rows_bfloat16(args, patterns, r0, r1, s.keystream.data(), stride, s); break;
-    }
-  });
-}
-
 // Row r's id checked against the tables it looks up; returns where its k entries start.
 int64_t checked_entry(const EncodeArgs& a, int64_t r) {
   const int64_t row = a.row_id[r];
@@ -682,6 +650,83 @@ void check(bool ok, Message&& message) {
   if (!ok) throw std::invalid_argument(message());
 }
 
+// Soft labels of rows [r0, r1) into out (rows, classes), as mix_labels_cpu describes; with
+// `renormalize`, each row divided by its private coefficient sum (float, in term order).
+void mix_label_rows(const EncodeArgs& a, const LabelArgs& l, int64_t r0, int64_t r1) {
+  std::vector<double> sums(static_cast<size_t>(l.classes));
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t row = a.row_id[r], entry = checked_entry(a, r);
+    std::fill(sums.begin(), sums.end(), 0.0);
+    float total = 0.0f;
+    for (int t = 0; t < a.private_terms; ++t) {
+      const int64_t image = a.index[entry + t];
+      if (image < 0 || image >= l.label_count)
+        throw std::invalid_argument("keys.index[" + std::to_string(row) + ", " + std::to_string(t) + "] = " +
+                                    std::to_string(image) + " is out of range for " + std::to_string(l.label_count) +
+                                    " labels");
+      const int64_t label = l.labels[image];
+      if (label < 0 || label >= l.classes)
+        throw std::invalid_argument("labels[" + std::to_string(image) + "] = " + std::to_string(label) +
+                                    " is out of range: class ids must be >= 0 and below num_classes = " +
+                                    std::to_string(l.classes));
+      sums[size_t(label)] += double(a.lam[entry + t]);
+      total += a.lam[entry + t];
+    }
+    float* out = l.out + r * l.classes;
+    for (int64_t c = 0; c < l.classes; ++c) out[c] = float(sums[size_t(c)]);
+    if (l.renormalize)
+      for (int64_t c = 0; c < l.classes; ++c) out[c] /= total;
+  }
+}
+
+void check_label_args(const EncodeArgs& a, const LabelArgs& l) {
+  check(a.k >= 1 && a.k <= kMaxTerms && a.private_terms >= 1 && a.private_terms <= a.k, "bad term counts");
+  check(a.rows >= 0 && l.label_count >= 0, "rows and labels must be >= 0");
+  check(l.classes >= 1, [&] { return describe("classes", l.classes) + " must be >= 1"; });
+  check(a.rows <= INT64_MAX / l.classes, "rows x classes overflows");
+  check(a.rows == 0 || (a.index && a.lam && a.row_id && l.labels && l.out), "null table, labels or output");
+}
+
+constexpr int64_t kLabelRowsPerTask = 256;
+
+void encode_all(const EncodeArgs& args, int num_threads, const LabelArgs* labels) {
+  const ImageSource& priv = args.sources[0];
+  const int64_t C = priv.channels, H = args.out_height, W = args.out_width;
+  const int64_t bytes = mask_bytes_per_row(C, H, W);
+  const int64_t stride = bytes + kKeystreamPad;
+  const int64_t tasks = (args.rows + kRowsPerTask - 1) / kRowsPerTask;
+  const Patterns patterns = make_patterns(args);
+  const bool avx512 = cpu::avx512_kernel_applies(args);
+  // Label tasks come after the encode tasks: whichever thread runs out of rows first takes them.
+  const int64_t label_tasks = labels ? (args.rows + kLabelRowsPerTask - 1) / kLabelRowsPerTask : 0;
+  parallel_for(tasks + label_tasks, num_threads, [&](int64_t task) {
+    if (task >= tasks) {
+      const int64_t r0 = (task - tasks) * kLabelRowsPerTask;
+      mix_label_rows(args, *labels, r0, std::min(args.rows, r0 + kLabelRowsPerTask));
+      return;
+    }
+    thread_local Scratch s;
+    const size_t tile_size = size_t(C * W * tile_rows(C, H, W));
+    s.acc.resize(tile_size);
+    s.acc_init.resize(size_t(C * W));
+    s.acc_flipped.resize(tile_size);
+    s.planes.resize(tile_size);
+    const int64_t r0 = task * kRowsPerTask, r1 = std::min(args.rows, r0 + kRowsPerTask);
+    if (args.sign == SignMode::kFlip) {
+      s.keystream.resize(size_t((r1 - r0) * stride));
+      mask_keystream(args.mask_key, args.epoch, args.row_id + r0, r1 - r0, bytes, stride, s.keystream.data());
+    }
+    if (avx512) {
+      cpu::encode_rows_avx512(args, r0, r1, s.keystream.data(), stride);
+      return;
+    }
+    switch (args.out_type) {
+      case OutType::kFloat32: encode_rows_float32(args, patterns, r0, r1, s.keystream.data(), stride, s); break;
+      case OutType::kFloat16: encode_rows_float16(args, patterns, r0, r1, s.keystream.data(), stride, s); break;
+      case OutType::kBFloat16: encode_rows_bfloat16(args, patterns, r0, r1, s.keystream.data(), stride, s); break;
+    }
+  });
+}
 
 }  // namespace
 
@@ -774,37 +819,18 @@ void validate(const EncodeArgs& a) {
   }
 }
 
-void encode_cpu(const EncodeArgs& args, int num_threads) {
+void encode_cpu(const EncodeArgs& args, int num_threads, const LabelArgs* labels) {
   validate(args);
+  if (labels) check_label_args(args, *labels);
   if (args.rows == 0) return;
-  encode_all(args, num_threads);
+  encode_all(args, num_threads, labels);
 }
 
 void mix_labels_cpu(const EncodeArgs& a, const int64_t* labels, int64_t label_count, int64_t classes, float* out) {
-  check(a.k >= 1 && a.k <= kMaxTerms && a.private_terms >= 1 && a.private_terms <= a.k, "bad term counts");
-  check(a.rows >= 0 && label_count >= 0, "rows and labels must be >= 0");
-  check(classes >= 1, [&] { return describe("classes", classes) + " must be >= 1"; });
-  check(a.rows <= INT64_MAX / classes, "rows x classes overflows");
-  check(a.rows == 0 || (a.index && a.lam && a.row_id && labels && out), "null table, labels or output");
-  std::vector<double> sums(static_cast<size_t>(classes));
-  for (int64_t r = 0; r < a.rows; ++r) {
-    const int64_t row = a.row_id[r], entry = checked_entry(a, r);
-    std::fill(sums.begin(), sums.end(), 0.0);
-    for (int t = 0; t < a.private_terms; ++t) {
-      const int64_t image = a.index[entry + t];
-      if (image < 0 || image >= label_count)
-        throw std::invalid_argument("keys.index[" + std::to_string(row) + ", " + std::to_string(t) + "] = " +
-                                    std::to_string(image) + " is out of range for " + std::to_string(label_count) +
-                                    " labels");
-      const int64_t label = labels[image];
-      if (label < 0 || label >= classes)
-        throw std::invalid_argument("labels[" + std::to_string(image) + "] = " + std::to_string(label) +
-                                    " is out of range: class ids must be >= 0 and below num_classes = " +
-                                    std::to_string(classes));
-      sums[size_t(label)] += double(a.lam[entry + t]);
-    }
-    for (int64_t c = 0; c < classes; ++c) out[r * classes + c] = float(sums[size_t(c)]);
-  }
+  LabelArgs l;
+  l.labels = labels, l.label_count = label_count, l.classes = classes, l.out = out;
+  check_label_args(a, l);
+  mix_label_rows(a, l, 0, a.rows);
 }
 
 void mask_cpu(const uint8_t key[32], uint32_t epoch, const int64_t* row_id, int64_t rows, int64_t elements_per_row,

@@ -20,7 +20,8 @@ _PackedDeviceSource = tuple[int, int, int, int, int, int, int, Sequence[float], 
 def encode(sources: list[_Source | _PackedSource], private_terms: int, index: np.ndarray, lam: np.ndarray,
            offset: np.ndarray, flip: np.ndarray, row_id: np.ndarray, mask_key: bytes, epoch: int, sign: int,
            out: np.ndarray, out_type: int, out_channels_last: bool, num_threads: int,
-           tables_by_row_id: bool = False, patches_inside: bool = False) -> None: ...
+           tables_by_row_id: bool = False, patches_inside: bool = False, labels: np.ndarray | None = None,
+           classes: int = 0, renormalize: bool = False) -> npt.NDArray[np.float32] | None: ...
 def mix_labels(index: np.ndarray, lam: np.ndarray, row_id: np.ndarray, private_terms: int, labels: np.ndarray,
                classes: int) -> npt.NDArray[np.float32]: ...
 def encode_cuda(sources: list[_DeviceSource | _PackedDeviceSource], private_terms: int, rows: int, k: int, index: int,

@@ -145,13 +145,20 @@ class Encoder:
         out_shape = ((len(rows), height, width, channels) if self.out_layout == "NHWC"
                      else (len(rows), channels, height, width))
         out = _arrays.allocate(out_shape, _arrays.numpy_out_dtype(self.out_dtype), "the encoded batch")
+        labels, classes, soft_input = _arrays.check_labels(labels, keys.n, self.num_classes, scan=False)
+        soft = None
         if len(rows):  # an empty batch has nothing to check or compute (even for an empty set)
             # The core reads the epoch's tables at the batch's row ids and checks every entry it
-            # reads (row ids, indices, coefficients, public patches inside their images).
-            _core.encode(sources, keys.private_terms, keys.index, keys.lam, keys.offset, keys.flip, rows,
-                         keys.mask_key, keys.epoch, self._sign_code, out, self._out_code, self.out_layout == "NHWC",
-                         self.num_threads, tables_by_row_id=True, patches_inside=True)
-        soft = self._mix_labels(labels, keys, rows)
+            # reads (row ids, indices, coefficients, public patches inside their images, class
+            # ids); it mixes class-id labels in the same parallel call.
+            class_ids = None if soft_input else np.ascontiguousarray(labels, np.int64)
+            soft = _core.encode(sources, keys.private_terms, keys.index, keys.lam, keys.offset, keys.flip, rows,
+                                keys.mask_key, keys.epoch, self._sign_code, out, self._out_code,
+                                self.out_layout == "NHWC", self.num_threads, tables_by_row_id=True,
+                                patches_inside=True, labels=class_ids, classes=classes,
+                                renormalize=self.renormalize_labels)
+        if soft is None:
+            soft = self._mix_labels(labels, keys, rows)
         if torch_input:
             return _to_torch(out, self.out_dtype), _to_torch(soft, "float32")
         return out, soft
