@@ -234,6 +234,48 @@ struct Factors {
   }
 };
 
+// Signs, converts and stores the 16-pixel run (y, x0) of n valid pixels from its accumulators
+// (flipped: the flipped terms' sum, in reverse pixel order).
+template <OutType kOut, bool kInterleaved, int kC, typename Out>
+INSTAHIDE_AVX512 void emit_run(const EncodeArgs& a, Out* out, const uint8_t* keystream, const Permutations& perm,
+                               int64_t y, int64_t x0, int64_t n, const __m512* acc, const __m512* flipped,
+                               bool any_flip) {
+  const int64_t H = a.out_height, W = a.out_width;
+  // Channel planes of the 16 pixels (mask bit j = c*H*W + y*W + x).
+  __m512 planes[kC];
+  for (int c = 0; c < kC; ++c) {
+    if (kInterleaved) {
+      planes[c] = pick48(acc, perm.plane[c]);
+      if (any_flip) planes[c] = _mm512_add_ps(planes[c], pick48(flipped, perm.plane_reversed[c]));
+    } else {
+      planes[c] = acc[c];
+      if (any_flip) {
+        const __m512i reverse16 = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        planes[c] = _mm512_add_ps(planes[c], _mm512_permutexvar_ps(reverse16, flipped[c]));
+      }
+    }
+  }
+  uint32_t bits[kC] = {};
+  if (a.sign == SignMode::kFlip)
+    for (int c = 0; c < kC; ++c) bits[c] = mask_bits(keystream, (c * H + y) * W + x0);
+  if (!(a.out_channels_last && kC == 3)) {  // one channel: channels-last is the same order
+    for (int c = 0; c < kC; ++c)
+      store16<kOut>(out + (c * H + y) * W + x0, apply_sign(planes[c], a.sign, bits[c]), uint32_t((1u << n) - 1u));
+    return;
+  }
+  // Channels-last (kC == 3): element e of the run is pixel e / 3, channel e % 3.
+  const uint64_t signs = _pdep_u64(bits[0], kEveryThird) | _pdep_u64(bits[1 % kC], kEveryThird << 1) |
+                         _pdep_u64(bits[2 % kC], kEveryThird << 2);
+  const uint64_t valid = (uint64_t(1) << (3 * n)) - 1;
+  for (int q = 0; q < 3; ++q) {
+    const uint32_t lanes_q = uint32_t(valid >> (16 * q)) & 0xffffu;
+    if (!lanes_q) break;
+    const __m512 v = pick48(planes, perm.interleave[q]);
+    store16<kOut>(out + (y * W + x0) * 3 + 16 * q, apply_sign(v, a.sign, uint32_t(signs >> (16 * q)) & 0xffffu),
+                  lanes_q);
+  }
+}
+
 // One output row. kInterleaved: the sources hold 16-pixel runs of 3 interleaved channels
 // (kC == 3), three vectors of 48 elements; else kC channel planes, one vector each. Both are
 // compile-time constants so that the accumulators live in registers.
@@ -275,9 +317,42 @@ INSTAHIDE_AVX512 void encode_row(const EncodeArgs& a, int64_t r, const uint8_t* 
   // -beta by its sign bit, as the portable kernel: 0 - 0 would give +0 where -0 is due.
   const __m512i sign_bit = _mm512_set1_epi32(int(0x80000000u));
   for (int v = 0; v < kVectors; ++v) init[v] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(beta[v]), sign_bit));
-  const __m512i reverse16 = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const bool channels_last = a.out_channels_last && kC == 3;  // one channel: the same order
   Out* out = static_cast<Out*>(a.out) + r * kC * H * W;
+
+  // The common row: every window unflipped and inside its image, whole runs of 16 pixels. Its
+  // loads need no masks and no per-term bounds.
+  bool inside = !any_flip && W % 16 == 0;
+  for (int64_t t = 0; t < k && inside; ++t) {
+    const RowTerm& term = terms[t];
+    inside = term.dy >= 0 && term.dy + H <= term.height && term.dx >= 0 && term.dx + W <= term.width;
+  }
+  if (inside) {
+    const char* first[kMaxTerms];  // each window's first pixel
+    for (int64_t t = 0; t < k; ++t)
+      first[t] = terms[t].image + terms[t].dy * terms[t].stride_h + terms[t].dx * terms[t].pixel_bytes;
+    for (int64_t y = 0; y < H; ++y) {
+      for (int64_t x0 = 0; x0 < W; x0 += 16) {
+        __m512 acc[kVectors];
+        for (int v = 0; v < kVectors; ++v) acc[v] = init[v];
+        for (int64_t t = 0; t < k; ++t) {
+          const char* p = first[t] + y * terms[t].stride_h + x0 * terms[t].pixel_bytes;
+          __m512 v[kVectors];
+          if (kInterleaved) {
+            if (terms[t].u8) load_interleaved<uint8_t>(p, 0xffffu, v);
+            else load_interleaved<float>(p, 0xffffu, v);
+          } else {
+            for (int c = 0; c < kC; ++c)
+              v[c] = terms[t].u8 ? load_plane<uint8_t>(p + c * terms[t].stride_c, 0xffffu)
+                                 : load_plane<float>(p + c * terms[t].stride_c, 0xffffu);
+          }
+          for (int q = 0; q < kVectors; ++q) acc[q] = _mm512_fmadd_ps(v[q], alpha[t][q], acc[q]);
+        }
+        pf.step(int(k));
+        emit_run<kOut, kInterleaved, kC>(a, out, keystream, perm, y, x0, 16, acc, acc, false);
+      }
+    }
+    return;
+  }
 
   for (int64_t y = 0; y < H; ++y) {
     for (int64_t x0 = 0; x0 < W; x0 += 16) {
@@ -310,37 +385,7 @@ INSTAHIDE_AVX512 void encode_row(const EncodeArgs& a, int64_t r, const uint8_t* 
         }
       }
       pf.step(int(k));
-
-      // Channel planes of the 16 pixels (mask bit j = c*H*W + y*W + x).
-      __m512 planes[kC];
-      for (int c = 0; c < kC; ++c) {
-        if (kInterleaved) {
-          planes[c] = pick48(acc, perm.plane[c]);
-          if (any_flip) planes[c] = _mm512_add_ps(planes[c], pick48(flipped, perm.plane_reversed[c]));
-        } else {
-          planes[c] = acc[c];
-          if (any_flip) planes[c] = _mm512_add_ps(planes[c], _mm512_permutexvar_ps(reverse16, flipped[c]));
-        }
-      }
-      uint32_t bits[kC] = {};
-      if (a.sign == SignMode::kFlip)
-        for (int c = 0; c < kC; ++c) bits[c] = mask_bits(keystream, (c * H + y) * W + x0);
-      if (!channels_last) {
-        for (int c = 0; c < kC; ++c)
-          store16<kOut>(out + (c * H + y) * W + x0, apply_sign(planes[c], a.sign, bits[c]), uint32_t((1u << n) - 1u));
-        continue;
-      }
-      // Channels-last (kC == 3): element e of the run is pixel e / 3, channel e % 3.
-      const uint64_t signs = _pdep_u64(bits[0], kEveryThird) | _pdep_u64(bits[1 % kC], kEveryThird << 1) |
-                             _pdep_u64(bits[2 % kC], kEveryThird << 2);
-      const uint64_t valid = (uint64_t(1) << (3 * n)) - 1;
-      for (int q = 0; q < 3; ++q) {
-        const uint32_t lanes_q = uint32_t(valid >> (16 * q)) & 0xffffu;
-        if (!lanes_q) break;
-        const __m512 v = pick48(planes, perm.interleave[q]);
-        store16<kOut>(out + (y * W + x0) * 3 + 16 * q,
-                      apply_sign(v, a.sign, uint32_t(signs >> (16 * q)) & 0xffffu), lanes_q);
-      }
+      emit_run<kOut, kInterleaved, kC>(a, out, keystream, perm, y, x0, n, acc, flipped, any_flip);
     }
   }
 }
