@@ -77,5 +77,20 @@ INSTAHIDE_ALWAYS_INLINE void plan_prefetch(const EncodeArgs& args, int64_t r, Pr
   pf.per_step = (lines + steps - 1) / steps;
 }
 
+// Fetches row r's entries of the key tables: rows of a batch are random rows of the epoch's
+// tables, so each row's entries are cache misses unless fetched a row or two ahead.
+INSTAHIDE_ALWAYS_INLINE void prefetch_tables(const EncodeArgs& args, int64_t r) {
+  if (r >= args.rows) return;
+  const int64_t entry = table_entry(args, r), last = entry + args.k - 1;
+  INSTAHIDE_PREFETCH_L1(args.index + entry);
+  INSTAHIDE_PREFETCH_L1(args.index + last);
+  INSTAHIDE_PREFETCH_L1(args.lam + entry);
+  INSTAHIDE_PREFETCH_L1(args.lam + last);
+  INSTAHIDE_PREFETCH_L1(args.offset + 2 * entry);
+  INSTAHIDE_PREFETCH_L1(args.offset + 2 * last + 1);
+  INSTAHIDE_PREFETCH_L1(args.flip + entry);
+  INSTAHIDE_PREFETCH_L1(args.flip + last);
+}
+
 }  // namespace cpu
 }  // namespace instahide

@@ -395,7 +395,10 @@ INSTAHIDE_AVX512 void encode_rows(const EncodeArgs& a, int64_t r0, int64_t r1, c
                                   int64_t stride) {
   const Permutations& perm = permutations();
   const Factors<kInterleaved, kC> factors(a);
+  prefetch_tables(a, r0);
+  prefetch_tables(a, r0 + 1);
   for (int64_t r = r0; r < r1; ++r) {
+    prefetch_tables(a, r + 2);  // read by plan_prefetch at the next row and by encode_row after it
     Prefetcher pf;
     plan_prefetch(a, r + 1, pf);
     encode_row<kOut, kInterleaved, kC>(a, r, keystream + (r - r0) * stride, perm, factors, pf);

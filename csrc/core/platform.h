@@ -4,10 +4,12 @@
 #if defined(_MSC_VER) && !defined(__clang__)
 #define INSTAHIDE_ALWAYS_INLINE __forceinline
 #define INSTAHIDE_PREFETCH_L2(p) ((void)(p))  // a hint only
+#define INSTAHIDE_PREFETCH_L1(p) ((void)(p))
 #define INSTAHIDE_LITTLE_ENDIAN 1             // every MSVC target is little-endian
 #else
 #define INSTAHIDE_ALWAYS_INLINE __attribute__((always_inline)) inline
 #define INSTAHIDE_PREFETCH_L2(p) __builtin_prefetch((p), 0, 1)
+#define INSTAHIDE_PREFETCH_L1(p) __builtin_prefetch((p), 0, 3)
 #define INSTAHIDE_LITTLE_ENDIAN (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
 #endif
 
