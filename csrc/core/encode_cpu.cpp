@@ -697,8 +697,9 @@ void encode_all(const EncodeArgs& args, int num_threads, const LabelArgs* labels
   const int64_t tasks = (args.rows + kRowsPerTask - 1) / kRowsPerTask;
   const Patterns patterns = make_patterns(args);
   const bool avx512 = cpu::avx512_kernel_applies(args);
-  // Label tasks come after the encode tasks: whichever thread runs out of rows first takes them.
-  const int64_t label_tasks = labels ? (args.rows + kLabelRowsPerTask - 1) / kLabelRowsPerTask : 0;
+  // Label tasks come after the encode tasks: whichever thread runs out of rows first takes
+  // them. A batch of one encode task mixes its labels after it, without waking a thread.
+  const int64_t label_tasks = labels && tasks > 1 ? (args.rows + kLabelRowsPerTask - 1) / kLabelRowsPerTask : 0;
   parallel_for(tasks + label_tasks, num_threads, [&](int64_t task) {
     if (task >= tasks) {
       const int64_t r0 = (task - tasks) * kLabelRowsPerTask;
@@ -726,6 +727,7 @@ void encode_all(const EncodeArgs& args, int num_threads, const LabelArgs* labels
       case OutType::kBFloat16: encode_rows_bfloat16(args, patterns, r0, r1, s.keystream.data(), stride, s); break;
     }
   });
+  if (labels && !label_tasks) mix_label_rows(args, *labels, 0, args.rows);
 }
 
 }  // namespace
