@@ -56,6 +56,29 @@ INSTAHIDE_ALWAYS_INLINE const char* term_image(const EncodeArgs& args, int64_t r
   return static_cast<const char*>(s.data) + first * pixel_bytes(s);
 }
 
+// Where term t of row r reads: its image (first byte), the image's size and distance between
+// pixel rows (elements), the window's offset and flip.
+struct TermWindow {
+  const char* image;
+  int64_t height, width, stride_h;
+  int64_t dy, dx;
+  bool flip;
+};
+
+INSTAHIDE_ALWAYS_INLINE TermWindow term_window(const EncodeArgs& args, int64_t r, int64_t t) {
+  const ImageSource& s = args.sources[t < args.private_terms ? 0 : 1];
+  const int64_t at = table_entry(args, r) + t, i = args.index[at];
+  TermWindow w;
+  w.image = term_image(args, r, t);
+  w.height = s.image_size ? s.image_size[2 * i] : s.height;
+  w.width = s.image_size ? s.image_size[2 * i + 1] : s.width;
+  w.stride_h = s.image_size ? w.width * s.channels : s.stride_h;  // packed images: channels-last rows
+  w.dy = args.offset[2 * at];
+  w.dx = args.offset[2 * at + 1];
+  w.flip = args.flip[at] != 0;
+  return w;
+}
+
 // The images row r reads, to fetch while the current row computes.
 INSTAHIDE_ALWAYS_INLINE void plan_prefetch(const EncodeArgs& args, int64_t r, Prefetcher& pf) {
   pf = Prefetcher();

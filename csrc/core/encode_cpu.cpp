@@ -141,14 +141,9 @@ Patterns make_patterns(const EncodeArgs& args) {
   return p;
 }
 
-// Everything one term of one row needs.
-struct Term {
+// Everything one term of one row needs: its window (cpu_rows.h) and what follows.
+struct Term : cpu::TermWindow {
   const ImageSource* source;
-  const char* image;          // the term's image (bytes)
-  int64_t height, width;      // the term's image size
-  int64_t stride_h;           // elements between its pixel rows
-  int64_t dy, dx;             // window offset
-  bool flip;
   bool contiguous;            // the source's pixel rows have the accumulator's layout
   // lam * scale[i % C] for i < 48: the per-element factor of interleaved runs, whose first C
   // entries are the per-channel factors (48 % C == 0 for C <= 4, and 48 floats fill whole
@@ -463,15 +458,8 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, const Patterns& pattern
     const int which = t < args.private_terms ? 0 : 1;
     const ImageSource& src = args.sources[which];
     const int64_t at = entry + t;
+    static_cast<cpu::TermWindow&>(term) = cpu::term_window(args, r, t);
     term.source = &src;
-    term.image = term_image(args, r, t);
-    const int64_t i = args.index[at];
-    term.height = src.image_size ? src.image_size[2 * i] : src.height;
-    term.width = src.image_size ? src.image_size[2 * i + 1] : src.width;
-    term.stride_h = src.image_size ? term.width * C : src.stride_h;
-    term.dy = args.offset[2 * at];
-    term.dx = args.offset[2 * at + 1];
-    term.flip = args.flip[at] != 0;
     term.contiguous = interleaved ? (src.stride_c == 1 && src.stride_w == C) : src.stride_w == 1;
     any_flip |= term.flip;
     const float lam = args.lam[at];

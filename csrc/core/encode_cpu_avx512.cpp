@@ -205,13 +205,10 @@ INSTAHIDE_AVX512 void store16(void* dst, __m512i bits, uint32_t valid) {
   else _mm256_mask_storeu_epi16(dst, __mmask16(valid), half);
 }
 
-// One term of one row, strides in bytes.
-struct RowTerm {
-  const char* image;
-  int64_t height, width;
-  int64_t stride_h, stride_c, pixel_bytes;
-  int64_t dy, dx;
-  bool flip, u8;
+// One term of one row: its window, and its strides in bytes.
+struct RowTerm : TermWindow {
+  int64_t row_bytes, plane_bytes, pixel_bytes;  // between pixel rows, channel planes, pixels
+  bool u8;
 };
 
 // Each source's scale and shift as vectors: interleaved runs repeat the channel pattern every
@@ -296,16 +293,11 @@ INSTAHIDE_AVX512 void encode_row(const EncodeArgs& a, int64_t r, const uint8_t* 
     RowTerm& term = terms[t];
     const int which = t < a.private_terms ? 0 : 1;
     const ImageSource& s = a.sources[which];
-    const int64_t i = a.index[entry + t], bytes = pixel_bytes(s);
-    term.image = term_image(a, r, t);
-    term.height = s.image_size ? s.image_size[2 * i] : s.height;
-    term.width = s.image_size ? s.image_size[2 * i + 1] : s.width;
-    term.stride_h = (s.image_size ? term.width * kC : s.stride_h) * bytes;
-    term.stride_c = s.stride_c * bytes;
+    const int64_t bytes = pixel_bytes(s);
+    static_cast<TermWindow&>(term) = term_window(a, r, t);
+    term.row_bytes = term.stride_h * bytes;
+    term.plane_bytes = s.stride_c * bytes;
     term.pixel_bytes = (kInterleaved ? 3 : 1) * bytes;
-    term.dy = a.offset[2 * (entry + t)];
-    term.dx = a.offset[2 * (entry + t) + 1];
-    term.flip = a.flip[entry + t] != 0;
     term.u8 = s.pixel == PixelType::kUint8;
     any_flip |= term.flip;
     const __m512 lam = _mm512_set1_ps(a.lam[entry + t]);
@@ -329,21 +321,21 @@ INSTAHIDE_AVX512 void encode_row(const EncodeArgs& a, int64_t r, const uint8_t* 
   if (inside) {
     const char* first[kMaxTerms];  // each window's first pixel
     for (int64_t t = 0; t < k; ++t)
-      first[t] = terms[t].image + terms[t].dy * terms[t].stride_h + terms[t].dx * terms[t].pixel_bytes;
+      first[t] = terms[t].image + terms[t].dy * terms[t].row_bytes + terms[t].dx * terms[t].pixel_bytes;
     for (int64_t y = 0; y < H; ++y) {
       for (int64_t x0 = 0; x0 < W; x0 += 16) {
         __m512 acc[kVectors];
         for (int v = 0; v < kVectors; ++v) acc[v] = init[v];
         for (int64_t t = 0; t < k; ++t) {
-          const char* p = first[t] + y * terms[t].stride_h + x0 * terms[t].pixel_bytes;
+          const char* p = first[t] + y * terms[t].row_bytes + x0 * terms[t].pixel_bytes;
           __m512 v[kVectors];
           if (kInterleaved) {
             if (terms[t].u8) load_interleaved<uint8_t>(p, 0xffffu, v);
             else load_interleaved<float>(p, 0xffffu, v);
           } else {
             for (int c = 0; c < kC; ++c)
-              v[c] = terms[t].u8 ? load_plane<uint8_t>(p + c * terms[t].stride_c, 0xffffu)
-                                 : load_plane<float>(p + c * terms[t].stride_c, 0xffffu);
+              v[c] = terms[t].u8 ? load_plane<uint8_t>(p + c * terms[t].plane_bytes, 0xffffu)
+                                 : load_plane<float>(p + c * terms[t].plane_bytes, 0xffffu);
           }
           for (int q = 0; q < kVectors; ++q) acc[q] = _mm512_fmadd_ps(v[q], alpha[t][q], acc[q]);
         }
@@ -368,15 +360,15 @@ INSTAHIDE_AVX512 void encode_row(const EncodeArgs& a, int64_t r, const uint8_t* 
         const int64_t sx = term.flip ? W - 16 - x0 + term.dx : x0 + term.dx;
         const uint32_t valid = lanes(-sx, term.width - sx) & (term.flip ? lanes(16 - n, 16) : lanes(0, n));
         if (!valid) continue;
-        const char* p = term.image + sy * term.stride_h + sx * term.pixel_bytes;  // masked lanes stay unread
+        const char* p = term.image + sy * term.row_bytes + sx * term.pixel_bytes;  // masked lanes stay unread
         __m512 v[kVectors];
         if (kInterleaved) {
           if (term.u8) load_interleaved<uint8_t>(p, valid, v);
           else load_interleaved<float>(p, valid, v);
         } else {
           for (int c = 0; c < kC; ++c)
-            v[c] = term.u8 ? load_plane<uint8_t>(p + c * term.stride_c, valid)
-                           : load_plane<float>(p + c * term.stride_c, valid);
+            v[c] = term.u8 ? load_plane<uint8_t>(p + c * term.plane_bytes, valid)
+                           : load_plane<float>(p + c * term.plane_bytes, valid);
         }
         if (term.flip) {
           for (int q = 0; q < kVectors; ++q) flipped[q] = _mm512_fmadd_ps(v[q], alpha[t][q], flipped[q]);
