@@ -79,10 +79,11 @@ INSTAHIDE_ALWAYS_INLINE TermWindow term_window(const EncodeArgs& args, int64_t r
   return w;
 }
 
-// The images row r reads, to fetch while the current row computes.
-INSTAHIDE_ALWAYS_INLINE void plan_prefetch(const EncodeArgs& args, int64_t r, Prefetcher& pf) {
+// The images row r reads, to fetch while the current row computes; none where r >= end (rows
+// from `end` on may not be validated yet).
+INSTAHIDE_ALWAYS_INLINE void plan_prefetch(const EncodeArgs& args, int64_t r, int64_t end, Prefetcher& pf) {
   pf = Prefetcher();
-  if (r >= args.rows) return;
+  if (r >= end) return;
   int64_t lines = 0, elements = 0;
   const int64_t entry = table_entry(args, r);
   for (int64_t t = 0; t < args.k; ++t) {
@@ -102,8 +103,8 @@ INSTAHIDE_ALWAYS_INLINE void plan_prefetch(const EncodeArgs& args, int64_t r, Pr
 
 // Fetches row r's entries of the key tables: rows of a batch are random rows of the epoch's
 // tables, so each row's entries are cache misses unless fetched a row or two ahead.
-INSTAHIDE_ALWAYS_INLINE void prefetch_tables(const EncodeArgs& args, int64_t r) {
-  if (r >= args.rows) return;
+INSTAHIDE_ALWAYS_INLINE void prefetch_tables(const EncodeArgs& args, int64_t r, int64_t end) {
+  if (r >= end) return;
   const int64_t entry = table_entry(args, r), last = entry + args.k - 1;
   INSTAHIDE_PREFETCH_L1(args.index + entry);
   INSTAHIDE_PREFETCH_L1(args.index + last);

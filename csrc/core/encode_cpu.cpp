@@ -441,7 +441,8 @@ inline int64_t tile_rows(int64_t C, int64_t H, int64_t W) {
 }
 
 template <typename Conv, typename Out>
-INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, const Patterns& patterns, int64_t r, const uint8_t* keystream,
+INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, const Patterns& patterns, int64_t r, int64_t end,
+                                 const uint8_t* keystream,
                                  Scratch& s) {
   const ImageSource& priv = args.sources[0];
   const int64_t C = priv.channels, H = args.out_height, W = args.out_width;
@@ -471,7 +472,7 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, const Patterns& pattern
     }
   }
   Prefetcher pf;
-  plan_prefetch(args, r + 1, pf);
+  plan_prefetch(args, r + 1, end, pf);
 
   const int64_t capacity = tile_rows(C, H, W);
   // Every accumulator element starts from -beta[c] (padding reads 0, which normalizes to
@@ -571,7 +572,7 @@ INSTAHIDE_INLINE void encode_row(const EncodeArgs& args, const Patterns& pattern
 template <typename Conv, typename Out>
 INSTAHIDE_INLINE void encode_rows(const EncodeArgs& args, const Patterns& p, int64_t r0, int64_t r1,
                                   const uint8_t* keystream, int64_t stride, Scratch& s) {
-  for (int64_t r = r0; r < r1; ++r) encode_row<Conv, Out>(args, p, r, keystream + (r - r0) * stride, s);
+  for (int64_t r = r0; r < r1; ++r) encode_row<Conv, Out>(args, p, r, r1, keystream + (r - r0) * stride, s);
 }
 
 INSTAHIDE_VECTOR_CLONES
@@ -604,7 +605,7 @@ void gather_sum_rows(const EncodeArgs& args, int64_t r0, int64_t r1, float* out,
   const float zero[kBlock] = {};
   for (int64_t r = r0; r < r1; ++r) {
     Prefetcher pf;
-    plan_prefetch(args, r + 1, pf);
+    plan_prefetch(args, r + 1, r1, pf);
     const uint8_t* p[kMaxTerms];
     for (int t = 0; t < k; ++t) p[t] = reinterpret_cast<const uint8_t*>(term_image(args, r, t));
     for (int g = 0; g < k; g += 4) {
@@ -637,6 +638,13 @@ template <typename Message>
 void check(bool ok, Message&& message) {
   if (!ok) throw std::invalid_argument(message());
 }
+
+}  // namespace
+
+void validate_call(const EncodeArgs& a);
+void validate_rows(const EncodeArgs& a, int64_t r0, int64_t r1);
+
+namespace {
 
 // Soft labels of rows [r0, r1) into out (rows, classes), as mix_labels_cpu describes; with
 // `renormalize`, each row divided by its private coefficient sum (float, in term order).
@@ -701,6 +709,9 @@ void encode_all(const EncodeArgs& args, int num_threads, const LabelArgs* labels
     s.acc_flipped.resize(tile_size);
     s.planes.resize(tile_size);
     const int64_t r0 = task * kRowsPerTask, r1 = std::min(args.rows, r0 + kRowsPerTask);
+    // Checked here, in parallel and just before their table entries are read again; the rows
+    // of other tasks are neither read nor prefetched by this one.
+    validate_rows(args, r0, r1);
     if (args.sign == SignMode::kFlip) {
       s.keystream.resize(size_t((r1 - r0) * stride));
       mask_keystream(args.mask_key, args.epoch, args.row_id + r0, r1 - r0, bytes, stride, s.keystream.data());
@@ -721,9 +732,10 @@ void encode_all(const EncodeArgs& args, int num_threads, const LabelArgs* labels
 }  // namespace
 
 // The core trusts nothing its caller passes: every index the kernel follows and every
-// coefficient is checked here (O(rows * k), small next to the encoding), and every size
-// product in 64 bits.
-void validate(const EncodeArgs& a) {
+// coefficient is checked (O(rows * k), small next to the encoding), and every size product in
+// 64 bits. validate_call checks the call's shapes and sources, validate_rows each row's table
+// entries; encode_cpu runs the latter in each task, on the rows it is about to encode.
+void validate_call(const EncodeArgs& a) {
   check(a.k >= 1 && a.k <= kMaxTerms,
         [&] { return describe("k", a.k) + " must be in [1, " + std::to_string(kMaxTerms) + "]"; });
   check(a.private_terms >= 1 && a.private_terms <= a.k,
@@ -780,9 +792,12 @@ void validate(const EncodeArgs& a) {
             [&] { return std::string(name) + ": strides address more than 2^61 bytes"; });
     }
   }
+}
+
+void validate_rows(const EncodeArgs& a, int64_t r0, int64_t r1) {
   // Messages are built only on failure: this loop runs for every row of every call.
   auto cell = [](int64_t row, int t) { return "[" + std::to_string(row) + ", " + std::to_string(t) + "]"; };
-  for (int64_t r = 0; r < a.rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t row = a.row_id[r], entry = checked_entry(a, r);
     for (int t = 0; t < a.k; ++t) {
       const int64_t at = entry + t, idx = a.index[at];
@@ -809,8 +824,13 @@ void validate(const EncodeArgs& a) {
   }
 }
 
+void validate(const EncodeArgs& a) {
+  validate_call(a);
+  validate_rows(a, 0, a.rows);
+}
+
 void encode_cpu(const EncodeArgs& args, int num_threads, const LabelArgs* labels) {
-  validate(args);
+  validate_call(args);  // and each task validates its rows before it reads them
   if (labels) check_label_args(args, *labels);
   if (args.rows == 0) return;
   encode_all(args, num_threads, labels);

@@ -2,8 +2,9 @@
 // and each run of 16 pixels: every term's 16 source pixels are loaded at their own type
 // (masked at the window's edges, so padding reads nothing), converted and multiplied into the
 // accumulators with one FMA per vector; the sum is then turned into channel planes (or
-// channels-last order), signed with 16 mask bits per vector, converted and stored, streaming
-// where the destination is aligned. The accumulators never leave the registers.
+// channels-last order), signed with 16 mask bits per vector, converted and streamed out
+// (non-temporal stores). The accumulators never leave the registers. Rows whose windows are
+// all unflipped and inside their images (the common case) take a path without masks.
 //
 // Sums per element, as in the portable kernel: -sum_t lam_t*shift[c], then the unflipped terms
 // in order (one FMA each), plus the flipped terms summed apart from 0 in order.
@@ -17,8 +18,7 @@
 
 // Linux x86-64 only (GCC or Clang): where the function-level target attributes and the
 // run-time CPU check are known to work; elsewhere the portable kernel runs.
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(INSTAHIDE_NO_AVX512)
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define INSTAHIDE_AVX512_KERNEL 1
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's own _mm512_undefined_* in the headers
@@ -387,12 +387,12 @@ INSTAHIDE_AVX512 void encode_rows(const EncodeArgs& a, int64_t r0, int64_t r1, c
                                   int64_t stride) {
   const Permutations& perm = permutations();
   const Factors<kInterleaved, kC> factors(a);
-  prefetch_tables(a, r0);
-  prefetch_tables(a, r0 + 1);
+  prefetch_tables(a, r0, r1);
+  prefetch_tables(a, r0 + 1, r1);
   for (int64_t r = r0; r < r1; ++r) {
-    prefetch_tables(a, r + 2);  // read by plan_prefetch at the next row and by encode_row after it
+    prefetch_tables(a, r + 2, r1);  // read by plan_prefetch at the next row and by encode_row after it
     Prefetcher pf;
-    plan_prefetch(a, r + 1, pf);
+    plan_prefetch(a, r + 1, r1, pf);
     encode_row<kOut, kInterleaved, kC>(a, r, keystream + (r - r0) * stride, perm, factors, pf);
     pf.finish();
   }
