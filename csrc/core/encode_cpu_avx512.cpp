@@ -211,6 +211,20 @@ struct RowTerm : TermWindow {
   bool u8;
 };
 
+// Term `term`'s 16 pixels at p (kVectors vectors of the accumulators' layout), lanes outside
+// `valid` read as 0.
+template <bool kInterleaved, int kC>
+INSTAHIDE_AVX512 void load_term(const RowTerm& term, const char* p, uint32_t valid, __m512* v) {
+  if (kInterleaved) {
+    if (term.u8) load_interleaved<uint8_t>(p, valid, v);
+    else load_interleaved<float>(p, valid, v);
+  } else {
+    for (int c = 0; c < kC; ++c)
+      v[c] = term.u8 ? load_plane<uint8_t>(p + c * term.plane_bytes, valid)
+                     : load_plane<float>(p + c * term.plane_bytes, valid);
+  }
+}
+
 // Each source's scale and shift as vectors: interleaved runs repeat the channel pattern every
 // 3 elements (vector v holds elements 16v..16v+15), planes use one value per vector.
 template <bool kInterleaved, int kC>
@@ -329,14 +343,7 @@ INSTAHIDE_AVX512 void encode_row(const EncodeArgs& a, int64_t r, const uint8_t* 
         for (int64_t t = 0; t < k; ++t) {
           const char* p = first[t] + y * terms[t].row_bytes + x0 * terms[t].pixel_bytes;
           __m512 v[kVectors];
-          if (kInterleaved) {
-            if (terms[t].u8) load_interleaved<uint8_t>(p, 0xffffu, v);
-            else load_interleaved<float>(p, 0xffffu, v);
-          } else {
-            for (int c = 0; c < kC; ++c)
-              v[c] = terms[t].u8 ? load_plane<uint8_t>(p + c * terms[t].plane_bytes, 0xffffu)
-                                 : load_plane<float>(p + c * terms[t].plane_bytes, 0xffffu);
-          }
+          load_term<kInterleaved, kC>(terms[t], p, 0xffffu, v);
           for (int q = 0; q < kVectors; ++q) acc[q] = _mm512_fmadd_ps(v[q], alpha[t][q], acc[q]);
         }
         pf.step(int(k));
@@ -362,14 +369,7 @@ INSTAHIDE_AVX512 void encode_row(const EncodeArgs& a, int64_t r, const uint8_t* 
         if (!valid) continue;
         const char* p = term.image + sy * term.row_bytes + sx * term.pixel_bytes;  // masked lanes stay unread
         __m512 v[kVectors];
-        if (kInterleaved) {
-          if (term.u8) load_interleaved<uint8_t>(p, valid, v);
-          else load_interleaved<float>(p, valid, v);
-        } else {
-          for (int c = 0; c < kC; ++c)
-            v[c] = term.u8 ? load_plane<uint8_t>(p + c * term.plane_bytes, valid)
-                           : load_plane<float>(p + c * term.plane_bytes, valid);
-        }
+        load_term<kInterleaved, kC>(term, p, valid, v);
         if (term.flip) {
           for (int q = 0; q < kVectors; ++q) flipped[q] = _mm512_fmadd_ps(v[q], alpha[t][q], flipped[q]);
         } else {
