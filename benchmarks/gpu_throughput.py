@@ -10,6 +10,10 @@ Shapes: CIFAR (3x32x32 uint8 NHWC, k=4, 50,000 private images resident on the GP
 (3x224x224, k=4, batch 256). Output float32 NCHW.
 Bytes moved per image = k source windows at their dtype + the output written once.
 
+Loads: each fused case is timed with each of the kernel's load paths named in --loads
+(INSTAHIDE_CUDA_LOADS: `direct`, the default, and `staged`), in alternating rounds on the same
+inputs, so that the two compare on the same machine state.
+
 Training overhead: one SGD step of the pre-activation ResNet-18 (and the small CNN) on a batch
 of 128 against encoding that batch on the GPU, from the same GPU-resident uint8 set.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 import torch
@@ -93,7 +98,21 @@ def copy_gbps(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / time_cuda(lambda: dst.copy_(src)) / 1e9
 
 
-def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_path=None, labels_device="cuda"):
+def with_loads(loads: str, fn):
+    """fn() with the kernel's word-wide loads set to `loads` (read by the core at each call)."""
+    previous = os.environ.get("INSTAHIDE_CUDA_LOADS")
+    os.environ["INSTAHIDE_CUDA_LOADS"] = loads
+    try:
+        return fn()
+    finally:
+        if previous is None:
+            del os.environ["INSTAHIDE_CUDA_LOADS"]
+        else:
+            os.environ["INSTAHIDE_CUDA_LOADS"] = previous
+
+
+def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_path=None, labels_device="cuda",
+         loads=("direct",), rounds=3):
     c, h, w = shape
     images = torch.randint(0, 256, (n, h, w, c), dtype=torch.uint8, device="cuda")
     labels = torch.randint(0, 10, (n,), device=labels_device)
@@ -137,13 +156,24 @@ def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_
     else:
         impls = (("fused_cuda", fused), ("torch_ops_cuda", torch_ops))
     for impl, fn in impls:
-        seconds = time_cuda(fn)
-        ips = batch / seconds
-        gbps = ips * bytes_per_image / 1e9
-        entry = {"impl": impl, "case": name, "batch": batch, "images_per_s": ips, "gbps": gbps,
-                 "fraction_of_copy": gbps / copy}
-        if impl.startswith("fused"):
-            activity = gpu_activity(fn)
+        if not impl.startswith("fused"):
+            seconds = time_cuda(fn)
+            gbps = batch / seconds * bytes_per_image / 1e9
+            results.append({"impl": impl, "case": name, "batch": batch, "images_per_s": batch / seconds, "gbps": gbps,
+                            "fraction_of_copy": gbps / copy})
+            continue
+        # each load path in turn, `rounds` times: the median of its rounds
+        times = {path: [] for path in loads}
+        for _ in range(rounds if len(loads) > 1 else 1):
+            for path in loads:
+                times[path].append(with_loads(path, lambda: time_cuda(fn)))
+        for path in loads:
+            seconds = float(np.median(times[path]))
+            ips = batch / seconds
+            gbps = ips * bytes_per_image / 1e9
+            entry = {"impl": impl, "case": name, "batch": batch, "loads": path, "images_per_s": ips, "gbps": gbps,
+                     "fraction_of_copy": gbps / copy, "round_seconds": times[path]}
+            activity = with_loads(path, lambda: gpu_activity(fn))
             kernel = sum(us for name, us in activity.items() if KERNEL_NAME in name) / 1e6
             if kernel:
                 entry["kernel_images_per_s"] = batch / kernel
@@ -152,9 +182,9 @@ def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_
             # leaves the GPU idle (host-bound)
             entry["call_us"] = seconds * 1e6
             entry["gpu_us_per_call"] = activity
-            if host_profile_path:
-                host_profile(fn, host_profile_path)
-        results.append(entry)
+            if host_profile_path and path == loads[0]:
+                with_loads(path, lambda: host_profile(fn, host_profile_path))
+            results.append(entry)
     return results
 
 
@@ -195,37 +225,55 @@ def main():
     parser.add_argument("--host-labels", action="store_true",
                         help="class ids on the host: the kernel runs without its label step (the soft labels are "
                              "mixed on the host and uploaded), to measure that step's cost")
+    parser.add_argument("--loads", default="direct,staged",
+                        help="the kernel's load paths to time for each fused case, comma-separated (the first is the "
+                             "one compared with torch_ops_cuda; default: direct,staged)")
     args = parser.parse_args()
+    loads = tuple(path.strip() for path in args.loads.split(",") if path.strip())
+    if not loads or any(path not in ("direct", "staged") for path in loads):
+        parser.error(f"--loads {args.loads!r}: expected a comma-separated list of 'direct' and 'staged'")
     if not torch.cuda.is_available() or instahide.build_info()["cuda_devices"] == 0:
         raise SystemExit(f"no usable CUDA device: {instahide.build_info()['cuda_status']}")
     copy = copy_gbps()
     results = []
     if not args.quick:
-        results += case("cifar", 50_000, (3, 32, 32), 4, 4096, copy, host_profile_path=args.host_profile)
+        results += case("cifar", 50_000, (3, 32, 32), 4, 4096, copy, host_profile_path=args.host_profile, loads=loads)
     labels_device = "cpu" if args.host_labels else "cuda"
-    results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, labels_device=labels_device)
+    results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, labels_device=labels_device, loads=loads)
     # as in training: random crops of the 4-padded image and horizontal flips
-    results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, augment=True)
+    results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, augment=True, loads=loads)
     pool = instahide.PublicPool.from_images(np.random.default_rng(1).integers(0, 256, (10_000, 40, 40, 3), np.uint8),
                                             short_side=None, progress=False)
-    results += case("cifar", 50_000, (3, 32, 32), 6, 65536, copy, pool=pool)
+    results += case("cifar", 50_000, (3, 32, 32), 6, 65536, copy, pool=pool, loads=loads)
     overhead = []
     if not args.quick:
-        results += case("imagenet", 2_000, (3, 224, 224), 4, 256, copy)
+        results += case("imagenet", 2_000, (3, 224, 224), 4, 256, copy, loads=loads)
         overhead = training_overhead()
     print(f"device: {torch.cuda.get_device_name()}, copy {copy:.0f} GB/s (read + write)")
-    print(f"{'impl':<18}{'case':<10}{'batch':>7}{'images/s':>14}{'GB/s':>9}{'of copy':>9}{'kernel of copy':>16}")
+    print(f"{'impl':<22}{'loads':<8}{'case':<10}{'batch':>7}{'images/s':>14}{'GB/s':>9}{'of copy':>9}"
+          f"{'kernel of copy':>16}")
     for r in results:
         kernel = f"{r['kernel_fraction_of_copy']:.2f}" if "kernel_fraction_of_copy" in r else "-"
-        print(f"{r['impl']:<18}{r['case']:<10}{r['batch']:>7}{r['images_per_s']:>14,.0f}{r['gbps']:>9.1f}"
-              f"{r['fraction_of_copy']:>9.2f}{kernel:>16}")
+        print(f"{r['impl']:<22}{r.get('loads', '-'):<8}{r['case']:<10}{r['batch']:>7}{r['images_per_s']:>14,.0f}"
+              f"{r['gbps']:>9.1f}{r['fraction_of_copy']:>9.2f}{kernel:>16}")
     for r in results:
         if r.get("gpu_us_per_call"):
             busy = sum(r["gpu_us_per_call"].values())
-            print(f"{r['impl']} {r['case']} batch {r['batch']}: call {r['call_us']:.1f} us, GPU busy {busy:.1f} us: "
+            print(f"{r['impl']} ({r['loads']}) {r['case']} batch {r['batch']}: call {r['call_us']:.1f} us, "
+                  f"GPU busy {busy:.1f} us: "
                   + ", ".join(f"{name[:70]} {us:.1f}" for name, us in sorted(r["gpu_us_per_call"].items(),
                                                                         key=lambda item: -item[1])))
-    fused = {(r["case"], r["batch"]): r for r in results if r["impl"] == "fused_cuda"}
+    if len(loads) > 1:  # the load paths against the first, case by case
+        first = {(r["impl"], r["case"], r["batch"]): r for r in results if r.get("loads") == loads[0]}
+        for r in results:
+            base = first.get((r["impl"], r["case"], r["batch"]))
+            if r.get("loads") not in (None, loads[0]) and base:
+                kernel = ""
+                if "kernel_images_per_s" in r and "kernel_images_per_s" in base:
+                    kernel = f", kernel {r['kernel_images_per_s'] / base['kernel_images_per_s']:.3f}x"
+                print(f"{r['impl']} {r['case']} batch {r['batch']}: {r['loads']} loads "
+                      f"{r['images_per_s'] / base['images_per_s']:.3f}x {loads[0]} (call){kernel}")
+    fused = {(r["case"], r["batch"]): r for r in results if r["impl"] == "fused_cuda" and r["loads"] == loads[0]}
     for r in results:
         if r["impl"] == "torch_ops_cuda":
             speedup = fused[r["case"], r["batch"]]["images_per_s"] / r["images_per_s"]

@@ -212,6 +212,63 @@ def test_cuda_cross_mode_with_a_mixed_size_pool():
     np.testing.assert_allclose(gpu_soft.cpu().numpy(), cpu_soft.numpy(), rtol=1e-6)
 
 
+def encode_with_loads(loads, encoder, *args, **kwargs):
+    """encoder.encode(...) with the CUDA kernel's word-wide loads set to `loads`, output on the host."""
+    previous = os.environ.get("INSTAHIDE_CUDA_LOADS")
+    os.environ["INSTAHIDE_CUDA_LOADS"] = loads
+    try:
+        out, soft = encoder.encode(*args, **kwargs)
+        torch.cuda.synchronize()
+        return out.cpu(), soft.cpu()
+    finally:
+        if previous is None:
+            del os.environ["INSTAHIDE_CUDA_LOADS"]
+        else:
+            os.environ["INSTAHIDE_CUDA_LOADS"] = previous
+
+
+@needs_gpu
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("out_dtype,out_layout", [("float32", "NCHW"), ("float16", "NHWC"), ("bfloat16", "NCHW")])
+def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout, out_dtype, out_layout):
+    # The staged loads read the same words through shared memory: bit-identical outputs, on
+    # real images, with crops into the padding and flips, in cross mode with a mixed-size
+    # pool (rows far apart in wide images fall back to direct loads), and for planar images
+    # (always direct).
+    rng = np.random.default_rng()
+    x = cifar_test[0][:500]
+    if layout == "NCHW":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    images, labels = torch.from_numpy(x).cuda(), torch.from_numpy(cifar_test[1][:500]).cuda()
+    pool = instahide.PublicPool.from_images(
+        [rng.integers(0, 256, (int(rng.integers(32, 90)), int(rng.integers(32, 90)), 3), dtype=np.uint8)
+         for _ in range(40)], short_side=None, progress=False)
+    for options in (dict(k=4), dict(k=5, pad=4, hflip=True), dict(k=6, private_terms=2, public=pool, patch_size=32),
+                    dict(k=3, pad=7, hflip=True, sign="abs")):
+        encoder = instahide.Encoder(mean=CIFAR_MEAN, std=CIFAR_STD, layout=layout, out_dtype=out_dtype,
+                                    out_layout=out_layout, **options)
+        keys = encoder.keys(500, int(rng.integers(0, 2**32)))
+        rows = rng.permutation(500)[:300]
+        direct, direct_soft = encode_with_loads("direct", encoder, images, labels, keys, rows=rows)
+        staged, staged_soft = encode_with_loads("staged", encoder, images, labels, keys, rows=rows)
+        assert torch.equal(direct.view(torch.int16 if out_dtype != "float32" else torch.int32),
+                           staged.view(torch.int16 if out_dtype != "float32" else torch.int32)), options
+        assert torch.equal(direct_soft, staged_soft)
+        cpu, _ = encoder.encode(images.cpu(), labels.cpu(), keys, rows=rows)
+        to_numpy = (lambda t: t.view(torch.int16).numpy().view(np.uint16)) if out_dtype == "bfloat16" else (
+            lambda t: t.numpy())
+        assert_encodings_close(to_numpy(staged), to_numpy(cpu), out_dtype)
+
+
+@needs_gpu
+def test_cuda_unknown_load_path_is_a_clear_error():
+    encoder = instahide.Encoder(k=2)
+    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, device="cuda")
+    with pytest.raises(ValueError, match="INSTAHIDE_CUDA_LOADS=fast: expected 'direct' or 'staged'"):
+        encode_with_loads("fast", encoder, images, torch.zeros(8, dtype=torch.int64, device="cuda"),
+                          encoder.keys(8, 0))
+
+
 @needs_gpu
 def test_cuda_labels_on_the_device_follow_in_place_changes():
     images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, device="cuda")

@@ -1,6 +1,8 @@
-"""The CUDA kernel's per-warp phases, emulated on the host against the CPU core on thousands
-of random cases (csrc/tests/emulate_cuda.cu): compiled with nvcc where it is found, so the
-kernel's index arithmetic is checked on machines without a GPU (CI has nvcc and no GPU)."""
+"""The CUDA kernel's per-warp code, emulated on the host (a warp's lanes as fibers that switch
+at each warp sync) against the CPU core on thousands of random cases
+(csrc/tests/emulate_cuda.cu): compiled with nvcc where it is found, so the kernel's index
+arithmetic and its warp synchronization are checked on machines without a GPU (CI has nvcc and
+no GPU). The staged loads must give the direct loads' bits."""
 
 import re
 import shutil
@@ -25,8 +27,10 @@ def test_cuda_kernel_emulated_on_the_host_matches_the_cpu_core(tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     run = subprocess.run([str(program)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
-    summary = re.search(r"(\d+) cases \((\d+) on the word-wide path\), (\d+) failed", run.stdout)
+    summary = re.search(r"(\d+) cases \((\d+) on the word-wide path, (\d+) of them also with staged loads: "
+                        r"(\d+) groups staged\), (\d+) failed", run.stdout)
     assert summary, run.stdout[-3000:]
-    cases, word_cases, failed = map(int, summary.groups())
+    cases, word_cases, staged_cases, staged_groups, failed = map(int, summary.groups())
     assert failed == 0 and cases >= 3000
     assert word_cases >= cases // 10  # both paths of the kernel were exercised
+    assert staged_cases == word_cases and staged_groups >= word_cases  # and the staged loads, bit for bit

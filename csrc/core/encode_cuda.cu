@@ -10,7 +10,10 @@
 // kTermsPerGroup terms at a time: the lane's kTermsPerGroup * kPixelsPerThread * C gathers
 // are independent loads in flight together. A warp's writes are contiguous for both output
 // layouts; the mask bits come from shared memory. The warp of a row's first chunk also mixes
-// the row's soft labels when the call asks for them (see load_label).
+// the row's soft labels when the call asks for them (see load_label). uint8 images take a
+// word-wide path (see compute_chunk_words), whose loads can go through shared memory (see
+// plan_stage; INSTAHIDE_CUDA_LOADS=staged). A warp's whole work is encode_chunks, which the
+// host emulation in tests runs as is.
 #include "encode_cuda.h"
 
 #include <cuda_bf16.h>
@@ -19,6 +22,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -87,6 +91,19 @@ INSTAHIDE_HD T load_readonly(const T* p) {
 #endif
 }
 
+// __syncwarp on the device. The host pass (the emulation in tests) runs a warp's lanes as
+// fibers that switch to each other here, so that code between two syncs runs lane by lane.
+void (*host_warp_sync)() = nullptr;
+bool host_stage_fault = false;   // a lane read a staged word outside its term's range
+int64_t host_staged_groups = 0;  // groups of terms that took the staged loads
+INSTAHIDE_HD void warp_sync() {
+#if defined(__CUDA_ARCH__)
+  __syncwarp();
+#else
+  if (host_warp_sync) host_warp_sync();
+#endif
+}
+
 INSTAHIDE_HD uint32_t bits_of(float f) {
   uint32_t u;
   memcpy(&u, &f, 4);
@@ -140,7 +157,8 @@ struct Params {
   uint32_t H, W, HW;  // output window; C * H * W < 2^31
   FastDiv div_w;
   int64_t chunks_per_row, items;  // items = rows * chunks_per_row
-  bool words;  // host only: the launch takes the word-wide path (see compute_chunk_words)
+  bool words;   // host only: the launch takes the word-wide path (see compute_chunk_words)
+  bool staged;  // host only: ... with staged loads (see plan_stage)
   // Soft labels, mixed by the warp of each row's first chunk (labels null: none).
   const int64_t* labels;
   int64_t label_count, classes;
@@ -452,10 +470,12 @@ INSTAHIDE_HD int32_t clamp_to(int32_t v, int32_t lo, int32_t hi) { return v < lo
 
 // The words of term `term` for the lane's pixels x..x+3 of output row y: word[m] and, per
 // run of bytes (one channels-last, one per channel planar), its byte shift; in[i]: pixel i
-// is inside the image.
-template <int kC>
+// is inside the image. fetch(run, at) reads the image's word at byte offset `at` (from the
+// image's 4-aligned base) of run `run`: from global memory, or from the warp's staged copy.
+template <int kC, typename Fetch>
 INSTAHIDE_HD void load_term_words(const Params& P, const Term& term, uint32_t y, uint32_t x, bool live,
-                                  uint32_t (&word)[2 * kC], uint32_t (&shift)[kC], bool (&in)[kWordPixels]) {
+                                  const Fetch& fetch, uint32_t (&word)[2 * kC], uint32_t (&shift)[kC],
+                                  bool (&in)[kWordPixels]) {
   const uint32_t ys = y + uint32_t(term.dy);
   const bool row_in = live & (ys < term.height);
   // Source columns xlo..xlo+3 (unsigned wrap-around: one compare tests both ends).
@@ -465,14 +485,13 @@ INSTAHIDE_HD void load_term_words(const Params& P, const Term& term, uint32_t y,
   // Byte offsets from the image's 4-aligned base; those of pixels inside the image are exact
   // in 32 bits (the launch is not `wide`), the others are clamped before use.
   const uint32_t misalign = uint32_t(reinterpret_cast<uintptr_t>(term.image)) & 3u;
-  const uint32_t* base = reinterpret_cast<const uint32_t*>(term.image - misalign);
   const uint32_t row = misalign + ys * uint32_t(term.stride_h);
-  auto load_run = [&](uint32_t row_first, uint32_t row_bytes, uint32_t first, int words, uint32_t* dst) {
+  auto load_run = [&](int run, uint32_t row_first, uint32_t row_bytes, uint32_t first, int words, uint32_t* dst) {
     const int32_t lo = int32_t(row_first & ~3u), hi = int32_t((row_first + row_bytes - 1) & ~3u);
     INSTAHIDE_UNROLL
     for (int m = 0; m < words; ++m) {
       const int32_t at = clamp_to(int32_t((first & ~3u) + 4u * uint32_t(m)), lo, hi);
-      dst[m] = row_in ? load_readonly(base + (at >> 2)) : 0u;
+      dst[m] = row_in ? fetch(run, at) : 0u;
     }
   };
   if (term.planar) {
@@ -480,12 +499,12 @@ INSTAHIDE_HD void load_term_words(const Params& P, const Term& term, uint32_t y,
     for (int c = 0; c < kC; ++c) {
       const uint32_t row_c = row + uint32_t(c) * uint32_t(term.stride_c), first = row_c + xlo;
       shift[c] = (first & 3u) * 8u;
-      load_run(row_c, term.width, first, 2, word + 2 * c);
+      load_run(c, row_c, term.width, first, 2, word + 2 * c);
     }
   } else {
     const uint32_t first = row + xlo * uint32_t(kC);
     shift[0] = (first & 3u) * 8u;
-    load_run(row, term.width * uint32_t(kC), first, kC + 1, word);
+    load_run(0, row, term.width * uint32_t(kC), first, kC + 1, word);
   }
 }
 
@@ -524,14 +543,88 @@ INSTAHIDE_HD void add_term_words(const Term& term, const uint32_t (&word)[2 * kC
   }
 }
 
-// N terms: all their loads first, so that they are in flight together, then the arithmetic.
-template <int kC, int N>
-INSTAHIDE_HD void gather_terms_words(const Params& P, const Term* terms, uint32_t y, uint32_t x, bool live,
-                                     float (&acc)[kWordPixels][kMaxChannels]) {
-  uint32_t word[N][2 * kC], shift[N][kC];
-  bool in[N][kWordPixels];
+// ---- Staged loads (INSTAHIDE_CUDA_LOADS=staged), for channels-last images: the lanes' words
+// of a term overlap (a lane reads C + 1 words for its 4 * C bytes, and its neighbour starts
+// inside its last one), so that each word-load instruction of the warp asks the memory system
+// for about 3 times the bytes it uses. Staged, the warp first copies the bytes its pass needs
+// of each term (the rows of the pass, from the first needed column of the first row to the
+// last of the last row) into shared memory, with asynchronous 16-byte copies that go straight
+// from L2 to shared memory (no registers, one or two copies per lane); the lanes then read
+// their overlapping words from there. A range longer than the buffer (far-apart rows) is read
+// directly, and so are planar images (two words per lane and channel, less overlap).
+constexpr int kStageWords = 160;  // per term: 4 CIFAR rows of 3 channels (96 words) with room
+constexpr int kStageCopies = (kStageWords / 4 + 31) / 32;  // 16-byte copies per lane and term
+
+// A term's staged bytes: the words first .. first + words - 1 from the image's 4-aligned base
+// are in its buffer from word `align` on, so that the buffer starts on a 16-byte boundary of
+// the source (for the 16-byte copies). words = 0: the pass reads no byte of the term.
+struct StagedRange {
+  int32_t first, words, align;
+  bool staged;  // else the term's words are loaded directly
+};
+
+// The staging plan of term `term` for the pass of pixels q .. q_last (the same in every lane).
+template <int kC>
+INSTAHIDE_HD StagedRange plan_stage(const Params& P, const Term& term, uint32_t q, uint32_t q_last) {
+  StagedRange st = {0, 0, 0, false};
+  if (term.planar) return st;
+  st.staged = true;
+  const uint32_t ya = P.div_w.div(q), yb = P.div_w.div(q_last);
+  const int32_t ra = int32_t(ya) + term.dy, rb = int32_t(yb) + term.dy;
+  const int32_t height = int32_t(term.height), width = int32_t(term.width), W = int32_t(P.W);
+  if (rb < 0 || ra >= height || width == 0) return st;  // no lane reads the image
+  const int32_t sa = ra < 0 ? 0 : ra, sb = rb >= height ? height - 1 : rb;
+  // Output columns of the pass's pixels: the pass's own where it lies in one row, else all.
+  const int32_t xa = ya == yb ? int32_t(q - ya * P.W) : 0, xb = ya == yb ? int32_t(q_last - yb * P.W) : W - 1;
+  const int32_t cmin = clamp_to(term.flip ? W - 1 - xb + term.dx : xa + term.dx, 0, width - 1);
+  const int32_t cmax = clamp_to(term.flip ? W - 1 - xa + term.dx : xb + term.dx, 0, width - 1);
+  // Rows sa .. sb in memory order either way (negative row strides); the rows between lie
+  // between them, so that the one range covers their columns too.
+  const uint32_t image = uint32_t(reinterpret_cast<uintptr_t>(term.image));
+  const int32_t row_a = int32_t(image & 3u) + sa * int32_t(term.stride_h);
+  const int32_t row_b = int32_t(image & 3u) + sb * int32_t(term.stride_h);
+  const int32_t lo = (row_a < row_b ? row_a : row_b) + cmin * kC;
+  const int32_t hi = (row_a < row_b ? row_b : row_a) + cmax * kC + kC - 1;
+  st.first = lo >> 2;
+  st.words = (hi >> 2) - st.first + 1;
+  st.align = int32_t(((image >> 2) + uint32_t(st.first)) & 3u);
+  st.staged = st.align + st.words <= kStageWords;
+  return st;
+}
+
+// Asynchronous 16-byte copy from global to shared memory (sm_80+; elsewhere a plain copy).
+INSTAHIDE_HD void copy16_async(uint32_t* shared_dst, const uint32_t* global_src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global_src) : "memory");
+#else
+  memcpy(shared_dst, global_src, 16);
+#endif
+}
+
+INSTAHIDE_HD void wait_async_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+// Copies a term's staged range into `buffer` in 16-byte pieces, piece lane + 32 j. Each piece
+// is 16-aligned in the source and holds at least one byte of the range, so that it lies in
+// the image's pages (like the word loads, it may read up to 15 bytes around the range).
+INSTAHIDE_HD void stage_term(const Term& term, const StagedRange& st, int lane, uint32_t* buffer) {
+  const uint32_t* base = reinterpret_cast<const uint32_t*>(term.image - (reinterpret_cast<uintptr_t>(term.image) & 3u));
   INSTAHIDE_UNROLL
-  for (int n = 0; n < N; ++n) load_term_words<kC>(P, terms[n], y, x, live, word[n], shift[n], in[n]);
+  for (int j = 0; j < kStageCopies; ++j) {
+    const int piece = lane + 32 * j;
+    if (st.words > 0 && 4 * piece < st.align + st.words)
+      copy16_async(buffer + 4 * piece, base + st.first - st.align + 4 * piece);
+  }
+}
+
+// acc += the N terms' words (after they are loaded).
+template <int kC, int N>
+INSTAHIDE_HD void add_terms_words(const Term* terms, const uint32_t (&word)[N][2 * kC], const uint32_t (&shift)[N][kC],
+                                  const bool (&in)[N][kWordPixels], float (&acc)[kWordPixels][kMaxChannels]) {
   INSTAHIDE_UNROLL
   for (int n = 0; n < N; ++n) {
     if (terms[n].flip)  // the same for every lane of the warp (one row)
@@ -539,6 +632,77 @@ INSTAHIDE_HD void gather_terms_words(const Params& P, const Term* terms, uint32_
     else
       add_term_words<kC, false>(terms[n], word[n], shift[n], in[n], acc);
   }
+}
+
+// N terms: all their loads first, so that they are in flight together, then the arithmetic.
+template <int kC, int N>
+INSTAHIDE_HD void gather_terms_words_direct(const Params& P, const Term* terms, uint32_t y, uint32_t x, bool live,
+                                            float (&acc)[kWordPixels][kMaxChannels]) {
+  uint32_t word[N][2 * kC], shift[N][kC];
+  bool in[N][kWordPixels];
+  INSTAHIDE_UNROLL
+  for (int n = 0; n < N; ++n) {
+    const Term& term = terms[n];
+    const uint32_t* base = reinterpret_cast<const uint32_t*>(term.image - (reinterpret_cast<uintptr_t>(term.image) & 3u));
+    load_term_words<kC>(P, term, y, x, live, [&](int, int32_t at) { return load_readonly(base + (at >> 2)); },
+                        word[n], shift[n], in[n]);
+  }
+  add_terms_words<kC, N>(terms, word, shift, in, acc);
+}
+
+// The same through the warp's `stage` buffers: the copies of all N terms are in flight
+// together, between two warp syncs that every lane of the warp reaches (live or not).
+template <int kC, int N>
+INSTAHIDE_HD void gather_terms_words_staged(const Params& P, const Term* terms, const StagedRange (&st)[N], int lane,
+                                            uint32_t y, uint32_t x, bool live, uint32_t (*stage)[kStageWords],
+                                            float (&acc)[kWordPixels][kMaxChannels]) {
+  warp_sync();  // every lane is done reading the buffers of the previous group
+  INSTAHIDE_UNROLL
+  for (int n = 0; n < N; ++n) stage_term(terms[n], st[n], lane, stage[n]);
+  wait_async_copies();
+  warp_sync();  // the buffers are filled
+  uint32_t word[N][2 * kC], shift[N][kC];
+  bool in[N][kWordPixels];
+  INSTAHIDE_UNROLL
+  for (int n = 0; n < N; ++n) {
+    const uint32_t* buffer = stage[n];
+    const StagedRange range = st[n];
+    load_term_words<kC>(P, terms[n], y, x, live,
+                        [&](int, int32_t at) {
+                          // A run's last word is past the range where the run starts on a
+                          // word boundary; its bytes are then not used: read any staged word.
+                          const int32_t w = (at >> 2) - range.first;
+#if !defined(__CUDA_ARCH__)
+                          if (w < 0 || w > range.words) host_stage_fault = true;  // the emulation checks
+#endif
+                          return buffer[range.align + (w < range.words ? w : range.words - 1)];
+                        },
+                        word[n], shift[n], in[n]);
+  }
+  add_terms_words<kC, N>(terms, word, shift, in, acc);
+}
+
+// A group of N terms: staged (kStaged) where all of them can be, else directly.
+template <int kC, int N, bool kStaged>
+INSTAHIDE_HD void gather_terms_words(const Params& P, const Term* terms, int lane, uint32_t q, uint32_t q_last,
+                                     uint32_t y, uint32_t x, bool live, uint32_t (*stage)[kStageWords],
+                                     float (&acc)[kWordPixels][kMaxChannels]) {
+  if (kStaged) {
+    StagedRange st[N];
+    bool all = true;  // the same in every lane
+    INSTAHIDE_UNROLL
+    for (int n = 0; n < N; ++n) {
+      st[n] = plan_stage<kC>(P, terms[n], q, q_last);
+      all &= st[n].staged;
+    }
+    if (all) {
+#if !defined(__CUDA_ARCH__)
+      host_staged_groups += lane == 0;
+#endif
+      return gather_terms_words_staged<kC, N>(P, terms, st, lane, y, x, live, stage, acc);
+    }
+  }
+  gather_terms_words_direct<kC, N>(P, terms, y, x, live, acc);
 }
 
 template <typename Out>
@@ -600,10 +764,11 @@ INSTAHIDE_HD void store_pixels_words(const Params& P, const Shared& sh, int64_t 
 }
 
 // Phase 2 of a chunk on the word-wide path: lane `lane` mixes, signs and writes the pixels
-// q + 4 * lane .. q + 4 * lane + 3 of each pass q.
-template <typename Out, bool kChannelsLast, int kC>
+// q + 4 * lane .. q + 4 * lane + 3 of each pass q. `stage`: the warp's kTermsPerGroup staging
+// buffers (kStaged).
+template <typename Out, bool kChannelsLast, int kC, bool kStaged>
 INSTAHIDE_HD void compute_chunk_words(const Params& P, const Shared& sh, int lane, int64_t row, uint32_t p0,
-                                      uint32_t p1) {
+                                      uint32_t p1, uint32_t (*stage)[kStageWords]) {
   float beta[kMaxChannels] = {};
   for (int t = 0; t < P.k; ++t) {
     INSTAHIDE_UNROLL
@@ -613,6 +778,7 @@ INSTAHIDE_HD void compute_chunk_words(const Params& P, const Shared& sh, int lan
     const uint32_t p = q + uint32_t(kWordPixels * lane);
     const bool live = p < p1;  // p1 - p0 is a multiple of 4: all 4 pixels or none
     const uint32_t y = P.div_w.div(p), x = p - y * P.W;
+    const uint32_t q_last = (q + kWordPassPixels < p1 ? q + kWordPassPixels : p1) - 1;  // the pass's last pixel
     float acc[kWordPixels][kMaxChannels];
     INSTAHIDE_UNROLL
     for (int i = 0; i < kWordPixels; ++i)
@@ -620,12 +786,13 @@ INSTAHIDE_HD void compute_chunk_words(const Params& P, const Shared& sh, int lan
       for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = -beta[c];
     int t = 0;
     for (; t + kTermsPerGroup <= P.k; t += kTermsPerGroup)
-      gather_terms_words<kC, kTermsPerGroup>(P, sh.term + t, y, x, live, acc);
+      gather_terms_words<kC, kTermsPerGroup, kStaged>(P, sh.term + t, lane, q, q_last, y, x, live, stage, acc);
     if (kTermsPerGroup > 2 && t + 2 <= P.k) {
-      gather_terms_words<kC, 2>(P, sh.term + t, y, x, live, acc);
+      gather_terms_words<kC, 2, kStaged>(P, sh.term + t, lane, q, q_last, y, x, live, stage, acc);
       t += 2;
     }
-    if (kTermsPerGroup > 1 && t < P.k) gather_terms_words<kC, 1>(P, sh.term + t, y, x, live, acc);
+    if (kTermsPerGroup > 1 && t < P.k)
+      gather_terms_words<kC, 1, kStaged>(P, sh.term + t, lane, q, q_last, y, x, live, stage, acc);
     if (!live) continue;
     switch (P.sign) {
       case SignMode::kFlip: store_pixels_words<Out, kChannelsLast, kC, SignMode::kFlip>(P, sh, row, p, acc); break;
@@ -641,29 +808,43 @@ INSTAHIDE_HD void chunk_of(const Params& P, int64_t item, int64_t& row, uint32_t
   p1 = p0 + uint32_t(kChunkPixels) < P.HW ? p0 + uint32_t(kChunkPixels) : P.HW;
 }
 
-template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords>
-__global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_kernel(const Params P) {
-  __shared__ Shared per_warp[kWarps];
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  Shared& sh = per_warp[warp];
-  for (int64_t item = int64_t(blockIdx.x) * kWarps + warp; item < P.items; item += int64_t(gridDim.x) * kWarps) {
+// What one warp does, lane `lane`: the chunks first, first + stride, ... (`sh` and `stage`
+// are the warp's own; the host emulation runs this with the lanes as fibers).
+template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords, bool kStaged>
+INSTAHIDE_HD void encode_chunks(const Params& P, Shared& sh, uint32_t (*stage)[kStageWords], int lane, int64_t first,
+                                int64_t stride) {
+  for (int64_t item = first; item < P.items; item += stride) {
     int64_t row;
     uint32_t p0, p1;
     chunk_of(P, item, row, p0, p1);
-    __syncwarp();  // the warp's previous chunk is done with `sh`
+    warp_sync();  // the warp's previous chunk is done with `sh`
     setup_chunk(P, sh, lane, row, p0, p1);
-    __syncwarp();
+    warp_sync();
     const int32_t label = load_label(P, sh, lane, p0);
     if constexpr (kWords)
-      compute_chunk_words<Out, kChannelsLast, kC>(P, sh, lane, row, p0, p1);
+      compute_chunk_words<Out, kChannelsLast, kC, kStaged>(P, sh, lane, row, p0, p1, stage);
     else
       compute_chunk<Out, kChannelsLast, U, kC>(P, sh, lane, row, p0, p1);
     if (mixes_labels(P, p0)) {  // the same for the whole warp
       keep_label(P, sh, lane, p0, label);
-      __syncwarp();
+      warp_sync();
       write_labels(P, sh, lane, row, p0);
     }
   }
+}
+
+template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords, bool kStaged>
+__global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_kernel(const Params P) {
+  __shared__ Shared per_warp[kWarps];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  uint32_t (*stage)[kStageWords] = nullptr;
+  if constexpr (kStaged) {
+    __shared__ __align__(16) uint32_t staging[kWarps][kTermsPerGroup][kStageWords];
+    stage = staging[warp];
+  }
+  encode_chunks<Out, kChannelsLast, U, kC, kWords, kStaged>(P, per_warp[warp], stage, lane,
+                                                            int64_t(blockIdx.x) * kWarps + warp,
+                                                            int64_t(gridDim.x) * kWarps);
 }
 
 void check_arg(bool ok, const std::string& message) {
@@ -674,6 +855,16 @@ void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
+
+// The word-wide path's loads: INSTAHIDE_CUDA_LOADS=staged (through shared memory, see
+// plan_stage) or direct (the default), read at each call so that one build can compare both.
+bool staged_loads_chosen() {
+  const char* choice = std::getenv("INSTAHIDE_CUDA_LOADS");
+  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "direct") == 0) return false;
+  check_arg(std::strcmp(choice, "staged") == 0,
+            std::string("INSTAHIDE_CUDA_LOADS=") + choice + ": expected 'direct' or 'staged'");
+  return true;
+}
 
 // Host-side checks (no device memory is read) and the kernel's parameters.
 Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
@@ -757,6 +948,7 @@ Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
     const ImageSource& s = a.sources[i];
     P.words &= s.pixel == PixelType::kUint8 && (s.stride_w == 1 || (s.stride_c == 1 && s.stride_w == C));
   }
+  P.staged = P.words && staged_loads_chosen();
   check_arg(a.rows <= INT64_MAX / P.chunks_per_row, "rows = " + std::to_string(a.rows) + " is too large");
   P.items = a.rows * P.chunks_per_row;
   if (labels) {
@@ -779,12 +971,15 @@ void launch(const Params& P, cudaStream_t stream) {
   const unsigned grid = unsigned(std::min<int64_t>((P.items + kWarps - 1) / kWarps, INT32_MAX));  // loops beyond
   if constexpr (sizeof(U) == 4 && kC > 0) {
     if (P.words) {
-      encode_kernel<Out, kChannelsLast, U, kC, true><<<grid, kThreads, 0, stream>>>(P);
+      if (P.staged)
+        encode_kernel<Out, kChannelsLast, U, kC, true, true><<<grid, kThreads, 0, stream>>>(P);
+      else
+        encode_kernel<Out, kChannelsLast, U, kC, true, false><<<grid, kThreads, 0, stream>>>(P);
       check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
       return;
     }
   }
-  encode_kernel<Out, kChannelsLast, U, kC, false><<<grid, kThreads, 0, stream>>>(P);
+  encode_kernel<Out, kChannelsLast, U, kC, false, false><<<grid, kThreads, 0, stream>>>(P);
   check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
 }
 

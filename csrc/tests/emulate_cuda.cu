@@ -1,14 +1,19 @@
 // Host emulation of encode_cuda's kernel against encode_cpu, on random cases of every layout,
 // pixel type, output type, sign mode, channel count, packed pool and table lookup: runs the
-// kernel's per-warp phases (setup by every lane, then compute by every lane) on the CPU, so
-// the kernel's index arithmetic is checked on machines with nvcc but no GPU.
+// kernel's own per-warp code (encode_chunks) on the CPU, a warp's 32 lanes as fibers that
+// switch at each warp sync, so that the kernel's index arithmetic and its warp
+// synchronization are checked on machines with nvcc but no GPU. Cases on the word-wide path
+// run twice, with direct and with staged loads, which must agree bit for bit.
 //
-//   nvcc -std=c++17 -O2 -I csrc/core csrc/tests/emulate_cuda.cu csrc/core/encode_cpu.cpp \
-//        csrc/core/thread_pool.cpp -o emulate_cuda && ./emulate_cuda
+//   nvcc -std=c++17 -O1 -I csrc/core csrc/tests/emulate_cuda.cu csrc/core/encode_cpu.cpp \
+//        csrc/core/encode_cpu_avx512.cpp csrc/core/thread_pool.cpp -o emulate_cuda && ./emulate_cuda
 // (tests/test_cuda_emulation.py does this where nvcc is found.)
 #include "encode_cuda.cu"
 
+#include <ucontext.h>
+
 #include <cmath>
+#include <functional>
 #include <cstdio>
 #include <algorithm>
 #include <cstring>
@@ -17,34 +22,89 @@
 
 using namespace instahide;
 
-static Shared g_sh;
-static int g_word_cases = 0;  // cases that took the word-wide path
+// A warp on the host: its 32 lanes run as fibers of one thread, in order, each up to its next
+// warp_sync() (or its end), round after round, so that code between two syncs runs lane by
+// lane, as the kernel's may, and a lane reading shared memory that another lane writes
+// before the same sync sees the garbage of the previous round. All lanes must reach the same
+// syncs (as __syncwarp with all lanes requires).
+struct HostWarp {
+  ucontext_t scheduler, lane_context[32];
+  std::vector<char> stack[32];
+  bool done[32];
+  int current = 0;
+  std::function<void(int)> body;
+};
+static HostWarp g_warp;
 
-template <typename Out, bool CL, typename U, int kC, bool kWords = false>
+static void lane_main() {
+  g_warp.body(g_warp.current);
+  g_warp.done[g_warp.current] = true;
+}  // returns to the scheduler (uc_link)
+
+static void lane_sync() { swapcontext(&g_warp.lane_context[g_warp.current], &g_warp.scheduler); }
+
+// Runs body(lane) for the 32 lanes of one warp; false if the lanes did not all reach the same
+// syncs.
+static bool run_warp(std::function<void(int)> body) {
+  g_warp.body = std::move(body);
+  for (int lane = 0; lane < 32; ++lane) {
+    g_warp.stack[lane].resize(1 << 18);
+    getcontext(&g_warp.lane_context[lane]);
+    g_warp.lane_context[lane].uc_stack.ss_sp = g_warp.stack[lane].data();
+    g_warp.lane_context[lane].uc_stack.ss_size = g_warp.stack[lane].size();
+    g_warp.lane_context[lane].uc_link = &g_warp.scheduler;
+    makecontext(&g_warp.lane_context[lane], lane_main, 0);
+    g_warp.done[lane] = false;
+  }
+  host_warp_sync = lane_sync;
+  bool converged = true;
+  for (;;) {
+    for (int lane = 0; lane < 32; ++lane) {
+      g_warp.current = lane;
+      swapcontext(&g_warp.scheduler, &g_warp.lane_context[lane]);
+    }
+    const int finished = int(std::count(g_warp.done, g_warp.done + 32, true));
+    if (finished == 32) break;
+    if (finished != 0) {  // some lanes ended while others wait at a sync: never resumable
+      converged = false;
+      break;
+    }
+  }
+  host_warp_sync = nullptr;
+  return converged;
+}
+
+static Shared g_sh;
+alignas(16) static uint32_t g_stage[kTermsPerGroup][kStageWords];
+static int g_word_cases = 0;  // cases that took the word-wide path
+static int g_divergent = 0;   // warps whose lanes did not reach the same syncs
+static int g_staged_cases = 0;
+
+// The kernel's own per-warp code (encode_chunks), one warp per chunk, with the warp's shared
+// memory filled with garbage (NaN floats) first to catch reads of unset entries.
+template <typename Out, bool CL, typename U, int kC, bool kWords = false, bool kStaged = false>
 void emulate_kernel(const Params& P) {
   for (int64_t item = 0; item < P.items; ++item) {
-    int64_t row; uint32_t p0, p1;
-    chunk_of(P, item, row, p0, p1);
-    std::memset(&g_sh, 0xFF, sizeof(g_sh));  // garbage (NaN floats) to catch reads of unset entries
-    for (int lane = 0; lane < 32; ++lane) setup_chunk(P, g_sh, lane, row, p0, p1);
-    int32_t label[32];
-    for (int lane = 0; lane < 32; ++lane) {
-      label[lane] = load_label(P, g_sh, lane, p0);
-      if constexpr (kWords)
-        compute_chunk_words<Out, CL, kC>(P, g_sh, lane, row, p0, p1);
-      else
-        compute_chunk<Out, CL, U, kC>(P, g_sh, lane, row, p0, p1);
-    }
-    if (mixes_labels(P, p0)) {
-      for (int lane = 0; lane < 32; ++lane) keep_label(P, g_sh, lane, p0, label[lane]);
-      for (int lane = 0; lane < 32; ++lane) write_labels(P, g_sh, lane, row, p0);
-    }
+    std::memset(&g_sh, 0xFF, sizeof(g_sh));
+    std::memset(g_stage, 0xFF, sizeof(g_stage));
+    const bool converged = run_warp([&](int lane) {
+      encode_chunks<Out, CL, U, kC, kWords, kStaged>(P, g_sh, g_stage, lane, item, P.items);
+    });
+    g_divergent += !converged;
   }
 }
 
 template <typename Out, bool CL>
 void emulate_layout(const Params& P, bool wide) {
   if (wide) return emulate_kernel<Out, CL, uint64_t, 0>(P);
+  if (P.words && P.staged) {
+    switch (P.C) {
+      case 1: return emulate_kernel<Out, CL, uint32_t, 1, true, true>(P);
+      case 2: return emulate_kernel<Out, CL, uint32_t, 2, true, true>(P);
+      case 3: return emulate_kernel<Out, CL, uint32_t, 3, true, true>(P);
+      default: return emulate_kernel<Out, CL, uint32_t, 4, true, true>(P);
+    }
+  }
   if (P.words) {
     ++g_word_cases;
     switch (P.C) {
@@ -62,17 +122,20 @@ void emulate_layout(const Params& P, bool wide) {
   }
 }
 
-void emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels) {
+// Returns whether the launch takes the word-wide path. staged: with staged loads.
+bool emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels, bool staged = false) {
   bool wide = false;
   Params P = prepare(a, labels, wide);
-  if (a.rows == 0) return;
+  if (a.rows == 0) return false;
   wide |= force_wide;
   P.words &= !force_wide;
+  P.staged = P.words && staged;
   switch (a.out_type) {
     case OutType::kFloat32: a.out_channels_last ? emulate_layout<float, true>(P, wide) : emulate_layout<float, false>(P, wide); break;
     case OutType::kFloat16: a.out_channels_last ? emulate_layout<__half, true>(P, wide) : emulate_layout<__half, false>(P, wide); break;
     case OutType::kBFloat16: a.out_channels_last ? emulate_layout<__nv_bfloat16, true>(P, wide) : emulate_layout<__nv_bfloat16, false>(P, wide); break;
   }
+  return P.words;
 }
 
 float out_value(const void* out, OutType t, int64_t i) {
@@ -302,8 +365,26 @@ int main() {
     labels.label_count = na + 1;
     labels.renormalize = pick(0, 1);
     labels.out = soft.data();
-    emulate(g, force_wide, &labels);
+    const bool words = emulate(g, force_wide, &labels);
     ++cases;
+    if (words) {
+      // The staged loads: the same words, so the same bits as the direct loads.
+      std::vector<uint8_t> out_staged(out_gpu.size(), 0xCD);
+      std::vector<float> soft_staged(soft.size(), -1.0f);
+      EncodeArgs gs = g;
+      gs.out = out_staged.data();
+      LabelArgs ls = labels;
+      ls.out = soft_staged.data();
+      host_stage_fault = false;
+      emulate(gs, force_wide, &ls, true);
+      ++g_staged_cases;
+      if (host_stage_fault || out_staged != out_gpu || std::memcmp(soft_staged.data(), soft.data(), soft.size() * 4) != 0) {
+        std::printf("case %d (C=%ld H=%ld W=%ld src %ldx%ld k=%d layout=%d/%d): staged loads %s\n", iter, long(C),
+                    long(H), long(W), long(SH), long(SW), k, la, lb,
+                    host_stage_fault ? "read outside the staged range" : "differ from the direct loads");
+        ++failures;
+      }
+    }
     if (std::memcmp(out_cpu.data() + elems * esz, out_gpu.data() + elems * esz, 16) != 0) {
       std::printf("case %d: wrote past the end\n", iter);
       ++failures;
@@ -330,7 +411,12 @@ int main() {
     }
     if (iter < 3) std::printf("cifar case %d: %ld elements, max abs err %.3g\n", iter, long(elems), max_err);
   }
-  std::printf("%d cases (%d on the word-wide path), %d failed\n", cases, g_word_cases, failures);
+  if (g_divergent) {
+    std::printf("%d warps: the lanes did not all reach the same warp syncs\n", g_divergent);
+    ++failures;
+  }
+  std::printf("%d cases (%d on the word-wide path, %d of them also with staged loads: %ld groups staged), %d failed\n",
+              cases, g_word_cases, g_staged_cases, long(host_staged_groups), failures);
   if (g_word_cases < cases / 10) {
     std::printf("too few cases took the word-wide path\n");
     return 1;
