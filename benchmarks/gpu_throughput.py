@@ -98,12 +98,12 @@ def copy_gbps(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / time_cuda(lambda: dst.copy_(src)) / 1e9
 
 
-def with_loads(loads: str, fn):
-    """fn() with the kernel's word-wide loads set to `loads` (read by the core at each call)."""
+def with_loads(loads: str, fn, *args):
+    """fn(*args) with the kernel's word-wide loads set to `loads` (read by the core at each call)."""
     previous = os.environ.get("INSTAHIDE_CUDA_LOADS")
     os.environ["INSTAHIDE_CUDA_LOADS"] = loads
     try:
-        return fn()
+        return fn(*args)
     finally:
         if previous is None:
             del os.environ["INSTAHIDE_CUDA_LOADS"]
@@ -166,14 +166,14 @@ def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_
         times = {path: [] for path in loads}
         for _ in range(rounds if len(loads) > 1 else 1):
             for path in loads:
-                times[path].append(with_loads(path, lambda: time_cuda(fn)))
+                times[path].append(with_loads(path, time_cuda, fn))
         for path in loads:
             seconds = float(np.median(times[path]))
             ips = batch / seconds
             gbps = ips * bytes_per_image / 1e9
             entry = {"impl": impl, "case": name, "batch": batch, "loads": path, "images_per_s": ips, "gbps": gbps,
                      "fraction_of_copy": gbps / copy, "round_seconds": times[path]}
-            activity = with_loads(path, lambda: gpu_activity(fn))
+            activity = with_loads(path, gpu_activity, fn)
             kernel = sum(us for name, us in activity.items() if KERNEL_NAME in name) / 1e6
             if kernel:
                 entry["kernel_images_per_s"] = batch / kernel
@@ -183,7 +183,7 @@ def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_
             entry["call_us"] = seconds * 1e6
             entry["gpu_us_per_call"] = activity
             if host_profile_path and path == loads[0]:
-                with_loads(path, lambda: host_profile(fn, host_profile_path))
+                with_loads(path, host_profile, fn, host_profile_path)
             results.append(entry)
     return results
 

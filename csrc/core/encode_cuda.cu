@@ -93,9 +93,9 @@ INSTAHIDE_HD T load_readonly(const T* p) {
 
 // __syncwarp on the device. The host pass (the emulation in tests) runs a warp's lanes as
 // fibers that switch to each other here, so that code between two syncs runs lane by lane.
-void (*host_warp_sync)() = nullptr;
-bool host_stage_fault = false;   // a lane read a staged word outside its term's range
-int64_t host_staged_groups = 0;  // groups of terms that took the staged loads
+[[maybe_unused]] void (*host_warp_sync)() = nullptr;
+[[maybe_unused]] bool host_stage_fault = false;   // a lane read a staged word outside its term's range
+[[maybe_unused]] int64_t host_staged_groups = 0;  // groups of terms that took the staged loads
 INSTAHIDE_HD void warp_sync() {
 #if defined(__CUDA_ARCH__)
   __syncwarp();
@@ -545,8 +545,9 @@ INSTAHIDE_HD void add_term_words(const Term& term, const uint32_t (&word)[2 * kC
 
 // ---- Staged loads (INSTAHIDE_CUDA_LOADS=staged), for channels-last images: the lanes' words
 // of a term overlap (a lane reads C + 1 words for its 4 * C bytes, and its neighbour starts
-// inside its last one), so that each word-load instruction of the warp asks the memory system
-// for about 3 times the bytes it uses. Staged, the warp first copies the bytes its pass needs
+// inside its last one), so that each of the warp's C + 1 word-load instructions touches every
+// sector of the pass's bytes: C + 1 requests per sector, unless L1 merges them (which a GPU
+// run of both paths tells). Staged, the warp first copies the bytes its pass needs
 // of each term (the rows of the pass, from the first needed column of the first row to the
 // last of the last row) into shared memory, with asynchronous 16-byte copies that go straight
 // from L2 to shared memory (no registers, one or two copies per lane); the lanes then read
