@@ -11,8 +11,9 @@ Shapes: CIFAR (3x32x32 uint8 NHWC, k=4, 50,000 private images resident on the GP
 Bytes moved per image = k source windows at their dtype + the output written once.
 
 Loads: each fused case is timed with each of the kernel's load paths named in --loads
-(INSTAHIDE_CUDA_LOADS: `direct`, the default, and `staged`), in alternating rounds on the same
-inputs, so that the two compare on the same machine state.
+(INSTAHIDE_CUDA_LOADS: `direct`, the default; `staged`, `staged:2`: through shared memory in
+blocks of 1 or 2 passes), in alternating rounds on the same inputs, so that they compare on the
+same machine state.
 
 Training overhead: one SGD step of the pre-activation ResNet-18 (and the small CNN) on a batch
 of 128 against encoding that batch on the GPU, from the same GPU-resident uint8 set.
@@ -225,13 +226,15 @@ def main():
     parser.add_argument("--host-labels", action="store_true",
                         help="class ids on the host: the kernel runs without its label step (the soft labels are "
                              "mixed on the host and uploaded), to measure that step's cost")
-    parser.add_argument("--loads", default="direct,staged",
-                        help="the kernel's load paths to time for each fused case, comma-separated (the first is the "
-                             "one compared with torch_ops_cuda; default: direct,staged)")
+    parser.add_argument("--loads", default="direct,staged,staged:2",
+                        help="the kernel's load paths (INSTAHIDE_CUDA_LOADS values) to time for each fused case, "
+                             "comma-separated; the first is the one compared with torch_ops_cuda "
+                             "(default: direct,staged,staged:2)")
     args = parser.parse_args()
     loads = tuple(path.strip() for path in args.loads.split(",") if path.strip())
-    if not loads or any(path not in ("direct", "staged") for path in loads):
-        parser.error(f"--loads {args.loads!r}: expected a comma-separated list of 'direct' and 'staged'")
+    choices = ("direct", "staged", "staged:1", "staged:2", "staged:4")
+    if not loads or any(path not in choices for path in loads):
+        parser.error(f"--loads {args.loads!r}: expected a comma-separated list of {', '.join(choices)}")
     if not torch.cuda.is_available() or instahide.build_info()["cuda_devices"] == 0:
         raise SystemExit(f"no usable CUDA device: {instahide.build_info()['cuda_status']}")
     copy = copy_gbps()

@@ -3,6 +3,7 @@ CUDA device is usable; the build tests always run."""
 
 import itertools
 import os
+import re
 import shutil
 
 import numpy as np
@@ -231,10 +232,10 @@ def encode_with_loads(loads, encoder, *args, **kwargs):
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("out_dtype,out_layout", [("float32", "NCHW"), ("float16", "NHWC"), ("bfloat16", "NCHW")])
 def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout, out_dtype, out_layout):
-    # The staged loads read the same words through shared memory: bit-identical outputs, on
-    # real images, with crops into the padding and flips, in cross mode with a mixed-size
-    # pool (rows far apart in wide images fall back to direct loads), and for planar images
-    # (always direct).
+    # The staged loads (blocks of 1, 2 and 4 passes) read the same words through shared
+    # memory: bit-identical outputs, on real images, with crops into the padding and flips, in
+    # cross mode with a mixed-size pool (rows far apart in wide images fall back to direct
+    # loads), and for planar images (always direct).
     rng = np.random.default_rng()
     x = cifar_test[0][:500]
     if layout == "NCHW":
@@ -249,24 +250,27 @@ def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout,
                                     out_layout=out_layout, **options)
         keys = encoder.keys(500, int(rng.integers(0, 2**32)))
         rows = rng.permutation(500)[:300]
+        bits = torch.int16 if out_dtype != "float32" else torch.int32
         direct, direct_soft = encode_with_loads("direct", encoder, images, labels, keys, rows=rows)
-        staged, staged_soft = encode_with_loads("staged", encoder, images, labels, keys, rows=rows)
-        assert torch.equal(direct.view(torch.int16 if out_dtype != "float32" else torch.int32),
-                           staged.view(torch.int16 if out_dtype != "float32" else torch.int32)), options
-        assert torch.equal(direct_soft, staged_soft)
+        for loads in ("staged", "staged:2", "staged:4"):
+            staged, staged_soft = encode_with_loads(loads, encoder, images, labels, keys, rows=rows)
+            assert torch.equal(direct.view(bits), staged.view(bits)), (loads, options)
+            assert torch.equal(direct_soft, staged_soft)
         cpu, _ = encoder.encode(images.cpu(), labels.cpu(), keys, rows=rows)
         to_numpy = (lambda t: t.view(torch.int16).numpy().view(np.uint16)) if out_dtype == "bfloat16" else (
             lambda t: t.numpy())
-        assert_encodings_close(to_numpy(staged), to_numpy(cpu), out_dtype)
+        assert_encodings_close(to_numpy(direct), to_numpy(cpu), out_dtype)
 
 
 @needs_gpu
 def test_cuda_unknown_load_path_is_a_clear_error():
     encoder = instahide.Encoder(k=2)
     images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, device="cuda")
-    with pytest.raises(ValueError, match="INSTAHIDE_CUDA_LOADS=fast: expected 'direct' or 'staged'"):
-        encode_with_loads("fast", encoder, images, torch.zeros(8, dtype=torch.int64, device="cuda"),
-                          encoder.keys(8, 0))
+    for choice in ("fast", "staged:3"):
+        with pytest.raises(ValueError, match=re.escape(f"INSTAHIDE_CUDA_LOADS={choice}: expected 'direct', 'staged' "
+                                                       "or 'staged:N' (N = 1, 2, 4)")):
+            encode_with_loads(choice, encoder, images, torch.zeros(8, dtype=torch.int64, device="cuda"),
+                              encoder.keys(8, 0))
 
 
 @needs_gpu

@@ -28,9 +28,9 @@ def test_cuda_kernel_emulated_on_the_host_matches_the_cpu_core(tmp_path):
     run = subprocess.run([str(program)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
     summary = re.search(r"(\d+) cases \((\d+) on the word-wide path, (\d+) of them also with staged loads: "
-                        r"(\d+) groups staged\), (\d+) failed", run.stdout)
+                        r"(\d+) blocks staged\), (\d+) failed", run.stdout)
     assert summary, run.stdout[-3000:]
-    cases, word_cases, staged_cases, staged_groups, failed = map(int, summary.groups())
+    cases, word_cases, staged_cases, staged_blocks, failed = map(int, summary.groups())
     assert failed == 0 and cases >= 3000
     assert word_cases >= cases // 10  # both paths of the kernel were exercised
-    assert staged_cases == word_cases and staged_groups >= word_cases  # and the staged loads, bit for bit
+    assert staged_cases == word_cases and staged_blocks >= word_cases  # and the staged loads, bit for bit

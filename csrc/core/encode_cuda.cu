@@ -95,7 +95,7 @@ INSTAHIDE_HD T load_readonly(const T* p) {
 // fibers that switch to each other here, so that code between two syncs runs lane by lane.
 [[maybe_unused]] void (*host_warp_sync)() = nullptr;
 [[maybe_unused]] bool host_stage_fault = false;   // a lane read a staged word outside its term's range
-[[maybe_unused]] int64_t host_staged_groups = 0;  // groups of terms that took the staged loads
+[[maybe_unused]] int64_t host_staged_blocks = 0;  // blocks of passes that took the staged loads
 INSTAHIDE_HD void warp_sync() {
 #if defined(__CUDA_ARCH__)
   __syncwarp();
@@ -158,7 +158,8 @@ struct Params {
   FastDiv div_w;
   int64_t chunks_per_row, items;  // items = rows * chunks_per_row
   bool words;   // host only: the launch takes the word-wide path (see compute_chunk_words)
-  bool staged;  // host only: ... with staged loads (see plan_stage)
+  bool staged;      // host only: ... with staged loads (see plan_stage)
+  int stage_passes;  // passes per staged block
   // Soft labels, mixed by the warp of each row's first chunk (labels null: none).
   const int64_t* labels;
   int64_t label_count, classes;
@@ -543,39 +544,50 @@ INSTAHIDE_HD void add_term_words(const Term& term, const uint32_t (&word)[2 * kC
   }
 }
 
-// ---- Staged loads (INSTAHIDE_CUDA_LOADS=staged), for channels-last images: the lanes' words
-// of a term overlap (a lane reads C + 1 words for its 4 * C bytes, and its neighbour starts
-// inside its last one), so that each of the warp's C + 1 word-load instructions touches every
-// sector of the pass's bytes: C + 1 requests per sector, unless L1 merges them (which a GPU
-// run of both paths tells). Staged, the warp first copies the bytes its pass needs
-// of each term (the rows of the pass, from the first needed column of the first row to the
-// last of the last row) into shared memory, with asynchronous 16-byte copies that go straight
-// from L2 to shared memory (no registers, one or two copies per lane); the lanes then read
-// their overlapping words from there. A range longer than the buffer (far-apart rows) is read
-// directly, and so are planar images (two words per lane and channel, less overlap).
-constexpr int kStageWords = 160;  // per term: 4 CIFAR rows of 3 channels (96 words) with room
-constexpr int kStageCopies = (kStageWords / 4 + 31) / 32;  // 16-byte copies per lane and term
+// ---- Staged loads (INSTAHIDE_CUDA_LOADS=staged[:passes]), for channels-last images: the
+// lanes' words of a term overlap (a lane reads C + 1 words for its 4 * C bytes, and its
+// neighbour starts inside its last one), so that each of the warp's C + 1 word-load
+// instructions touches every sector of the pass's bytes: C + 1 requests per sector, unless L1
+// merges them (which a GPU run of both paths tells). Staged, the warp first copies the bytes
+// that a block of `passes` passes needs of each of the k terms (the rows of the block, from
+// the first needed column of the first row to the last of the last row) into shared memory,
+// all at once, with asynchronous 16-byte copies that go straight from L2 to shared memory (no
+// registers); the lanes then read their overlapping words from there. A block falls back to
+// direct loads where a term's range does not fit its share of the buffer (far-apart rows,
+// more than kStageTerms terms, planar images: two words per lane and channel, less overlap).
+constexpr int kStageTerms = 6;    // terms a staged block holds at most (cross mode 2 + 4)
+constexpr int kStageWords = 800;  // per warp, shared by the block's terms: 4 terms of 2 CIFAR passes
+constexpr int kMaxStagePasses = 4;
 
 // A term's staged bytes: the words first .. first + words - 1 from the image's 4-aligned base
-// are in its buffer from word `align` on, so that the buffer starts on a 16-byte boundary of
-// the source (for the 16-byte copies). words = 0: the pass reads no byte of the term.
+// are in its share of the buffer from word `align` on, so that the share starts on a 16-byte
+// boundary of the source (for the 16-byte copies). words = 0: the block reads no byte of it.
 struct StagedRange {
   int32_t first, words, align;
-  bool staged;  // else the term's words are loaded directly
+  int32_t staged;  // 0: the range does not fit the term's share
 };
 
-// The staging plan of term `term` for the pass of pixels q .. q_last (the same in every lane).
+// A warp's staging area: term t's share is words[t * share .. (t + 1) * share).
+struct __align__(16) Staging {
+  uint32_t words[kStageWords];
+  StagedRange range[kStageTerms];
+};
+
+// The words each of k terms may stage (0: a block of k terms is never staged).
+INSTAHIDE_HD int stage_share(int k) { return k <= kStageTerms ? kStageWords / k / 4 * 4 : 0; }
+
+// The staging plan of term `term` for the pixels q .. q_last of a block of passes.
 template <int kC>
-INSTAHIDE_HD StagedRange plan_stage(const Params& P, const Term& term, uint32_t q, uint32_t q_last) {
-  StagedRange st = {0, 0, 0, false};
+INSTAHIDE_HD StagedRange plan_stage(const Params& P, const Term& term, uint32_t q, uint32_t q_last, int share) {
+  StagedRange st = {0, 0, 0, 0};
   if (term.planar) return st;
-  st.staged = true;
+  st.staged = 1;
   const uint32_t ya = P.div_w.div(q), yb = P.div_w.div(q_last);
   const int32_t ra = int32_t(ya) + term.dy, rb = int32_t(yb) + term.dy;
   const int32_t height = int32_t(term.height), width = int32_t(term.width), W = int32_t(P.W);
   if (rb < 0 || ra >= height || width == 0) return st;  // no lane reads the image
   const int32_t sa = ra < 0 ? 0 : ra, sb = rb >= height ? height - 1 : rb;
-  // Output columns of the pass's pixels: the pass's own where it lies in one row, else all.
+  // Output columns of the block's pixels: the block's own where it lies in one row, else all.
   const int32_t xa = ya == yb ? int32_t(q - ya * P.W) : 0, xb = ya == yb ? int32_t(q_last - yb * P.W) : W - 1;
   const int32_t cmin = clamp_to(term.flip ? W - 1 - xb + term.dx : xa + term.dx, 0, width - 1);
   const int32_t cmax = clamp_to(term.flip ? W - 1 - xa + term.dx : xb + term.dx, 0, width - 1);
@@ -589,7 +601,7 @@ INSTAHIDE_HD StagedRange plan_stage(const Params& P, const Term& term, uint32_t 
   st.first = lo >> 2;
   st.words = (hi >> 2) - st.first + 1;
   st.align = int32_t(((image >> 2) + uint32_t(st.first)) & 3u);
-  st.staged = st.align + st.words <= kStageWords;
+  st.staged = st.align + st.words <= share;
   return st;
 }
 
@@ -609,17 +621,35 @@ INSTAHIDE_HD void wait_async_copies() {
 #endif
 }
 
-// Copies a term's staged range into `buffer` in 16-byte pieces, piece lane + 32 j. Each piece
+// Copies a term's staged range to `share` in 16-byte pieces, lane, lane + 32, ... Each piece
 // is 16-aligned in the source and holds at least one byte of the range, so that it lies in
 // the image's pages (like the word loads, it may read up to 15 bytes around the range).
-INSTAHIDE_HD void stage_term(const Term& term, const StagedRange& st, int lane, uint32_t* buffer) {
+INSTAHIDE_HD void stage_term(const Term& term, const StagedRange& st, int lane, uint32_t* share) {
   const uint32_t* base = reinterpret_cast<const uint32_t*>(term.image - (reinterpret_cast<uintptr_t>(term.image) & 3u));
-  INSTAHIDE_UNROLL
-  for (int j = 0; j < kStageCopies; ++j) {
-    const int piece = lane + 32 * j;
-    if (st.words > 0 && 4 * piece < st.align + st.words)
-      copy16_async(buffer + 4 * piece, base + st.first - st.align + 4 * piece);
-  }
+  if (st.words == 0) return;
+  for (int piece = lane; 4 * piece < st.align + st.words; piece += 32)
+    copy16_async(share + 4 * piece, base + st.first - st.align + 4 * piece);
+}
+
+// Stages the k terms' bytes of the pixels q .. q_last (a block of passes) into `stage`, all
+// copies in flight together; false (nothing staged) where a term's range does not fit. All
+// lanes of the warp call this (live or not): it syncs the warp.
+template <int kC>
+INSTAHIDE_HD bool stage_block(const Params& P, const Shared& sh, Staging& stage, int lane, uint32_t q, uint32_t q_last,
+                              int share) {
+  warp_sync();  // every lane is done reading the previous block's staging
+  if (lane < P.k) stage.range[lane] = plan_stage<kC>(P, sh.term[lane], q, q_last, share);
+  warp_sync();
+  bool all = true;
+  for (int t = 0; t < P.k; ++t) all &= stage.range[t].staged != 0;
+  if (!all) return false;
+  for (int t = 0; t < P.k; ++t) stage_term(sh.term[t], stage.range[t], lane, stage.words + t * share);
+  wait_async_copies();
+  warp_sync();  // every lane's copies are done
+#if !defined(__CUDA_ARCH__)
+  host_staged_blocks += lane == 0;
+#endif
+  return true;
 }
 
 // acc += the N terms' words (after they are loaded).
@@ -635,75 +665,40 @@ INSTAHIDE_HD void add_terms_words(const Term* terms, const uint32_t (&word)[N][2
   }
 }
 
-// N terms: all their loads first, so that they are in flight together, then the arithmetic.
-template <int kC, int N>
-INSTAHIDE_HD void gather_terms_words_direct(const Params& P, const Term* terms, uint32_t y, uint32_t x, bool live,
-                                            float (&acc)[kWordPixels][kMaxChannels]) {
+// The N terms t0 .. t0 + N - 1: all their loads first, so that they are in flight together,
+// then the arithmetic. kFromStage: the words come from the warp's staging (`stage`, each
+// term's share `share` words long), else from global memory.
+template <int kC, int N, bool kFromStage>
+INSTAHIDE_HD void gather_terms_words(const Params& P, const Shared& sh, int t0, const Staging* stage, int share,
+                                     uint32_t y, uint32_t x, bool live, float (&acc)[kWordPixels][kMaxChannels]) {
+  const Term* terms = sh.term + t0;
   uint32_t word[N][2 * kC], shift[N][kC];
   bool in[N][kWordPixels];
   INSTAHIDE_UNROLL
   for (int n = 0; n < N; ++n) {
     const Term& term = terms[n];
-    const uint32_t* base = reinterpret_cast<const uint32_t*>(term.image - (reinterpret_cast<uintptr_t>(term.image) & 3u));
-    load_term_words<kC>(P, term, y, x, live, [&](int, int32_t at) { return load_readonly(base + (at >> 2)); },
-                        word[n], shift[n], in[n]);
-  }
-  add_terms_words<kC, N>(terms, word, shift, in, acc);
-}
-
-// The same through the warp's `stage` buffers: the copies of all N terms are in flight
-// together, between two warp syncs that every lane of the warp reaches (live or not).
-template <int kC, int N>
-INSTAHIDE_HD void gather_terms_words_staged(const Params& P, const Term* terms, const StagedRange (&st)[N], int lane,
-                                            uint32_t y, uint32_t x, bool live, uint32_t (*stage)[kStageWords],
-                                            float (&acc)[kWordPixels][kMaxChannels]) {
-  warp_sync();  // every lane is done reading the buffers of the previous group
-  INSTAHIDE_UNROLL
-  for (int n = 0; n < N; ++n) stage_term(terms[n], st[n], lane, stage[n]);
-  wait_async_copies();
-  warp_sync();  // the buffers are filled
-  uint32_t word[N][2 * kC], shift[N][kC];
-  bool in[N][kWordPixels];
-  INSTAHIDE_UNROLL
-  for (int n = 0; n < N; ++n) {
-    const uint32_t* buffer = stage[n];
-    const StagedRange range = st[n];
-    load_term_words<kC>(P, terms[n], y, x, live,
-                        [&](int, int32_t at) {
-                          // A run's last word is past the range where the run starts on a
-                          // word boundary; its bytes are then not used: read any staged word.
-                          const int32_t w = (at >> 2) - range.first;
+    if constexpr (kFromStage) {
+      const StagedRange range = stage->range[t0 + n];
+      const uint32_t* words = stage->words + (t0 + n) * share;
+      load_term_words<kC>(P, term, y, x, live,
+                          [&](int, int32_t at) {
+                            // A run's last word lies past the range where the run starts on a
+                            // word boundary; its bytes are then not used: read any staged word.
+                            const int32_t w = (at >> 2) - range.first;
 #if !defined(__CUDA_ARCH__)
-                          if (w < 0 || w > range.words) host_stage_fault = true;  // the emulation checks
+                            if (w < 0 || w > range.words) host_stage_fault = true;  // the emulation checks
 #endif
-                          return buffer[range.align + (w < range.words ? w : range.words - 1)];
-                        },
-                        word[n], shift[n], in[n]);
-  }
-  add_terms_words<kC, N>(terms, word, shift, in, acc);
-}
-
-// A group of N terms: staged (kStaged) where all of them can be, else directly.
-template <int kC, int N, bool kStaged>
-INSTAHIDE_HD void gather_terms_words(const Params& P, const Term* terms, int lane, uint32_t q, uint32_t q_last,
-                                     uint32_t y, uint32_t x, bool live, uint32_t (*stage)[kStageWords],
-                                     float (&acc)[kWordPixels][kMaxChannels]) {
-  if (kStaged) {
-    StagedRange st[N];
-    bool all = true;  // the same in every lane
-    INSTAHIDE_UNROLL
-    for (int n = 0; n < N; ++n) {
-      st[n] = plan_stage<kC>(P, terms[n], q, q_last);
-      all &= st[n].staged;
-    }
-    if (all) {
-#if !defined(__CUDA_ARCH__)
-      host_staged_groups += lane == 0;
-#endif
-      return gather_terms_words_staged<kC, N>(P, terms, st, lane, y, x, live, stage, acc);
+                            return words[range.align + (w < range.words ? w : range.words - 1)];
+                          },
+                          word[n], shift[n], in[n]);
+    } else {
+      const uint32_t* base =
+          reinterpret_cast<const uint32_t*>(term.image - (reinterpret_cast<uintptr_t>(term.image) & 3u));
+      load_term_words<kC>(P, term, y, x, live, [&](int, int32_t at) { return load_readonly(base + (at >> 2)); },
+                          word[n], shift[n], in[n]);
     }
   }
-  gather_terms_words_direct<kC, N>(P, terms, y, x, live, acc);
+  add_terms_words<kC, N>(terms, word, shift, in, acc);
 }
 
 template <typename Out>
@@ -764,41 +759,60 @@ INSTAHIDE_HD void store_pixels_words(const Params& P, const Shared& sh, int64_t 
   }
 }
 
-// Phase 2 of a chunk on the word-wide path: lane `lane` mixes, signs and writes the pixels
-// q + 4 * lane .. q + 4 * lane + 3 of each pass q. `stage`: the warp's kTermsPerGroup staging
-// buffers (kStaged).
+// One pass of the word-wide path, lane `lane`: mixes, signs and writes the pixels
+// q + 4 * lane .. q + 4 * lane + 3, kTermsPerGroup terms at a time (then 2, then 1).
+template <typename Out, bool kChannelsLast, int kC, bool kFromStage>
+INSTAHIDE_HD void word_pass(const Params& P, const Shared& sh, const Staging* stage, int share, int lane, int64_t row,
+                            uint32_t q, uint32_t p1, const float (&beta)[kMaxChannels]) {
+  const uint32_t p = q + uint32_t(kWordPixels * lane);
+  const bool live = p < p1;  // p1 - p0 is a multiple of 4: all 4 pixels or none
+  const uint32_t y = P.div_w.div(p), x = p - y * P.W;
+  float acc[kWordPixels][kMaxChannels];
+  INSTAHIDE_UNROLL
+  for (int i = 0; i < kWordPixels; ++i)
+    INSTAHIDE_UNROLL
+    for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = -beta[c];
+  int t = 0;
+  for (; t + kTermsPerGroup <= P.k; t += kTermsPerGroup)
+    gather_terms_words<kC, kTermsPerGroup, kFromStage>(P, sh, t, stage, share, y, x, live, acc);
+  if (kTermsPerGroup > 2 && t + 2 <= P.k) {
+    gather_terms_words<kC, 2, kFromStage>(P, sh, t, stage, share, y, x, live, acc);
+    t += 2;
+  }
+  if (kTermsPerGroup > 1 && t < P.k) gather_terms_words<kC, 1, kFromStage>(P, sh, t, stage, share, y, x, live, acc);
+  if (!live) return;
+  switch (P.sign) {
+    case SignMode::kFlip: store_pixels_words<Out, kChannelsLast, kC, SignMode::kFlip>(P, sh, row, p, acc); break;
+    case SignMode::kAbs: store_pixels_words<Out, kChannelsLast, kC, SignMode::kAbs>(P, sh, row, p, acc); break;
+    default: store_pixels_words<Out, kChannelsLast, kC, SignMode::kNone>(P, sh, row, p, acc); break;
+  }
+}
+
+// Phase 2 of a chunk on the word-wide path: the passes q = p0, p0 + 128, ... (kStaged: in
+// blocks of P.stage_passes passes, each staged first where it can be; `stage` is the warp's).
 template <typename Out, bool kChannelsLast, int kC, bool kStaged>
 INSTAHIDE_HD void compute_chunk_words(const Params& P, const Shared& sh, int lane, int64_t row, uint32_t p0,
-                                      uint32_t p1, uint32_t (*stage)[kStageWords]) {
+                                      uint32_t p1, Staging* stage) {
   float beta[kMaxChannels] = {};
   for (int t = 0; t < P.k; ++t) {
     INSTAHIDE_UNROLL
     for (int c = 0; c < kMaxChannels; ++c) beta[c] += sh.term[t].lam_shift[c];
   }
-  for (uint32_t q = p0; q < p1; q += kWordPassPixels) {
-    const uint32_t p = q + uint32_t(kWordPixels * lane);
-    const bool live = p < p1;  // p1 - p0 is a multiple of 4: all 4 pixels or none
-    const uint32_t y = P.div_w.div(p), x = p - y * P.W;
-    const uint32_t q_last = (q + kWordPassPixels < p1 ? q + kWordPassPixels : p1) - 1;  // the pass's last pixel
-    float acc[kWordPixels][kMaxChannels];
-    INSTAHIDE_UNROLL
-    for (int i = 0; i < kWordPixels; ++i)
-      INSTAHIDE_UNROLL
-      for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = -beta[c];
-    int t = 0;
-    for (; t + kTermsPerGroup <= P.k; t += kTermsPerGroup)
-      gather_terms_words<kC, kTermsPerGroup, kStaged>(P, sh.term + t, lane, q, q_last, y, x, live, stage, acc);
-    if (kTermsPerGroup > 2 && t + 2 <= P.k) {
-      gather_terms_words<kC, 2, kStaged>(P, sh.term + t, lane, q, q_last, y, x, live, stage, acc);
-      t += 2;
-    }
-    if (kTermsPerGroup > 1 && t < P.k)
-      gather_terms_words<kC, 1, kStaged>(P, sh.term + t, lane, q, q_last, y, x, live, stage, acc);
-    if (!live) continue;
-    switch (P.sign) {
-      case SignMode::kFlip: store_pixels_words<Out, kChannelsLast, kC, SignMode::kFlip>(P, sh, row, p, acc); break;
-      case SignMode::kAbs: store_pixels_words<Out, kChannelsLast, kC, SignMode::kAbs>(P, sh, row, p, acc); break;
-      default: store_pixels_words<Out, kChannelsLast, kC, SignMode::kNone>(P, sh, row, p, acc); break;
+  if constexpr (!kStaged) {
+    for (uint32_t q = p0; q < p1; q += kWordPassPixels)
+      word_pass<Out, kChannelsLast, kC, false>(P, sh, nullptr, 0, lane, row, q, p1, beta);
+  } else {
+    const int share = stage_share(P.k);
+    const uint32_t block = uint32_t(P.stage_passes) * kWordPassPixels;
+    for (uint32_t q0 = p0; q0 < p1; q0 += block) {
+      const uint32_t q1 = q0 + block < p1 ? q0 + block : p1;
+      if (share > 0 && stage_block<kC>(P, sh, *stage, lane, q0, q1 - 1, share)) {
+        for (uint32_t q = q0; q < q1; q += kWordPassPixels)
+          word_pass<Out, kChannelsLast, kC, true>(P, sh, stage, share, lane, row, q, p1, beta);
+      } else {
+        for (uint32_t q = q0; q < q1; q += kWordPassPixels)
+          word_pass<Out, kChannelsLast, kC, false>(P, sh, nullptr, 0, lane, row, q, p1, beta);
+      }
     }
   }
 }
@@ -812,8 +826,7 @@ INSTAHIDE_HD void chunk_of(const Params& P, int64_t item, int64_t& row, uint32_t
 // What one warp does, lane `lane`: the chunks first, first + stride, ... (`sh` and `stage`
 // are the warp's own; the host emulation runs this with the lanes as fibers).
 template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords, bool kStaged>
-INSTAHIDE_HD void encode_chunks(const Params& P, Shared& sh, uint32_t (*stage)[kStageWords], int lane, int64_t first,
-                                int64_t stride) {
+INSTAHIDE_HD void encode_chunks(const Params& P, Shared& sh, Staging* stage, int lane, int64_t first, int64_t stride) {
   for (int64_t item = first; item < P.items; item += stride) {
     int64_t row;
     uint32_t p0, p1;
@@ -838,10 +851,10 @@ template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords, boo
 __global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_kernel(const Params P) {
   __shared__ Shared per_warp[kWarps];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  uint32_t (*stage)[kStageWords] = nullptr;
+  Staging* stage = nullptr;
   if constexpr (kStaged) {
-    __shared__ __align__(16) uint32_t staging[kWarps][kTermsPerGroup][kStageWords];
-    stage = staging[warp];
+    __shared__ Staging staging[kWarps];
+    stage = &staging[warp];
   }
   encode_chunks<Out, kChannelsLast, U, kC, kWords, kStaged>(P, per_warp[warp], stage, lane,
                                                             int64_t(blockIdx.x) * kWarps + warp,
@@ -857,14 +870,18 @@ void check_cuda(cudaError_t err, const char* what) {
 }
 
 
-// The word-wide path's loads: INSTAHIDE_CUDA_LOADS=staged (through shared memory, see
-// plan_stage) or direct (the default), read at each call so that one build can compare both.
-bool staged_loads_chosen() {
+// The word-wide path's loads, from INSTAHIDE_CUDA_LOADS (read at each call, so that one build
+// can compare them): `direct` (the default, or unset) gives 0; `staged` the passes per staged
+// block, 1, or N for `staged:N` (N = 1, 2 or 4; see plan_stage).
+int staged_passes_chosen() {
   const char* choice = std::getenv("INSTAHIDE_CUDA_LOADS");
-  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "direct") == 0) return false;
-  check_arg(std::strcmp(choice, "staged") == 0,
-            std::string("INSTAHIDE_CUDA_LOADS=") + choice + ": expected 'direct' or 'staged'");
-  return true;
+  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "direct") == 0) return 0;
+  for (int passes = 1; passes <= kMaxStagePasses; passes *= 2) {
+    if (std::strcmp(choice, ("staged:" + std::to_string(passes)).c_str()) == 0) return passes;
+  }
+  check_arg(std::strcmp(choice, "staged") == 0, std::string("INSTAHIDE_CUDA_LOADS=") + choice +
+                                                    ": expected 'direct', 'staged' or 'staged:N' (N = 1, 2, 4)");
+  return 1;
 }
 
 // Host-side checks (no device memory is read) and the kernel's parameters.
@@ -949,7 +966,8 @@ Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
     const ImageSource& s = a.sources[i];
     P.words &= s.pixel == PixelType::kUint8 && (s.stride_w == 1 || (s.stride_c == 1 && s.stride_w == C));
   }
-  P.staged = P.words && staged_loads_chosen();
+  P.stage_passes = P.words ? staged_passes_chosen() : 0;
+  P.staged = P.stage_passes > 0;
   check_arg(a.rows <= INT64_MAX / P.chunks_per_row, "rows = " + std::to_string(a.rows) + " is too large");
   P.items = a.rows * P.chunks_per_row;
   if (labels) {

@@ -3,7 +3,8 @@
 // kernel's own per-warp code (encode_chunks) on the CPU, a warp's 32 lanes as fibers that
 // switch at each warp sync, so that the kernel's index arithmetic and its warp
 // synchronization are checked on machines with nvcc but no GPU. Cases on the word-wide path
-// run twice, with direct and with staged loads, which must agree bit for bit.
+// run with direct loads and with staged loads (blocks of 1, 2 and 4 passes), which must agree
+// bit for bit.
 //
 //   nvcc -std=c++17 -O1 -I csrc/core csrc/tests/emulate_cuda.cu csrc/core/encode_cpu.cpp \
 //        csrc/core/encode_cpu_avx512.cpp csrc/core/thread_pool.cpp -o emulate_cuda && ./emulate_cuda
@@ -75,7 +76,7 @@ static bool run_warp(std::function<void(int)> body) {
 }
 
 static Shared g_sh;
-alignas(16) static uint32_t g_stage[kTermsPerGroup][kStageWords];
+static Staging g_stage;
 static int g_word_cases = 0;  // cases that took the word-wide path
 static int g_divergent = 0;   // warps whose lanes did not reach the same syncs
 static int g_staged_cases = 0;
@@ -86,9 +87,9 @@ template <typename Out, bool CL, typename U, int kC, bool kWords = false, bool k
 void emulate_kernel(const Params& P) {
   for (int64_t item = 0; item < P.items; ++item) {
     std::memset(&g_sh, 0xFF, sizeof(g_sh));
-    std::memset(g_stage, 0xFF, sizeof(g_stage));
+    std::memset(&g_stage, 0xFF, sizeof(g_stage));
     const bool converged = run_warp([&](int lane) {
-      encode_chunks<Out, CL, U, kC, kWords, kStaged>(P, g_sh, g_stage, lane, item, P.items);
+      encode_chunks<Out, CL, U, kC, kWords, kStaged>(P, g_sh, &g_stage, lane, item, P.items);
     });
     g_divergent += !converged;
   }
@@ -122,14 +123,16 @@ void emulate_layout(const Params& P, bool wide) {
   }
 }
 
-// Returns whether the launch takes the word-wide path. staged: with staged loads.
-bool emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels, bool staged = false) {
+// Returns whether the launch takes the word-wide path. stage_passes: staged loads in blocks
+// of that many passes (0: direct loads).
+bool emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels, int stage_passes = 0) {
   bool wide = false;
   Params P = prepare(a, labels, wide);
   if (a.rows == 0) return false;
   wide |= force_wide;
   P.words &= !force_wide;
-  P.staged = P.words && staged;
+  P.staged = P.words && stage_passes > 0;
+  P.stage_passes = P.staged ? stage_passes : 0;
   switch (a.out_type) {
     case OutType::kFloat32: a.out_channels_last ? emulate_layout<float, true>(P, wide) : emulate_layout<float, false>(P, wide); break;
     case OutType::kFloat16: a.out_channels_last ? emulate_layout<__half, true>(P, wide) : emulate_layout<__half, false>(P, wide); break;
@@ -368,21 +371,25 @@ int main() {
     const bool words = emulate(g, force_wide, &labels);
     ++cases;
     if (words) {
-      // The staged loads: the same words, so the same bits as the direct loads.
-      std::vector<uint8_t> out_staged(out_gpu.size(), 0xCD);
-      std::vector<float> soft_staged(soft.size(), -1.0f);
-      EncodeArgs gs = g;
-      gs.out = out_staged.data();
-      LabelArgs ls = labels;
-      ls.out = soft_staged.data();
-      host_stage_fault = false;
-      emulate(gs, force_wide, &ls, true);
+      // The staged loads, in blocks of 1, 2 and 4 passes: the same words, so the same bits as
+      // the direct loads.
       ++g_staged_cases;
-      if (host_stage_fault || out_staged != out_gpu || std::memcmp(soft_staged.data(), soft.data(), soft.size() * 4) != 0) {
-        std::printf("case %d (C=%ld H=%ld W=%ld src %ldx%ld k=%d layout=%d/%d): staged loads %s\n", iter, long(C),
-                    long(H), long(W), long(SH), long(SW), k, la, lb,
-                    host_stage_fault ? "read outside the staged range" : "differ from the direct loads");
-        ++failures;
+      for (int passes = 1; passes <= kMaxStagePasses; passes *= 2) {
+        std::vector<uint8_t> out_staged(out_gpu.size(), 0xCD);
+        std::vector<float> soft_staged(soft.size(), -1.0f);
+        EncodeArgs gs = g;
+        gs.out = out_staged.data();
+        LabelArgs ls = labels;
+        ls.out = soft_staged.data();
+        host_stage_fault = false;
+        emulate(gs, force_wide, &ls, passes);
+        if (host_stage_fault || out_staged != out_gpu ||
+            std::memcmp(soft_staged.data(), soft.data(), soft.size() * 4) != 0) {
+          std::printf("case %d (C=%ld H=%ld W=%ld src %ldx%ld k=%d layout=%d/%d), %d passes per block: staged loads %s\n",
+                      iter, long(C), long(H), long(W), long(SH), long(SW), k, la, lb, passes,
+                      host_stage_fault ? "read outside the staged range" : "differ from the direct loads");
+          ++failures;
+        }
       }
     }
     if (std::memcmp(out_cpu.data() + elems * esz, out_gpu.data() + elems * esz, 16) != 0) {
@@ -415,8 +422,8 @@ int main() {
     std::printf("%d warps: the lanes did not all reach the same warp syncs\n", g_divergent);
     ++failures;
   }
-  std::printf("%d cases (%d on the word-wide path, %d of them also with staged loads: %ld groups staged), %d failed\n",
-              cases, g_word_cases, g_staged_cases, long(host_staged_groups), failures);
+  std::printf("%d cases (%d on the word-wide path, %d of them also with staged loads: %ld blocks staged), %d failed\n",
+              cases, g_word_cases, g_staged_cases, long(host_staged_blocks), failures);
   if (g_word_cases < cases / 10) {
     std::printf("too few cases took the word-wide path\n");
     return 1;
