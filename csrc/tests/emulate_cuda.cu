@@ -81,15 +81,19 @@ static int g_word_cases = 0;  // cases that took the word-wide path
 static int g_divergent = 0;   // warps whose lanes did not reach the same syncs
 static int g_staged_cases = 0;
 
-// The kernel's own per-warp code (encode_chunks), one warp per chunk, with the warp's shared
-// memory filled with garbage (NaN floats) first to catch reads of unset entries.
+// The kernel's own per-warp code (encode_chunks), with the warp's shared memory filled with
+// garbage (NaN floats) first to catch reads of unset entries: one warp per chunk (as the
+// kernel's grid has it), or every other call one warp for all chunks in turn (as where the
+// grid is capped), so that a chunk also starts from the previous chunk's state.
 template <typename Out, bool CL, typename U, int kC, bool kWords = false, bool kStaged = false>
 void emulate_kernel(const Params& P) {
-  for (int64_t item = 0; item < P.items; ++item) {
+  static int64_t calls = 0;
+  const int64_t stride = ++calls % 2 ? P.items : 1;
+  for (int64_t first = 0; first < stride && first < P.items; ++first) {
     std::memset(&g_sh, 0xFF, sizeof(g_sh));
     std::memset(&g_stage, 0xFF, sizeof(g_stage));
     const bool converged = run_warp([&](int lane) {
-      encode_chunks<Out, CL, U, kC, kWords, kStaged>(P, g_sh, &g_stage, lane, item, P.items);
+      encode_chunks<Out, CL, U, kC, kWords, kStaged>(P, g_sh, &g_stage, lane, first, stride);
     });
     g_divergent += !converged;
   }
