@@ -469,10 +469,15 @@ INSTAHIDE_HD float byte_to_float(uint32_t w) {
 
 INSTAHIDE_HD int32_t clamp_to(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : v > hi ? hi : v; }
 
+// The term's image as words from its 4-aligned base (byte offsets below count from there).
+INSTAHIDE_HD const uint32_t* aligned_words(const Term& term) {
+  return reinterpret_cast<const uint32_t*>(term.image - (reinterpret_cast<uintptr_t>(term.image) & 3u));
+}
+
 // The words of term `term` for the lane's pixels x..x+3 of output row y: word[m] and, per
 // run of bytes (one channels-last, one per channel planar), its byte shift; in[i]: pixel i
-// is inside the image. fetch(run, at) reads the image's word at byte offset `at` (from the
-// image's 4-aligned base) of run `run`: from global memory, or from the warp's staged copy.
+// is inside the image. fetch(at) reads the image's word at byte offset `at` (from the
+// image's 4-aligned base): from global memory, or from the warp's staged copy.
 template <int kC, typename Fetch>
 INSTAHIDE_HD void load_term_words(const Params& P, const Term& term, uint32_t y, uint32_t x, bool live,
                                   const Fetch& fetch, uint32_t (&word)[2 * kC], uint32_t (&shift)[kC],
@@ -487,12 +492,12 @@ INSTAHIDE_HD void load_term_words(const Params& P, const Term& term, uint32_t y,
   // in 32 bits (the launch is not `wide`), the others are clamped before use.
   const uint32_t misalign = uint32_t(reinterpret_cast<uintptr_t>(term.image)) & 3u;
   const uint32_t row = misalign + ys * uint32_t(term.stride_h);
-  auto load_run = [&](int run, uint32_t row_first, uint32_t row_bytes, uint32_t first, int words, uint32_t* dst) {
+  auto load_run = [&](uint32_t row_first, uint32_t row_bytes, uint32_t first, int words, uint32_t* dst) {
     const int32_t lo = int32_t(row_first & ~3u), hi = int32_t((row_first + row_bytes - 1) & ~3u);
     INSTAHIDE_UNROLL
     for (int m = 0; m < words; ++m) {
       const int32_t at = clamp_to(int32_t((first & ~3u) + 4u * uint32_t(m)), lo, hi);
-      dst[m] = row_in ? fetch(run, at) : 0u;
+      dst[m] = row_in ? fetch(at) : 0u;
     }
   };
   if (term.planar) {
@@ -500,12 +505,12 @@ INSTAHIDE_HD void load_term_words(const Params& P, const Term& term, uint32_t y,
     for (int c = 0; c < kC; ++c) {
       const uint32_t row_c = row + uint32_t(c) * uint32_t(term.stride_c), first = row_c + xlo;
       shift[c] = (first & 3u) * 8u;
-      load_run(c, row_c, term.width, first, 2, word + 2 * c);
+      load_run(row_c, term.width, first, 2, word + 2 * c);
     }
   } else {
     const uint32_t first = row + xlo * uint32_t(kC);
     shift[0] = (first & 3u) * 8u;
-    load_run(0, row, term.width * uint32_t(kC), first, kC + 1, word);
+    load_run(row, term.width * uint32_t(kC), first, kC + 1, word);
   }
 }
 
@@ -625,7 +630,7 @@ INSTAHIDE_HD void wait_async_copies() {
 // is 16-aligned in the source and holds at least one byte of the range, so that it lies in
 // the image's pages (like the word loads, it may read up to 15 bytes around the range).
 INSTAHIDE_HD void stage_term(const Term& term, const StagedRange& st, int lane, uint32_t* share) {
-  const uint32_t* base = reinterpret_cast<const uint32_t*>(term.image - (reinterpret_cast<uintptr_t>(term.image) & 3u));
+  const uint32_t* base = aligned_words(term);
   if (st.words == 0) return;
   for (int piece = lane; 4 * piece < st.align + st.words; piece += 32)
     copy16_async(share + 4 * piece, base + st.first - st.align + 4 * piece);
@@ -681,7 +686,7 @@ INSTAHIDE_HD void gather_terms_words(const Params& P, const Shared& sh, int t0, 
       const StagedRange range = stage->range[t0 + n];
       const uint32_t* words = stage->words + (t0 + n) * share;
       load_term_words<kC>(P, term, y, x, live,
-                          [&](int, int32_t at) {
+                          [&](int32_t at) {
                             // A run's last word lies past the range where the run starts on a
                             // word boundary; its bytes are then not used: read any staged word.
                             const int32_t w = (at >> 2) - range.first;
@@ -692,9 +697,8 @@ INSTAHIDE_HD void gather_terms_words(const Params& P, const Shared& sh, int t0, 
                           },
                           word[n], shift[n], in[n]);
     } else {
-      const uint32_t* base =
-          reinterpret_cast<const uint32_t*>(term.image - (reinterpret_cast<uintptr_t>(term.image) & 3u));
-      load_term_words<kC>(P, term, y, x, live, [&](int, int32_t at) { return load_readonly(base + (at >> 2)); },
+      const uint32_t* base = aligned_words(term);
+      load_term_words<kC>(P, term, y, x, live, [&](int32_t at) { return load_readonly(base + (at >> 2)); },
                           word[n], shift[n], in[n]);
     }
   }
