@@ -12,8 +12,9 @@ Bytes moved per image = k source windows at their dtype + the output written onc
 
 Loads: each fused case is timed with each of the kernel's load paths named in --loads
 (INSTAHIDE_CUDA_LOADS: `direct`, the default; `staged`, `staged:2`: through shared memory in
-blocks of 1 or 2 passes), in alternating rounds on the same inputs, so that they compare on the
-same machine state.
+blocks of 1 or 2 passes; `pipelined`: blocks of 1 pass, the next one's copies in flight while
+one is computed), in alternating rounds on the same inputs, so that they compare on the same
+machine state.
 
 Training overhead: one SGD step of the pre-activation ResNet-18 (and the small CNN) on a batch
 of 128 against encoding that batch on the GPU, from the same GPU-resident uint8 set.
@@ -226,13 +227,13 @@ def main():
     parser.add_argument("--host-labels", action="store_true",
                         help="class ids on the host: the kernel runs without its label step (the soft labels are "
                              "mixed on the host and uploaded), to measure that step's cost")
-    parser.add_argument("--loads", default="direct,staged,staged:2",
+    parser.add_argument("--loads", default="direct,staged,staged:2,pipelined",
                         help="the kernel's load paths (INSTAHIDE_CUDA_LOADS values) to time for each fused case, "
                              "comma-separated; the first is the one compared with torch_ops_cuda "
-                             "(default: direct,staged,staged:2)")
+                             "(default: direct,staged,staged:2,pipelined)")
     args = parser.parse_args()
     loads = tuple(path.strip() for path in args.loads.split(",") if path.strip())
-    choices = ("direct", "staged", "staged:1", "staged:2", "staged:4")
+    choices = ("direct", *(f"{mode}{passes}" for mode in ("staged", "pipelined") for passes in ("", ":1", ":2", ":4")))
     if not loads or any(path not in choices for path in loads):
         parser.error(f"--loads {args.loads!r}: expected a comma-separated list of {', '.join(choices)}")
     if not torch.cuda.is_available() or instahide.build_info()["cuda_devices"] == 0:
@@ -253,11 +254,11 @@ def main():
         results += case("imagenet", 2_000, (3, 224, 224), 4, 256, copy, loads=loads)
         overhead = training_overhead()
     print(f"device: {torch.cuda.get_device_name()}, copy {copy:.0f} GB/s (read + write)")
-    print(f"{'impl':<22}{'loads':<8}{'case':<10}{'batch':>7}{'images/s':>14}{'GB/s':>9}{'of copy':>9}"
+    print(f"{'impl':<22}{'loads':<12}{'case':<10}{'batch':>7}{'images/s':>14}{'GB/s':>9}{'of copy':>9}"
           f"{'kernel of copy':>16}")
     for r in results:
         kernel = f"{r['kernel_fraction_of_copy']:.2f}" if "kernel_fraction_of_copy" in r else "-"
-        print(f"{r['impl']:<22}{r.get('loads', '-'):<8}{r['case']:<10}{r['batch']:>7}{r['images_per_s']:>14,.0f}"
+        print(f"{r['impl']:<22}{r.get('loads', '-'):<12}{r['case']:<10}{r['batch']:>7}{r['images_per_s']:>14,.0f}"
               f"{r['gbps']:>9.1f}{r['fraction_of_copy']:>9.2f}{kernel:>16}")
     for r in results:
         if r.get("gpu_us_per_call"):

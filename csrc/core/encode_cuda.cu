@@ -96,6 +96,11 @@ INSTAHIDE_HD T load_readonly(const T* p) {
 [[maybe_unused]] void (*host_warp_sync)() = nullptr;
 [[maybe_unused]] bool host_stage_fault = false;   // a lane read a staged word outside its term's range
 [[maybe_unused]] int64_t host_staged_blocks = 0;  // blocks of passes that took the staged loads
+// The emulation's asynchronous copies (see copy16_async): where set, a copy lands only at the
+// wait that covers its group, as on the device. Null: copies land at once.
+[[maybe_unused]] void (*host_copy_async)(uint32_t* shared_dst, const uint32_t* global_src) = nullptr;
+[[maybe_unused]] void (*host_commit_copies)() = nullptr;
+[[maybe_unused]] void (*host_wait_copies)(int pending_groups) = nullptr;
 INSTAHIDE_HD void warp_sync() {
 #if defined(__CUDA_ARCH__)
   __syncwarp();
@@ -160,6 +165,7 @@ struct Params {
   bool words;   // host only: the launch takes the word-wide path (see compute_chunk_words)
   bool staged;      // host only: ... with staged loads (see plan_stage)
   int stage_passes;  // passes per staged block
+  bool pipelined;    // host only: ... the next block's copies in flight while a block is computed
   // Soft labels, mixed by the warp of each row's first chunk (labels null: none).
   const int64_t* labels;
   int64_t label_count, classes;
@@ -572,14 +578,30 @@ struct StagedRange {
   int32_t staged;  // 0: the range does not fit the term's share
 };
 
-// A warp's staging area: term t's share is words[t * share .. (t + 1) * share).
+// A warp's staging area: one buffer of kStageWords words, or two of half as many where
+// pipelined (range[b]: buffer b's terms).
 struct __align__(16) Staging {
   uint32_t words[kStageWords];
-  StagedRange range[kStageTerms];
+  StagedRange range[2][kStageTerms];
 };
 
-// The words each of k terms may stage (0: a block of k terms is never staged).
-INSTAHIDE_HD int stage_share(int k) { return k <= kStageTerms ? kStageWords / k / 4 * 4 : 0; }
+// One buffer of a warp's staging: term t's share is words[t * share .. (t + 1) * share)
+// (share = 0: a block of k terms is never staged).
+struct StageBuffer {
+  uint32_t* words;
+  StagedRange* range;
+  int share;
+};
+
+INSTAHIDE_HD int stage_share(int k, bool pipelined) {
+  const int words = pipelined ? kStageWords / 2 : kStageWords;
+  return k <= kStageTerms ? words / k / 4 * 4 : 0;
+}
+
+// Buffer b (b = 1 only where pipelined, in the staging's second half).
+INSTAHIDE_HD StageBuffer stage_buffer(Staging& stage, int b, int share) {
+  return {stage.words + b * (kStageWords / 2), stage.range[b], share};
+}
 
 // The staging plan of term `term` for the pixels q .. q_last of a block of passes.
 template <int kC>
@@ -611,18 +633,34 @@ INSTAHIDE_HD StagedRange plan_stage(const Params& P, const Term& term, uint32_t 
 }
 
 // Asynchronous 16-byte copy from global to shared memory (sm_80+; elsewhere a plain copy).
+// A lane's copies form groups (commit_async_copies); wait_async_copies<n> waits for all but
+// the lane's n most recent groups, and a warp_sync after it shows them to the other lanes.
 INSTAHIDE_HD void copy16_async(uint32_t* shared_dst, const uint32_t* global_src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global_src) : "memory");
-#else
+#elif defined(__CUDA_ARCH__)
   memcpy(shared_dst, global_src, 16);
+#else
+  if (host_copy_async) host_copy_async(shared_dst, global_src);
+  else memcpy(shared_dst, global_src, 16);
 #endif
 }
 
+INSTAHIDE_HD void commit_async_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif !defined(__CUDA_ARCH__)
+  if (host_commit_copies) host_commit_copies();
+#endif
+}
+
+template <int kPendingGroups>
 INSTAHIDE_HD void wait_async_copies() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPendingGroups) : "memory");
+#elif !defined(__CUDA_ARCH__)
+  if (host_wait_copies) host_wait_copies(kPendingGroups);
 #endif
 }
 
@@ -636,25 +674,28 @@ INSTAHIDE_HD void stage_term(const Term& term, const StagedRange& st, int lane, 
     copy16_async(share + 4 * piece, base + st.first - st.align + 4 * piece);
 }
 
-// Stages the k terms' bytes of the pixels q .. q_last (a block of passes) into `stage`, all
-// copies in flight together; false (nothing staged) where a term's range does not fit. All
-// lanes of the warp call this (live or not): it syncs the warp.
+// Issues the copies of the k terms' bytes of the pixels q .. q_last (a block of passes) into
+// `buf`, all in flight together, as one group of each lane's copies; false (the group is
+// empty) where a term's range does not fit its share. The block may read `buf` after
+// wait_async_copies covers the group and a warp_sync. All lanes of the warp call this (live
+// or not): it syncs the warp.
 template <int kC>
-INSTAHIDE_HD bool stage_block(const Params& P, const Shared& sh, Staging& stage, int lane, uint32_t q, uint32_t q_last,
-                              int share) {
-  warp_sync();  // every lane is done reading the previous block's staging
-  if (lane < P.k) stage.range[lane] = plan_stage<kC>(P, sh.term[lane], q, q_last, share);
+INSTAHIDE_HD bool issue_stage(const Params& P, const Shared& sh, const StageBuffer& buf, int lane, uint32_t q,
+                              uint32_t q_last) {
+  if (buf.share == 0) return false;  // more terms than a staging holds (the same for the whole warp)
+  warp_sync();  // every lane is done reading the buffer's previous block
+  if (lane < P.k) buf.range[lane] = plan_stage<kC>(P, sh.term[lane], q, q_last, buf.share);
   warp_sync();
   bool all = true;
-  for (int t = 0; t < P.k; ++t) all &= stage.range[t].staged != 0;
-  if (!all) return false;
-  for (int t = 0; t < P.k; ++t) stage_term(sh.term[t], stage.range[t], lane, stage.words + t * share);
-  wait_async_copies();
-  warp_sync();  // every lane's copies are done
+  for (int t = 0; t < P.k; ++t) all &= buf.range[t].staged != 0;
+  if (all) {
+    for (int t = 0; t < P.k; ++t) stage_term(sh.term[t], buf.range[t], lane, buf.words + t * buf.share);
+  }
+  commit_async_copies();
 #if !defined(__CUDA_ARCH__)
-  host_staged_blocks += lane == 0;
+  host_staged_blocks += all && lane == 0;
 #endif
-  return true;
+  return all;
 }
 
 // acc += the N terms' words (after they are loaded).
@@ -671,11 +712,11 @@ INSTAHIDE_HD void add_terms_words(const Term* terms, const uint32_t (&word)[N][2
 }
 
 // The N terms t0 .. t0 + N - 1: all their loads first, so that they are in flight together,
-// then the arithmetic. kFromStage: the words come from the warp's staging (`stage`, each
-// term's share `share` words long), else from global memory.
+// then the arithmetic. kFromStage: the words come from the staging buffer `buf`, else from
+// global memory.
 template <int kC, int N, bool kFromStage>
-INSTAHIDE_HD void gather_terms_words(const Params& P, const Shared& sh, int t0, const Staging* stage, int share,
-                                     uint32_t y, uint32_t x, bool live, float (&acc)[kWordPixels][kMaxChannels]) {
+INSTAHIDE_HD void gather_terms_words(const Params& P, const Shared& sh, int t0, const StageBuffer& buf, uint32_t y,
+                                     uint32_t x, bool live, float (&acc)[kWordPixels][kMaxChannels]) {
   const Term* terms = sh.term + t0;
   uint32_t word[N][2 * kC], shift[N][kC];
   bool in[N][kWordPixels];
@@ -683,8 +724,8 @@ INSTAHIDE_HD void gather_terms_words(const Params& P, const Shared& sh, int t0, 
   for (int n = 0; n < N; ++n) {
     const Term& term = terms[n];
     if constexpr (kFromStage) {
-      const StagedRange range = stage->range[t0 + n];
-      const uint32_t* words = stage->words + (t0 + n) * share;
+      const StagedRange range = buf.range[t0 + n];
+      const uint32_t* words = buf.words + (t0 + n) * buf.share;
       load_term_words<kC>(P, term, y, x, live,
                           [&](int32_t at) {
                             // A run's last word lies past the range where the run starts on a
@@ -766,7 +807,7 @@ INSTAHIDE_HD void store_pixels_words(const Params& P, const Shared& sh, int64_t 
 // One pass of the word-wide path, lane `lane`: mixes, signs and writes the pixels
 // q + 4 * lane .. q + 4 * lane + 3, kTermsPerGroup terms at a time (then 2, then 1).
 template <typename Out, bool kChannelsLast, int kC, bool kFromStage>
-INSTAHIDE_HD void word_pass(const Params& P, const Shared& sh, const Staging* stage, int share, int lane, int64_t row,
+INSTAHIDE_HD void word_pass(const Params& P, const Shared& sh, const StageBuffer& buf, int lane, int64_t row,
                             uint32_t q, uint32_t p1, const float (&beta)[kMaxChannels]) {
   const uint32_t p = q + uint32_t(kWordPixels * lane);
   const bool live = p < p1;  // p1 - p0 is a multiple of 4: all 4 pixels or none
@@ -778,12 +819,12 @@ INSTAHIDE_HD void word_pass(const Params& P, const Shared& sh, const Staging* st
     for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = -beta[c];
   int t = 0;
   for (; t + kTermsPerGroup <= P.k; t += kTermsPerGroup)
-    gather_terms_words<kC, kTermsPerGroup, kFromStage>(P, sh, t, stage, share, y, x, live, acc);
+    gather_terms_words<kC, kTermsPerGroup, kFromStage>(P, sh, t, buf, y, x, live, acc);
   if (kTermsPerGroup > 2 && t + 2 <= P.k) {
-    gather_terms_words<kC, 2, kFromStage>(P, sh, t, stage, share, y, x, live, acc);
+    gather_terms_words<kC, 2, kFromStage>(P, sh, t, buf, y, x, live, acc);
     t += 2;
   }
-  if (kTermsPerGroup > 1 && t < P.k) gather_terms_words<kC, 1, kFromStage>(P, sh, t, stage, share, y, x, live, acc);
+  if (kTermsPerGroup > 1 && t < P.k) gather_terms_words<kC, 1, kFromStage>(P, sh, t, buf, y, x, live, acc);
   if (!live) return;
   switch (P.sign) {
     case SignMode::kFlip: store_pixels_words<Out, kChannelsLast, kC, SignMode::kFlip>(P, sh, row, p, acc); break;
@@ -792,9 +833,15 @@ INSTAHIDE_HD void word_pass(const Params& P, const Shared& sh, const Staging* st
   }
 }
 
-// Phase 2 of a chunk on the word-wide path: the passes q = p0, p0 + 128, ... (kStaged: in
-// blocks of P.stage_passes passes, each staged first where it can be; `stage` is the warp's).
-template <typename Out, bool kChannelsLast, int kC, bool kStaged>
+// How the word-wide path loads (one kernel each: the pipelined loop's state would cost the
+// others registers).
+enum class Loads { kDirect, kStaged, kPipelined };
+
+// Phase 2 of a chunk on the word-wide path: the passes q = p0, p0 + 128, ... Staged, in
+// blocks of P.stage_passes passes, each staged where it can be (`stage` is the warp's):
+// copied, then computed; pipelined, with the next block's copies in flight (into the other
+// half of the staging) while a block is computed.
+template <typename Out, bool kChannelsLast, int kC, Loads kLoads>
 INSTAHIDE_HD void compute_chunk_words(const Params& P, const Shared& sh, int lane, int64_t row, uint32_t p0,
                                       uint32_t p1, Staging* stage) {
   float beta[kMaxChannels] = {};
@@ -802,20 +849,53 @@ INSTAHIDE_HD void compute_chunk_words(const Params& P, const Shared& sh, int lan
     INSTAHIDE_UNROLL
     for (int c = 0; c < kMaxChannels; ++c) beta[c] += sh.term[t].lam_shift[c];
   }
-  if constexpr (!kStaged) {
-    for (uint32_t q = p0; q < p1; q += kWordPassPixels)
-      word_pass<Out, kChannelsLast, kC, false>(P, sh, nullptr, 0, lane, row, q, p1, beta);
+  const StageBuffer direct = {nullptr, nullptr, 0};
+  auto passes = [&](uint32_t q0, uint32_t q1, bool staged, const StageBuffer& buf) {
+    if (staged) {
+      for (uint32_t q = q0; q < q1; q += kWordPassPixels)
+        word_pass<Out, kChannelsLast, kC, true>(P, sh, buf, lane, row, q, p1, beta);
+    } else {
+      for (uint32_t q = q0; q < q1; q += kWordPassPixels)
+        word_pass<Out, kChannelsLast, kC, false>(P, sh, direct, lane, row, q, p1, beta);
+    }
+  };
+  if constexpr (kLoads == Loads::kDirect) {
+    passes(p0, p1, false, direct);
   } else {
-    const int share = stage_share(P.k);
+    constexpr bool kPipelined = kLoads == Loads::kPipelined;
     const uint32_t block = uint32_t(P.stage_passes) * kWordPassPixels;
-    for (uint32_t q0 = p0; q0 < p1; q0 += block) {
-      const uint32_t q1 = q0 + block < p1 ? q0 + block : p1;
-      if (share > 0 && stage_block<kC>(P, sh, *stage, lane, q0, q1 - 1, share)) {
-        for (uint32_t q = q0; q < q1; q += kWordPassPixels)
-          word_pass<Out, kChannelsLast, kC, true>(P, sh, stage, share, lane, row, q, p1, beta);
-      } else {
-        for (uint32_t q = q0; q < q1; q += kWordPassPixels)
-          word_pass<Out, kChannelsLast, kC, false>(P, sh, nullptr, 0, lane, row, q, p1, beta);
+    auto block_end = [&](uint32_t q0) { return q0 + block < p1 ? q0 + block : p1; };
+    const int share = stage_share(P.k, kPipelined);
+    if constexpr (!kPipelined) {
+      // Block by block: its copies issued, waited for, and its passes computed.
+      for (uint32_t q0 = p0; q0 < p1; q0 = block_end(q0)) {
+        const StageBuffer buf = stage_buffer(*stage, 0, share);
+        const bool staged = issue_stage<kC>(P, sh, buf, lane, q0, block_end(q0) - 1);
+        if (staged) {
+          wait_async_copies<0>();
+          warp_sync();  // every lane's copies are done
+        }
+        passes(q0, block_end(q0), staged, buf);
+      }
+    } else {
+      // The same, but each block's copies are issued before the previous block is computed,
+      // into the other buffer. A group of copies is committed per issue, so the wait for all
+      // but the newest group leaves only the next block's copies in flight.
+      int b = 0;
+      bool staged = issue_stage<kC>(P, sh, stage_buffer(*stage, 0, share), lane, p0, block_end(p0) - 1);
+      for (uint32_t q0 = p0; q0 < p1; q0 = block_end(q0), b ^= 1) {
+        const uint32_t next = block_end(q0);
+        const bool next_staged =
+            next < p1 && issue_stage<kC>(P, sh, stage_buffer(*stage, b ^ 1, share), lane, next, block_end(next) - 1);
+        if (staged) {
+          if (next < p1)
+            wait_async_copies<1>();
+          else
+            wait_async_copies<0>();
+          warp_sync();  // every lane's copies are done
+        }
+        passes(q0, next, staged, stage_buffer(*stage, b, share));
+        staged = next_staged;
       }
     }
   }
@@ -829,7 +909,7 @@ INSTAHIDE_HD void chunk_of(const Params& P, int64_t item, int64_t& row, uint32_t
 
 // What one warp does, lane `lane`: the chunks first, first + stride, ... (`sh` and `stage`
 // are the warp's own; the host emulation runs this with the lanes as fibers).
-template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords, bool kStaged>
+template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords, Loads kLoads>
 INSTAHIDE_HD void encode_chunks(const Params& P, Shared& sh, Staging* stage, int lane, int64_t first, int64_t stride) {
   for (int64_t item = first; item < P.items; item += stride) {
     int64_t row;
@@ -840,7 +920,7 @@ INSTAHIDE_HD void encode_chunks(const Params& P, Shared& sh, Staging* stage, int
     warp_sync();
     const int32_t label = load_label(P, sh, lane, p0);
     if constexpr (kWords)
-      compute_chunk_words<Out, kChannelsLast, kC, kStaged>(P, sh, lane, row, p0, p1, stage);
+      compute_chunk_words<Out, kChannelsLast, kC, kLoads>(P, sh, lane, row, p0, p1, stage);
     else
       compute_chunk<Out, kChannelsLast, U, kC>(P, sh, lane, row, p0, p1);
     if (mixes_labels(P, p0)) {  // the same for the whole warp
@@ -851,16 +931,16 @@ INSTAHIDE_HD void encode_chunks(const Params& P, Shared& sh, Staging* stage, int
   }
 }
 
-template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords, bool kStaged>
+template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords, Loads kLoads>
 __global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_kernel(const Params P) {
   __shared__ Shared per_warp[kWarps];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   Staging* stage = nullptr;
-  if constexpr (kStaged) {
+  if constexpr (kLoads != Loads::kDirect) {
     __shared__ Staging staging[kWarps];
     stage = &staging[warp];
   }
-  encode_chunks<Out, kChannelsLast, U, kC, kWords, kStaged>(P, per_warp[warp], stage, lane,
+  encode_chunks<Out, kChannelsLast, U, kC, kWords, kLoads>(P, per_warp[warp], stage, lane,
                                                             int64_t(blockIdx.x) * kWarps + warp,
                                                             int64_t(gridDim.x) * kWarps);
 }
@@ -875,17 +955,27 @@ void check_cuda(cudaError_t err, const char* what) {
 
 
 // The word-wide path's loads, from INSTAHIDE_CUDA_LOADS (read at each call, so that one build
-// can compare them): `direct` (the default, or unset) gives 0; `staged` the passes per staged
-// block, 1, or N for `staged:N` (N = 1, 2 or 4; see plan_stage).
-int staged_passes_chosen() {
+// can compare them): `direct` (the default, or unset); `staged` or `staged:N`, blocks of 1 or
+// N passes (N = 1, 2, 4; see plan_stage); `pipelined` or `pipelined:N`, the same with the
+// next block's copies in flight while a block is computed (see compute_chunk_words).
+struct LoadPath {
+  int stage_passes;  // 0: direct loads
+  bool pipelined;
+};
+
+LoadPath load_path_chosen() {
   const char* choice = std::getenv("INSTAHIDE_CUDA_LOADS");
-  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "direct") == 0) return 0;
-  for (int passes = 1; passes <= kMaxStagePasses; passes *= 2) {
-    if (std::strcmp(choice, ("staged:" + std::to_string(passes)).c_str()) == 0) return passes;
+  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "direct") == 0) return {0, false};
+  for (const bool pipelined : {false, true}) {
+    const std::string name = pipelined ? "pipelined" : "staged";
+    if (name == choice) return {1, pipelined};
+    for (int passes = 1; passes <= kMaxStagePasses; passes *= 2) {
+      if (name + ":" + std::to_string(passes) == choice) return {passes, pipelined};
+    }
   }
-  check_arg(std::strcmp(choice, "staged") == 0, std::string("INSTAHIDE_CUDA_LOADS=") + choice +
-                                                    ": expected 'direct', 'staged' or 'staged:N' (N = 1, 2, 4)");
-  return 1;
+  check_arg(false, std::string("INSTAHIDE_CUDA_LOADS=") + choice +
+                       ": expected 'direct', 'staged', 'staged:N', 'pipelined' or 'pipelined:N' (N = 1, 2, 4)");
+  return {0, false};
 }
 
 // Host-side checks (no device memory is read) and the kernel's parameters.
@@ -970,8 +1060,10 @@ Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
     const ImageSource& s = a.sources[i];
     P.words &= s.pixel == PixelType::kUint8 && (s.stride_w == 1 || (s.stride_c == 1 && s.stride_w == C));
   }
-  P.stage_passes = P.words ? staged_passes_chosen() : 0;
+  const LoadPath loads = P.words ? load_path_chosen() : LoadPath{0, false};
+  P.stage_passes = loads.stage_passes;
   P.staged = P.stage_passes > 0;
+  P.pipelined = loads.pipelined;
   check_arg(a.rows <= INT64_MAX / P.chunks_per_row, "rows = " + std::to_string(a.rows) + " is too large");
   P.items = a.rows * P.chunks_per_row;
   if (labels) {
@@ -994,15 +1086,17 @@ void launch(const Params& P, cudaStream_t stream) {
   const unsigned grid = unsigned(std::min<int64_t>((P.items + kWarps - 1) / kWarps, INT32_MAX));  // loops beyond
   if constexpr (sizeof(U) == 4 && kC > 0) {
     if (P.words) {
-      if (P.staged)
-        encode_kernel<Out, kChannelsLast, U, kC, true, true><<<grid, kThreads, 0, stream>>>(P);
+      if (P.staged && P.pipelined)
+        encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kPipelined><<<grid, kThreads, 0, stream>>>(P);
+      else if (P.staged)
+        encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kStaged><<<grid, kThreads, 0, stream>>>(P);
       else
-        encode_kernel<Out, kChannelsLast, U, kC, true, false><<<grid, kThreads, 0, stream>>>(P);
+        encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kDirect><<<grid, kThreads, 0, stream>>>(P);
       check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
       return;
     }
   }
-  encode_kernel<Out, kChannelsLast, U, kC, false, false><<<grid, kThreads, 0, stream>>>(P);
+  encode_kernel<Out, kChannelsLast, U, kC, false, Loads::kDirect><<<grid, kThreads, 0, stream>>>(P);
   check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
 }
 

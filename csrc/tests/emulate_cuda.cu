@@ -3,8 +3,10 @@
 // kernel's own per-warp code (encode_chunks) on the CPU, a warp's 32 lanes as fibers that
 // switch at each warp sync, so that the kernel's index arithmetic and its warp
 // synchronization are checked on machines with nvcc but no GPU. Cases on the word-wide path
-// run with direct loads and with staged loads (blocks of 1, 2 and 4 passes), which must agree
-// bit for bit.
+// run with direct loads and with staged loads (blocks of 1, 2 and 4 passes, and pipelined
+// blocks of 1 and 2), which must agree bit for bit. Asynchronous copies land only at the wait
+// that covers them, and their destination holds the complement of their bytes until then, so
+// that a read before its wait (or a wait for the wrong group) gives other bits.
 //
 //   nvcc -std=c++17 -O1 -I csrc/core csrc/tests/emulate_cuda.cu csrc/core/encode_cpu.cpp \
 //        csrc/core/encode_cpu_avx512.cpp csrc/core/thread_pool.cpp -o emulate_cuda && ./emulate_cuda
@@ -28,14 +30,53 @@ using namespace instahide;
 // lane, as the kernel's may, and a lane reading shared memory that another lane writes
 // before the same sync sees the garbage of the previous round. All lanes must reach the same
 // syncs (as __syncwarp with all lanes requires).
+// A copy in flight: its bytes (read when issued: the images do not change while the kernel
+// runs) and where they land.
+struct AsyncCopy {
+  uint32_t* dst;
+  uint32_t words[4];
+};
+
 struct HostWarp {
   ucontext_t scheduler, lane_context[32];
   std::vector<char> stack[32];
   bool done[32];
   int current = 0;
   std::function<void(int)> body;
+  // Per lane: copies issued since its last commit, and its committed groups, oldest first.
+  std::vector<AsyncCopy> open_group[32];
+  std::vector<std::vector<AsyncCopy>> groups[32];
 };
 static HostWarp g_warp;
+static int64_t g_copies_left = 0;  // copies issued and never waited for, all warps
+
+static void lane_copy_async(uint32_t* dst, const uint32_t* src) {
+  AsyncCopy copy{dst, {}};
+  std::memcpy(copy.words, src, 16);
+  for (int i = 0; i < 4; ++i) dst[i] = ~copy.words[i];  // not yet there
+  g_warp.open_group[g_warp.current].push_back(copy);
+}
+
+static void lane_commit_copies() {
+  const int lane = g_warp.current;
+  g_warp.groups[lane].push_back(std::move(g_warp.open_group[lane]));
+  g_warp.open_group[lane].clear();
+}
+
+static void lane_wait_copies(int pending_groups) {
+  auto& groups = g_warp.groups[g_warp.current];
+  while (int(groups.size()) > pending_groups) {
+    for (const AsyncCopy& copy : groups.front()) std::memcpy(copy.dst, copy.words, 16);
+    groups.erase(groups.begin());
+  }
+}
+
+// Copies a lane issued and never waited for (or never committed).
+static int copies_left(int lane) {
+  size_t n = g_warp.open_group[lane].size();
+  for (const auto& group : g_warp.groups[lane]) n += group.size();
+  return int(n);
+}
 
 static void lane_main() {
   g_warp.body(g_warp.current);
@@ -56,8 +97,13 @@ static bool run_warp(std::function<void(int)> body) {
     g_warp.lane_context[lane].uc_link = &g_warp.scheduler;
     makecontext(&g_warp.lane_context[lane], lane_main, 0);
     g_warp.done[lane] = false;
+    g_warp.open_group[lane].clear();
+    g_warp.groups[lane].clear();
   }
   host_warp_sync = lane_sync;
+  host_copy_async = lane_copy_async;
+  host_commit_copies = lane_commit_copies;
+  host_wait_copies = lane_wait_copies;
   bool converged = true;
   for (;;) {
     for (int lane = 0; lane < 32; ++lane) {
@@ -72,6 +118,10 @@ static bool run_warp(std::function<void(int)> body) {
     }
   }
   host_warp_sync = nullptr;
+  host_copy_async = nullptr;
+  host_commit_copies = nullptr;
+  host_wait_copies = nullptr;
+  for (int lane = 0; lane < 32; ++lane) g_copies_left += copies_left(lane);
   return converged;
 }
 
@@ -80,12 +130,13 @@ static Staging g_stage;
 static int g_word_cases = 0;  // cases that took the word-wide path
 static int g_divergent = 0;   // warps whose lanes did not reach the same syncs
 static int g_staged_cases = 0;
+static int64_t g_pipelined_blocks = 0;  // of host_staged_blocks, those of pipelined loads
 
 // The kernel's own per-warp code (encode_chunks), with the warp's shared memory filled with
 // garbage (NaN floats) first to catch reads of unset entries: one warp per chunk (as the
 // kernel's grid has it), or every other call one warp for all chunks in turn (as where the
 // grid is capped), so that a chunk also starts from the previous chunk's state.
-template <typename Out, bool CL, typename U, int kC, bool kWords = false, bool kStaged = false>
+template <typename Out, bool CL, typename U, int kC, bool kWords = false, Loads kLoads = Loads::kDirect>
 void emulate_kernel(const Params& P) {
   static int64_t calls = 0;
   const int64_t stride = ++calls % 2 ? P.items : 1;
@@ -93,7 +144,7 @@ void emulate_kernel(const Params& P) {
     std::memset(&g_sh, 0xFF, sizeof(g_sh));
     std::memset(&g_stage, 0xFF, sizeof(g_stage));
     const bool converged = run_warp([&](int lane) {
-      encode_chunks<Out, CL, U, kC, kWords, kStaged>(P, g_sh, &g_stage, lane, first, stride);
+      encode_chunks<Out, CL, U, kC, kWords, kLoads>(P, g_sh, &g_stage, lane, first, stride);
     });
     g_divergent += !converged;
   }
@@ -102,12 +153,20 @@ void emulate_kernel(const Params& P) {
 template <typename Out, bool CL>
 void emulate_layout(const Params& P, bool wide) {
   if (wide) return emulate_kernel<Out, CL, uint64_t, 0>(P);
+  if (P.words && P.staged && P.pipelined) {
+    switch (P.C) {
+      case 1: return emulate_kernel<Out, CL, uint32_t, 1, true, Loads::kPipelined>(P);
+      case 2: return emulate_kernel<Out, CL, uint32_t, 2, true, Loads::kPipelined>(P);
+      case 3: return emulate_kernel<Out, CL, uint32_t, 3, true, Loads::kPipelined>(P);
+      default: return emulate_kernel<Out, CL, uint32_t, 4, true, Loads::kPipelined>(P);
+    }
+  }
   if (P.words && P.staged) {
     switch (P.C) {
-      case 1: return emulate_kernel<Out, CL, uint32_t, 1, true, true>(P);
-      case 2: return emulate_kernel<Out, CL, uint32_t, 2, true, true>(P);
-      case 3: return emulate_kernel<Out, CL, uint32_t, 3, true, true>(P);
-      default: return emulate_kernel<Out, CL, uint32_t, 4, true, true>(P);
+      case 1: return emulate_kernel<Out, CL, uint32_t, 1, true, Loads::kStaged>(P);
+      case 2: return emulate_kernel<Out, CL, uint32_t, 2, true, Loads::kStaged>(P);
+      case 3: return emulate_kernel<Out, CL, uint32_t, 3, true, Loads::kStaged>(P);
+      default: return emulate_kernel<Out, CL, uint32_t, 4, true, Loads::kStaged>(P);
     }
   }
   if (P.words) {
@@ -128,8 +187,9 @@ void emulate_layout(const Params& P, bool wide) {
 }
 
 // Returns whether the launch takes the word-wide path. stage_passes: staged loads in blocks
-// of that many passes (0: direct loads).
-bool emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels, int stage_passes = 0) {
+// of that many passes (0: direct loads), pipelined or not.
+bool emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels, int stage_passes = 0,
+             bool pipelined = false) {
   bool wide = false;
   Params P = prepare(a, labels, wide);
   if (a.rows == 0) return false;
@@ -137,6 +197,7 @@ bool emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels, int 
   P.words &= !force_wide;
   P.staged = P.words && stage_passes > 0;
   P.stage_passes = P.staged ? stage_passes : 0;
+  P.pipelined = P.staged && pipelined;
   switch (a.out_type) {
     case OutType::kFloat32: a.out_channels_last ? emulate_layout<float, true>(P, wide) : emulate_layout<float, false>(P, wide); break;
     case OutType::kFloat16: a.out_channels_last ? emulate_layout<__half, true>(P, wide) : emulate_layout<__half, false>(P, wide); break;
@@ -375,10 +436,11 @@ int main() {
     const bool words = emulate(g, force_wide, &labels);
     ++cases;
     if (words) {
-      // The staged loads, in blocks of 1, 2 and 4 passes: the same words, so the same bits as
-      // the direct loads.
+      // The staged loads, in blocks of 1, 2 and 4 passes, and pipelined in blocks of 1 and 2:
+      // the same words, so the same bits as the direct loads.
       ++g_staged_cases;
-      for (int passes = 1; passes <= kMaxStagePasses; passes *= 2) {
+      const std::pair<int, bool> paths[] = {{1, false}, {2, false}, {4, false}, {1, true}, {2, true}};
+      for (const auto& [passes, pipelined] : paths) {
         std::vector<uint8_t> out_staged(out_gpu.size(), 0xCD);
         std::vector<float> soft_staged(soft.size(), -1.0f);
         EncodeArgs gs = g;
@@ -386,11 +448,13 @@ int main() {
         LabelArgs ls = labels;
         ls.out = soft_staged.data();
         host_stage_fault = false;
-        emulate(gs, force_wide, &ls, passes);
+        const int64_t blocks_before = host_staged_blocks;
+        emulate(gs, force_wide, &ls, passes, pipelined);
+        if (pipelined) g_pipelined_blocks += host_staged_blocks - blocks_before;
         if (host_stage_fault || out_staged != out_gpu ||
             std::memcmp(soft_staged.data(), soft.data(), soft.size() * 4) != 0) {
-          std::printf("case %d (C=%ld H=%ld W=%ld src %ldx%ld k=%d layout=%d/%d), %d passes per block: staged loads %s\n",
-                      iter, long(C), long(H), long(W), long(SH), long(SW), k, la, lb, passes,
+          std::printf("case %d (C=%ld H=%ld W=%ld src %ldx%ld k=%d layout=%d/%d), %d passes per block%s: staged loads %s\n",
+                      iter, long(C), long(H), long(W), long(SH), long(SW), k, la, lb, passes, pipelined ? ", pipelined" : "",
                       host_stage_fault ? "read outside the staged range" : "differ from the direct loads");
           ++failures;
         }
@@ -426,8 +490,13 @@ int main() {
     std::printf("%d warps: the lanes did not all reach the same warp syncs\n", g_divergent);
     ++failures;
   }
-  std::printf("%d cases (%d on the word-wide path, %d of them also with staged loads: %ld blocks staged), %d failed\n",
-              cases, g_word_cases, g_staged_cases, long(host_staged_blocks), failures);
+  if (g_copies_left) {
+    std::printf("%ld asynchronous copies were never waited for\n", long(g_copies_left));
+    ++failures;
+  }
+  std::printf("%d cases (%d on the word-wide path, %d of them also with staged loads: %ld blocks staged, %ld of them "
+              "pipelined), %d failed\n",
+              cases, g_word_cases, g_staged_cases, long(host_staged_blocks), long(g_pipelined_blocks), failures);
   if (g_word_cases < cases / 10) {
     std::printf("too few cases took the word-wide path\n");
     return 1;
