@@ -11,9 +11,9 @@
 // are independent loads in flight together. A warp's writes are contiguous for both output
 // layouts; the mask bits come from shared memory. The warp of a row's first chunk also mixes
 // the row's soft labels when the call asks for them (see load_label). uint8 images take a
-// word-wide path (see compute_chunk_words), whose loads can go through shared memory (see
-// plan_stage; INSTAHIDE_CUDA_LOADS=staged). A warp's whole work is encode_chunks, which the
-// host emulation in tests runs as is.
+// word-wide path (see compute_chunk_words), whose loads can go through shared memory, in
+// blocks or pipelined (see plan_stage; INSTAHIDE_CUDA_LOADS). A warp's whole work is
+// encode_chunks, which the host emulation in tests runs as is.
 #include "encode_cuda.h"
 
 #include <cuda_bf16.h>
@@ -194,11 +194,37 @@ struct Shared {
   uint32_t first_block[kMaxChannels];                   // the block of channel c's first word
 };
 
+// The mask's keystream of the chunk (row id `id`, pixels [p0, p1)), one ChaCha20 block per lane.
+INSTAHIDE_HD void setup_keystream(const Params& P, Shared& sh, int lane, uint64_t id, uint32_t p0, uint32_t p1) {
+  if (P.sign != SignMode::kFlip) return;
+  // Mask bit j = c*HW + p: channel c needs the bits [c*HW + p0, c*HW + p1), 512 per block.
+  int b = lane;
+  for (int c = 0; c < P.C; ++c) {
+    const uint32_t first = (uint32_t(c) * P.HW + p0) >> 9;
+    const uint32_t last = (uint32_t(c) * P.HW + p1 - 1) >> 9;
+    const int n = int(last - first + 1);
+    if (lane == 0) sh.first_block[c] = first;
+    if (b >= 0 && b < n) {
+      ChaChaInput in = P.key;
+      in.nonce[1] = uint32_t(id);
+      in.nonce[2] = uint32_t(id >> 32);
+      uint32_t words[16];
+      chacha20_block(in, first + uint32_t(b), words);
+      uint32_t* dst = sh.keystream + c * kWordsPerChannel + b * 16;
+      for (int i = 0; i < 16; ++i) dst[i] = words[i];
+    }
+    b -= n;
+  }
+}
+
 // Phase 1 of a chunk (row, pixels [p0, p1)), lane `lane` of its warp: keystream and terms
-// into the warp's `sh`.
-INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row, uint32_t p0, uint32_t p1) {
-  // The term's table entries are loaded first, so that they are in flight while the keystream
-  // is computed.
+// into the warp's `sh`. The term's table entries are loaded first, so that they are in
+// flight while the keystream is computed; with kTermsFirst the terms are written (and the
+// warp synced) before the keystream, and after_terms() runs between the two: the pipelined
+// loads issue the chunk's first copies there, so that they are in flight instead.
+template <bool kTermsFirst, typename AfterTerms>
+INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row, uint32_t p0, uint32_t p1,
+                              const AfterTerms& after_terms) {
   const int t = lane;
   const bool has_term = t < P.k;
   const uint64_t id = uint64_t(P.row_id ? P.row_id[row] : 0);
@@ -207,26 +233,7 @@ INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row
   const float lam = has_term ? P.lam[at] : 0.0f;
   const int32_t dy = has_term ? P.offset[2 * at] : 0, dx = has_term ? P.offset[2 * at + 1] : 0;
   const bool flip = has_term && P.flip[at] != 0;
-  if (P.sign == SignMode::kFlip) {
-    // Mask bit j = c*HW + p: channel c needs the bits [c*HW + p0, c*HW + p1), 512 per block.
-    int b = lane;
-    for (int c = 0; c < P.C; ++c) {
-      const uint32_t first = (uint32_t(c) * P.HW + p0) >> 9;
-      const uint32_t last = (uint32_t(c) * P.HW + p1 - 1) >> 9;
-      const int n = int(last - first + 1);
-      if (lane == 0) sh.first_block[c] = first;
-      if (b >= 0 && b < n) {
-        ChaChaInput in = P.key;
-        in.nonce[1] = uint32_t(id);
-        in.nonce[2] = uint32_t(id >> 32);
-        uint32_t words[16];
-        chacha20_block(in, first + uint32_t(b), words);
-        uint32_t* dst = sh.keystream + c * kWordsPerChannel + b * 16;
-        for (int i = 0; i < 16; ++i) dst[i] = words[i];
-      }
-      b -= n;
-    }
-  }
+  if constexpr (!kTermsFirst) setup_keystream(P, sh, lane, id, p0, p1);
   if (has_term) {
     const Source& s = P.src[t < P.private_terms ? 0 : 1];
     Term& term = sh.term[t];
@@ -251,6 +258,11 @@ INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row
     }
     term.lam = lam;
     term.label_index = t < P.private_terms && idx >= 0 && idx < P.label_count ? idx : -1;
+  }
+  if constexpr (kTermsFirst) {
+    warp_sync();  // the terms are written
+    after_terms();
+    setup_keystream(P, sh, lane, id, p0, p1);
   }
 }
 
@@ -837,13 +849,27 @@ INSTAHIDE_HD void word_pass(const Params& P, const Shared& sh, const StageBuffer
 // others registers).
 enum class Loads { kDirect, kStaged, kPipelined };
 
+// The end of the block of passes that starts at q0 (the chunk's pixels end at p1).
+INSTAHIDE_HD uint32_t block_end(const Params& P, uint32_t q0, uint32_t p1) {
+  const uint32_t block = uint32_t(P.stage_passes) * kWordPassPixels;
+  return q0 + block < p1 ? q0 + block : p1;
+}
+
+// Pipelined loads: issues the copies of the chunk's first block (see compute_chunk_words).
+template <int kC>
+INSTAHIDE_HD bool issue_first_block(const Params& P, const Shared& sh, Staging& stage, int lane, uint32_t p0,
+                                    uint32_t p1) {
+  return issue_stage<kC>(P, sh, stage_buffer(stage, 0, stage_share(P.k, true)), lane, p0, block_end(P, p0, p1) - 1);
+}
+
 // Phase 2 of a chunk on the word-wide path: the passes q = p0, p0 + 128, ... Staged, in
 // blocks of P.stage_passes passes, each staged where it can be (`stage` is the warp's):
 // copied, then computed; pipelined, with the next block's copies in flight (into the other
-// half of the staging) while a block is computed.
+// half of the staging) while a block is computed, the first block's issued by the chunk's
+// setup (first_staged: issue_first_block's answer).
 template <typename Out, bool kChannelsLast, int kC, Loads kLoads>
 INSTAHIDE_HD void compute_chunk_words(const Params& P, const Shared& sh, int lane, int64_t row, uint32_t p0,
-                                      uint32_t p1, Staging* stage) {
+                                      uint32_t p1, Staging* stage, bool first_staged) {
   float beta[kMaxChannels] = {};
   for (int t = 0; t < P.k; ++t) {
     INSTAHIDE_UNROLL
@@ -863,30 +889,29 @@ INSTAHIDE_HD void compute_chunk_words(const Params& P, const Shared& sh, int lan
     passes(p0, p1, false, direct);
   } else {
     constexpr bool kPipelined = kLoads == Loads::kPipelined;
-    const uint32_t block = uint32_t(P.stage_passes) * kWordPassPixels;
-    auto block_end = [&](uint32_t q0) { return q0 + block < p1 ? q0 + block : p1; };
+    auto end_of = [&](uint32_t q0) { return block_end(P, q0, p1); };
     const int share = stage_share(P.k, kPipelined);
     if constexpr (!kPipelined) {
       // Block by block: its copies issued, waited for, and its passes computed.
-      for (uint32_t q0 = p0; q0 < p1; q0 = block_end(q0)) {
+      for (uint32_t q0 = p0; q0 < p1; q0 = end_of(q0)) {
         const StageBuffer buf = stage_buffer(*stage, 0, share);
-        const bool staged = issue_stage<kC>(P, sh, buf, lane, q0, block_end(q0) - 1);
+        const bool staged = issue_stage<kC>(P, sh, buf, lane, q0, end_of(q0) - 1);
         if (staged) {
           wait_async_copies<0>();
           warp_sync();  // every lane's copies are done
         }
-        passes(q0, block_end(q0), staged, buf);
+        passes(q0, end_of(q0), staged, buf);
       }
     } else {
       // The same, but each block's copies are issued before the previous block is computed,
       // into the other buffer. A group of copies is committed per issue, so the wait for all
       // but the newest group leaves only the next block's copies in flight.
       int b = 0;
-      bool staged = issue_stage<kC>(P, sh, stage_buffer(*stage, 0, share), lane, p0, block_end(p0) - 1);
-      for (uint32_t q0 = p0; q0 < p1; q0 = block_end(q0), b ^= 1) {
-        const uint32_t next = block_end(q0);
+      bool staged = first_staged;
+      for (uint32_t q0 = p0; q0 < p1; q0 = end_of(q0), b ^= 1) {
+        const uint32_t next = end_of(q0);
         const bool next_staged =
-            next < p1 && issue_stage<kC>(P, sh, stage_buffer(*stage, b ^ 1, share), lane, next, block_end(next) - 1);
+            next < p1 && issue_stage<kC>(P, sh, stage_buffer(*stage, b ^ 1, share), lane, next, end_of(next) - 1);
         if (staged) {
           if (next < p1)
             wait_async_copies<1>();
@@ -916,11 +941,16 @@ INSTAHIDE_HD void encode_chunks(const Params& P, Shared& sh, Staging* stage, int
     uint32_t p0, p1;
     chunk_of(P, item, row, p0, p1);
     warp_sync();  // the warp's previous chunk is done with `sh`
-    setup_chunk(P, sh, lane, row, p0, p1);
+    bool first_staged = false;
+    if constexpr (kWords && kLoads == Loads::kPipelined)
+      setup_chunk<true>(P, sh, lane, row, p0, p1,
+                        [&] { first_staged = issue_first_block<kC>(P, sh, *stage, lane, p0, p1); });
+    else
+      setup_chunk<false>(P, sh, lane, row, p0, p1, [] {});
     warp_sync();
     const int32_t label = load_label(P, sh, lane, p0);
     if constexpr (kWords)
-      compute_chunk_words<Out, kChannelsLast, kC, kLoads>(P, sh, lane, row, p0, p1, stage);
+      compute_chunk_words<Out, kChannelsLast, kC, kLoads>(P, sh, lane, row, p0, p1, stage, first_staged);
     else
       compute_chunk<Out, kChannelsLast, U, kC>(P, sh, lane, row, p0, p1);
     if (mixes_labels(P, p0)) {  // the same for the whole warp
