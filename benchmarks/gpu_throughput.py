@@ -8,7 +8,9 @@ Shapes: CIFAR (3x32x32 uint8 NHWC, k=4, 50,000 private images resident on the GP
 4,096 and 65,536 rows; also with the training augmentation, pad 4 and flips), CIFAR cross mode
 (k=6: 2 private + 4 patches of a 10,000-image 40x40 public pool, batch 65,536) and ImageNet-like
 (3x224x224, k=4, batch 256). Output float32 NCHW.
-Bytes moved per image = k source windows at their dtype + the output written once.
+Bytes moved per image = k source windows at their dtype + the output written once. Row ids
+come from the host per batch (`fused_cuda`, as numpy arrays) or are slices of an epoch order
+uploaded once (`fused_cuda_device_rows`: no per-batch copy).
 
 Loads: each fused case is timed with each of the kernel's load paths named in --loads
 (INSTAHIDE_CUDA_LOADS: `direct`, the default; `staged`, `staged:2`: through shared memory in
@@ -127,10 +129,16 @@ def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_
     # rows of one epoch; a batch larger than the set takes rows more than once
     cycle = np.resize(order, max(n, 4 * batch))
     batches = [cycle[i:i + batch] for i in range(0, len(cycle) - batch + 1, batch)]
+    cycle_on_device = torch.from_numpy(cycle).cuda()  # the epoch's order uploaded once: slices of it
+    batches_on_device = [cycle_on_device[i:i + batch] for i in range(0, len(cycle) - batch + 1, batch)]
     state = {"i": 0}
 
     def fused():
         encoder.encode(images, labels, keys, rows=batches[state["i"] % len(batches)])
+        state["i"] += 1
+
+    def fused_device_rows():
+        encoder.encode(images, labels, keys, rows=batches_on_device[state["i"] % len(batches)])
         state["i"] += 1
 
     # the authors' train_inside.py: float tensors after ToTensor + Normalize, randperm gathers,
@@ -156,7 +164,7 @@ def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_
     elif augment:
         impls = (("fused_cuda_augmented", fused),)
     else:
-        impls = (("fused_cuda", fused), ("torch_ops_cuda", torch_ops))
+        impls = (("fused_cuda", fused), ("fused_cuda_device_rows", fused_device_rows), ("torch_ops_cuda", torch_ops))
     for impl, fn in impls:
         if not impl.startswith("fused"):
             seconds = time_cuda(fn)
@@ -184,7 +192,7 @@ def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_
             # leaves the GPU idle (host-bound)
             entry["call_us"] = seconds * 1e6
             entry["gpu_us_per_call"] = activity
-            if host_profile_path and path == loads[0]:
+            if host_profile_path and path == loads[0] and impl == "fused_cuda":
                 with_loads(path, host_profile, fn, host_profile_path)
             results.append(entry)
     return results

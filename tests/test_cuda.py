@@ -44,6 +44,47 @@ needs_gpu = pytest.mark.skipif(not (INFO["cuda_devices"] > 0 and torch.cuda.is_a
                                reason="no usable CUDA device")
 
 
+def test_device_rows_are_checked_once_per_tensor_they_are_views_of(monkeypatch):
+    # The check of row ids on a GPU (device-agnostic code, run here on CPU tensors): one
+    # reduction per base tensor and version, whichever slices of it come.
+    from instahide._cuda import _CheckedRows
+
+    reductions = []
+    aminmax = torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda x: reductions.append(x.numel()) or aminmax(x))
+    checked = _CheckedRows(size=2)
+    order = torch.randperm(100)
+    for start in range(0, 100, 10):
+        checked.check(order[start:start + 10], 100)
+    assert reductions == [100]
+    checked.check(order[5:], 90 + 10)
+    checked.check(order, 100)
+    assert reductions == [100]
+    checked.check(order[:10], 101)  # another row count: checked again
+    assert reductions == [100, 100]
+    order[50] = 100  # in place, through the base: its views are checked again, whole
+    with pytest.raises(ValueError, match=re.escape("[0, 100), got values in [0, 100] (checked whole")):
+        checked.check(order[:10], 100)
+    order[50] = 3
+    checked.check(order[:10], 100)
+    assert reductions == [100, 100, 100, 100]
+    other, third = torch.arange(5), torch.arange(6)
+    checked.check(other, 5)
+    checked.check(third, 6)  # the cache holds 2 tensors: `order` is gone, checked again
+    checked.check(order[:10], 100)
+    assert reductions == [100, 100, 100, 100, 5, 6, 100]
+    with pytest.raises(ValueError, match=re.escape("got values in [-2, 4]")):
+        checked.check(torch.tensor([4, -2]), 5)  # not a view: no "checked whole"
+    checked.check(torch.empty(0, dtype=torch.int64), 0)  # nothing to reduce
+
+
+def test_rows_on_a_device_with_host_images_are_a_clear_error():
+    encoder = instahide.Encoder(k=2)
+    with pytest.raises(TypeError, match="rows are on meta but the images on the host"):
+        encoder.encode(np.zeros((4, 3, 8, 8), np.uint8), np.zeros(4, np.int64), encoder.keys(4, 0),
+                       rows=torch.empty(2, dtype=torch.int64, device="meta"))
+
+
 def encode_three_ways(images, labels, encoder, keys, rows=None):
     """(CUDA output on the host, CPU output, reference output)."""
     gpu, gpu_soft = encoder.encode(images.cuda(), labels.cuda(), keys, rows=rows)
@@ -147,6 +188,54 @@ def test_cuda_batches_queued_back_to_back_keep_their_own_rows():
         x_cpu, y_cpu = encoder.encode(images.cpu(), labels.cpu(), keys, rows=b)
         assert_encodings_close(x.cpu().numpy(), x_cpu.numpy(), "float32")
         np.testing.assert_array_equal(y.cpu().numpy(), y_cpu.numpy())
+
+
+@needs_gpu
+def test_cuda_rows_on_the_device_give_the_bits_of_host_rows():
+    # Row ids as slices of an epoch order uploaded once: no per-batch copy, the same encoding,
+    # with class ids, soft labels and class ids on the host (mixed there), and an empty batch.
+    rng = np.random.default_rng()
+    n = 500
+    images = torch.from_numpy(rng.integers(0, 256, (n, 32, 32, 3), np.uint8)).cuda()
+    labels = torch.from_numpy(rng.integers(0, 10, n)).cuda()
+    encoder = instahide.Encoder(k=4, pad=4, hflip=True, num_classes=10, layout="NHWC", mean=CIFAR_MEAN, std=CIFAR_STD)
+    keys = encoder.keys(n, int(rng.integers(0, 2**32)))
+    order = rng.permutation(n)
+    order_on_device = torch.from_numpy(order).cuda()
+    soft_labels = torch.nn.functional.one_hot(labels, 10).float() * 0.5 + 0.05
+    for a, b in ((0, 128), (128, 300), (300, 500), (7, 7)):
+        for batch_labels in (labels, soft_labels, labels.cpu()):
+            x_host, y_host = encoder.encode(images, batch_labels, keys, rows=order[a:b])
+            x_dev, y_dev = encoder.encode(images, batch_labels, keys, rows=order_on_device[a:b])
+            assert x_dev.shape == (b - a, 3, 32, 32) and y_dev.is_cuda
+            assert torch.equal(x_dev, x_host) and torch.equal(y_dev, y_host)
+
+
+@needs_gpu
+def test_cuda_rows_on_the_device_are_checked():
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, device="cuda")
+    labels = torch.randint(0, 10, (40,), device="cuda")
+    encoder = instahide.Encoder(k=2)
+    keys = encoder.keys(40, 0)
+    rows = torch.arange(40, device="cuda")
+    for bad in (rows.int(), rows.view(4, 10)):
+        with pytest.raises(TypeError, match="1-d int64 tensor"):
+            encoder.encode(images, labels, keys, rows=bad)
+    with pytest.raises(ValueError, match="contiguous"):
+        encoder.encode(images, labels, keys, rows=rows[::2])
+    with pytest.raises(ValueError, match=re.escape("[0, 40), got values in [0, 40] (checked whole")):
+        encoder.encode(images, labels, keys, rows=torch.arange(41, device="cuda")[:10])
+    order = torch.randperm(40, device="cuda")
+    expected, _ = encoder.encode(images, labels, keys, rows=order[:10].cpu().numpy())
+    assert torch.equal(encoder.encode(images, labels, keys, rows=order[:10])[0], expected)
+    order[30] = -1  # changed in place: checked again
+    with pytest.raises(ValueError, match=re.escape("[-1,")):
+        encoder.encode(images, labels, keys, rows=order[:10])
+    order[30] = 0
+    assert torch.equal(encoder.encode(images, labels, keys, rows=order[:10])[0], expected)
+    if torch.cuda.device_count() > 1:
+        with pytest.raises(ValueError, match="cuda:1"):
+            encoder.encode(images, labels, keys, rows=order.to("cuda:1"))
 
 
 @needs_gpu

@@ -59,6 +59,8 @@ def row_ids(rows, n: int) -> np.ndarray:
         return np.arange(n, dtype=np.int64)
     if isinstance(rows, slice):
         return np.ascontiguousarray(np.arange(n, dtype=np.int64)[rows])
+    if is_torch(rows) and rows.device.type != "cpu":
+        raise TypeError(f"rows are on {rows.device} but the images on the host: pass host row ids (rows.cpu())")
     rows = np.asarray(rows)
     if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
         raise TypeError("rows must be a slice or a 1-d array of integers")

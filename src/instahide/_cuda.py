@@ -4,8 +4,10 @@
 current stream of the array's device, asynchronously.
 
 Keys are uploaded once per epoch and device (cached on the Keys object); the kernel looks
-each batch row up in them by its row id. Output is allocated on the same device by the
-array's own library.
+each batch row up in them by its row id. Row ids from the host are copied per batch; row ids
+already on the device (an int64 torch tensor, e.g. a slice of the epoch's order uploaded
+once) are used in place, checked once per tensor they are a view of. Output is allocated on
+the same device by the array's own library.
 """
 
 from __future__ import annotations
@@ -157,22 +159,28 @@ def encode(encoder, images, labels, keys, rows):
     owner = _core.pointer_device(pointer) if shape[0] else lib.device
     if owner != lib.device:
         raise ValueError(f"images claim device {lib.device} but their memory is on device {owner}")
+    rows_on_device = is_cuda_array(rows)
     channels_last = _arrays.channels_last(np.empty((0, *shape[1:]), dtype), encoder.layout)
     axes = (0, 3, 1, 2) if channels_last else (0, 1, 2, 3)
     n, channels, height, width = (shape[a] for a in axes)
     encoder._check_keys(keys, n)
-    rows = _arrays.row_ids(rows, n)
+    if rows_on_device:
+        device_rows = _device_row_ids(rows, n, lib)
+        count = int(device_rows.shape[0])
+    else:
+        rows = _arrays.row_ids(rows, n)
+        count = len(rows)
     kp = keys.private_terms
     sources = [(pointer, _PIXEL[dtype], (n, channels, height, width), tuple(strides[a] for a in axes),
                 *encoder._scale_shift(channels, dtype))]
     if kp < keys.k:
         sources.append(_pool_source(encoder.public, lib, encoder._public_scale_shift(height, width, channels)))
 
-    out_shape = ((len(rows), height, width, channels) if encoder.out_layout == "NHWC"
-                 else (len(rows), channels, height, width))
+    out_shape = ((count, height, width, channels) if encoder.out_layout == "NHWC"
+                 else (count, channels, height, width))
     out = lib.empty(out_shape, encoder.out_dtype)
-    if len(rows) == 0:
-        return out, lib.upload(encoder._mix_labels(_host_labels(labels), keys, rows))
+    if count == 0:
+        return out, lib.upload(encoder._mix_labels(_host_labels(labels), keys, np.empty(0, np.int64)))
     tables, bounds = _tables(keys, lib, encoder.public if kp < keys.k else None, (height, width))
     if bounds["private"][0] < 0 or bounds["private"][1] >= n:
         raise ValueError(f"keys.index refers to images outside [0, {n})")
@@ -181,15 +189,16 @@ def encode(encoder, images, labels, keys, rows):
     on_device = lib.name == "torch" and _arrays.is_torch(labels) and labels.device == tables["lam"].device
     device_labels, classes, soft_input = (_checked_device_labels(labels, keys.n, encoder.num_classes) if on_device
                                           else (None, 0, False))
-    device_rows = lib.upload_rows(rows)
+    if not rows_on_device:
+        device_rows = lib.upload_rows(rows)
     # Class ids on this device are mixed into soft labels by the kernel, in the same pass
     # (float64 sums in term order, as the host's, so both agree bit for bit).
     soft, label_spec = None, None
     if on_device and not soft_input:
-        soft = lib.empty((len(rows), classes), "float32")
+        soft = lib.empty((count, classes), "float32")
         label_spec = (lib.pointer(device_labels), keys.n, classes, encoder.renormalize_labels)
     # The kernel looks each row up in the epoch's tables by its row id: no per-batch gathers.
-    _core.encode_cuda(sources, keys.private_terms, len(rows), keys.k, lib.pointer(tables["index"]),
+    _core.encode_cuda(sources, keys.private_terms, count, keys.k, lib.pointer(tables["index"]),
                       lib.pointer(tables["lam"]), lib.pointer(tables["offset"]), lib.pointer(tables["flip"]),
                       lib.pointer(device_rows), keys.mask_key, keys.epoch, encoder._sign_code, lib.pointer(out),
                       encoder._out_code, encoder.out_layout == "NHWC", height, width, lib.device, lib.stream(),
@@ -203,7 +212,57 @@ def encode(encoder, images, labels, keys, rows):
         if encoder.renormalize_labels:
             soft /= lam.sum(1, keepdim=True)
         return out, soft
+    if rows_on_device:  # labels on the host: mixed there, from the rows' host copy (a sync)
+        rows = device_rows.cpu().numpy()
     return out, lib.upload(encoder._mix_labels(_host_labels(labels), keys, rows))  # mixed on the host
+
+
+class _CheckedRows:
+    """The device tensors whose values were checked as row ids (all in [0, n)): the tensor that
+    batches of row ids are views of (the epoch's order, uploaded once) is checked at its first
+    use, with one reduction and one wait for it, and again only when it changes (its version
+    counter, shared with its views, moves)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self.checked: dict = {}  # id(base) -> (weakref to base, version, n)
+
+    def check(self, rows, n: int) -> None:
+        base = rows._base if rows._base is not None else rows
+        entry = self.checked.get(id(base))
+        if entry is not None and entry[0]() is base and entry[1:] == (base._version, n):
+            return
+        if base.numel():
+            import torch
+
+            lo, hi = torch.stack(torch.aminmax(base.detach().reshape(-1))).tolist()  # one wait
+            if lo < 0 or hi >= n:
+                where = "" if base is rows else " (checked whole: the tensor they are a view of)"
+                raise ValueError(f"rows must lie in [0, {n}), got values in [{lo}, {hi}]{where}")
+        if len(self.checked) >= self.size:
+            self.checked.pop(next(iter(self.checked)))
+        self.checked[id(base)] = (weakref.ref(base), base._version, n)
+
+
+_checked_rows = _CheckedRows()
+
+
+def _device_row_ids(rows, n: int, lib: _Library):
+    """Row ids already on the GPU, as the kernel takes them: a 1-d contiguous int64 torch
+    tensor on the images' device, with values in [0, n) (see _CheckedRows)."""
+    if lib.name != "torch" or not _arrays.is_torch(rows):
+        raise TypeError("row ids on a GPU must be a torch tensor, with torch images; pass other row ids as a host "
+                        "array")
+    import torch
+
+    if rows.dim() != 1 or rows.dtype != torch.int64:
+        raise TypeError(f"rows on a GPU must be a 1-d int64 tensor, got {rows.dim()}-d {rows.dtype}")
+    if rows.device.index != lib.device:
+        raise ValueError(f"rows are on cuda:{rows.device.index} but the images on cuda:{lib.device}")
+    if rows.numel() > 1 and rows.stride(0) != 1:
+        raise ValueError("rows on a GPU must be contiguous (call .contiguous())")
+    _checked_rows.check(rows, n)
+    return rows
 
 
 class _LabelCache:

@@ -125,7 +125,8 @@ class Encoder:
         or soft labels (N, K)) are the whole private set: partners come from all of it.
         Returns (encoded, soft_labels): numpy arrays, or torch tensors for torch input. Images
         on a GPU (torch CUDA tensors, CuPy arrays) encode there, on the current stream,
-        asynchronously; the outputs are on the same device.
+        asynchronously; the outputs are on the same device. With torch CUDA images, `rows` may
+        be an int64 tensor on their device (slices of one tensor: its values are checked once).
         """
         if _cuda.is_cuda_array(images):
             return _cuda.encode(self, images, labels, keys, rows)

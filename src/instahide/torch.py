@@ -55,6 +55,7 @@ class EncodedBatches(Dataset):
         self.n = len(images)
         self.epoch = 0
         self._cache = None  # (epoch, keys, order): derived once per epoch and process
+        self._device_order: tuple[int, torch.Tensor] | None = None  # (epoch, the order on the images' GPU)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -83,9 +84,20 @@ class EncodedBatches(Dataset):
             raise IndexError(i)
         b = i * self.world_size + self.rank  # this rank's i-th batch of the epoch
         keys, order = self.epoch_keys()
-        rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+        if self._rows_on_device():  # uploaded once per epoch; each batch takes a slice of it
+            if self._device_order is None or self._device_order[0] != self.epoch:
+                self._device_order = (self.epoch, torch.from_numpy(order.astype(np.int64)).to(self.images.device))
+            rows = self._device_order[1][b * self.batch_size:(b + 1) * self.batch_size]
+        else:
+            rows = order[b * self.batch_size:(b + 1) * self.batch_size]
         x, y = self.encoder.encode(self.images, self.labels, keys, rows=rows)
         return _as_tensor(x), _as_tensor(y)
+
+    def _rows_on_device(self) -> bool:
+        """Images and labels on one GPU: the rows go there too (with labels on the host, the
+        host mixes the soft labels and needs the rows there)."""
+        return (torch.is_tensor(self.images) and self.images.is_cuda and torch.is_tensor(self.labels)
+                and self.labels.device == self.images.device)
 
 
 class InstaHideLoader:
