@@ -15,8 +15,8 @@ uploaded once (`fused_cuda_device_rows`: no per-batch copy).
 Loads: each fused case is timed with each of the kernel's load paths named in --loads
 (INSTAHIDE_CUDA_LOADS: `direct`, the default; `staged`, `staged:2`: through shared memory in
 blocks of 1 or 2 passes; `pipelined`: blocks of 1 pass, the next one's copies in flight while
-one is computed), in alternating rounds on the same inputs, so that they compare on the same
-machine state.
+one is computed; `prefetch:2`: direct loads, with L2 prefetches 2 passes ahead), in
+alternating rounds on the same inputs, so that they compare on the same machine state.
 
 Training overhead: one SGD step of the pre-activation ResNet-18 (and the small CNN) on a batch
 of 128 against encoding that batch on the GPU, from the same GPU-resident uint8 set.
@@ -235,13 +235,14 @@ def main():
     parser.add_argument("--host-labels", action="store_true",
                         help="class ids on the host: the kernel runs without its label step (the soft labels are "
                              "mixed on the host and uploaded), to measure that step's cost")
-    parser.add_argument("--loads", default="direct,staged,staged:2,pipelined",
+    parser.add_argument("--loads", default="direct,staged,staged:2,pipelined,prefetch:2",
                         help="the kernel's load paths (INSTAHIDE_CUDA_LOADS values) to time for each fused case, "
                              "comma-separated; the first is the one compared with torch_ops_cuda "
-                             "(default: direct,staged,staged:2,pipelined)")
+                             "(default: direct,staged,staged:2,pipelined,prefetch:2)")
     args = parser.parse_args()
     loads = tuple(path.strip() for path in args.loads.split(",") if path.strip())
-    choices = ("direct", *(f"{mode}{passes}" for mode in ("staged", "pipelined") for passes in ("", ":1", ":2", ":4")))
+    choices = ("direct", *(f"{mode}{passes}" for mode in ("staged", "pipelined", "prefetch")
+                            for passes in ("", ":1", ":2", ":4")))
     if not loads or any(path not in choices for path in loads):
         parser.error(f"--loads {args.loads!r}: expected a comma-separated list of {', '.join(choices)}")
     if not torch.cuda.is_available() or instahide.build_info()["cuda_devices"] == 0:

@@ -322,7 +322,8 @@ def encode_with_loads(loads, encoder, *args, **kwargs):
 @pytest.mark.parametrize("out_dtype,out_layout", [("float32", "NCHW"), ("float16", "NHWC"), ("bfloat16", "NCHW")])
 def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout, out_dtype, out_layout):
     # The staged loads (blocks of 1, 2 and 4 passes, and pipelined blocks of 1 and 2) read the
-    # same words through shared memory: bit-identical outputs, on real images, with crops into the padding and flips, in
+    # same words through shared memory, and the L2 prefetches change no load: bit-identical
+    # outputs, on real images, with crops into the padding and flips, in
     # cross mode with a mixed-size pool (rows far apart in wide images fall back to direct
     # loads), and for planar images (always direct).
     rng = np.random.default_rng()
@@ -341,7 +342,7 @@ def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout,
         rows = rng.permutation(500)[:300]
         bits = torch.int16 if out_dtype != "float32" else torch.int32
         direct, direct_soft = encode_with_loads("direct", encoder, images, labels, keys, rows=rows)
-        for loads in ("staged", "staged:2", "staged:4", "pipelined", "pipelined:2"):
+        for loads in ("staged", "staged:2", "staged:4", "pipelined", "pipelined:2", "prefetch", "prefetch:4"):
             staged, staged_soft = encode_with_loads(loads, encoder, images, labels, keys, rows=rows)
             assert torch.equal(direct.view(bits), staged.view(bits)), (loads, options)
             assert torch.equal(direct_soft, staged_soft)
@@ -355,9 +356,10 @@ def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout,
 def test_cuda_unknown_load_path_is_a_clear_error():
     encoder = instahide.Encoder(k=2)
     images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, device="cuda")
-    for choice in ("fast", "staged:3", "pipelined:0"):
-        with pytest.raises(ValueError, match=re.escape(f"INSTAHIDE_CUDA_LOADS={choice}: expected 'direct', 'staged', "
-                                                       "'staged:N', 'pipelined' or 'pipelined:N' (N = 1, 2, 4)")):
+    for choice in ("fast", "staged:3", "pipelined:0", "prefetch:8"):
+        message = (f"INSTAHIDE_CUDA_LOADS={choice}: expected 'direct', or 'staged', 'pipelined' or 'prefetch', "
+                   "each alone or with ':N' (N = 1, 2, 4)")
+        with pytest.raises(ValueError, match=re.escape(message)):
             encode_with_loads(choice, encoder, images, torch.zeros(8, dtype=torch.int64, device="cuda"),
                               encoder.keys(8, 0))
 

@@ -27,6 +27,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "chacha20.h"
 #include "encode.h"
@@ -101,6 +102,7 @@ INSTAHIDE_HD T load_readonly(const T* p) {
 [[maybe_unused]] void (*host_copy_async)(uint32_t* shared_dst, const uint32_t* global_src) = nullptr;
 [[maybe_unused]] void (*host_commit_copies)() = nullptr;
 [[maybe_unused]] void (*host_wait_copies)(int pending_groups) = nullptr;
+[[maybe_unused]] void (*host_prefetch)(const char* address) = nullptr;  // the emulation checks each
 INSTAHIDE_HD void warp_sync() {
 #if defined(__CUDA_ARCH__)
   __syncwarp();
@@ -146,6 +148,10 @@ struct Source {
   float scale[kMaxChannels], shift[kMaxChannels];
 };
 
+// How the word-wide path loads (INSTAHIDE_CUDA_LOADS; one kernel each, so that one path's
+// state costs the others no registers): see word_pass, plan_stage and prefetch_block.
+enum class Loads { kDirect, kStaged, kPipelined, kPrefetch };
+
 // Everything the kernel reads besides device memory (passed by value).
 struct Params {
   Source src[2];
@@ -162,10 +168,9 @@ struct Params {
   uint32_t H, W, HW;  // output window; C * H * W < 2^31
   FastDiv div_w;
   int64_t chunks_per_row, items;  // items = rows * chunks_per_row
-  bool words;   // host only: the launch takes the word-wide path (see compute_chunk_words)
-  bool staged;      // host only: ... with staged loads (see plan_stage)
-  int stage_passes;  // passes per staged block
-  bool pipelined;    // host only: ... the next block's copies in flight while a block is computed
+  bool words;    // host only: the launch takes the word-wide path (see compute_chunk_words)
+  Loads loads;   // host only: ... and loads this way
+  int stage_passes;  // passes per staged block; with kPrefetch, passes ahead
   // Soft labels, mixed by the warp of each row's first chunk (labels null: none).
   const int64_t* labels;
   int64_t label_count, classes;
@@ -221,7 +226,8 @@ INSTAHIDE_HD void setup_keystream(const Params& P, Shared& sh, int lane, uint64_
 // into the warp's `sh`. The term's table entries are loaded first, so that they are in
 // flight while the keystream is computed; with kTermsFirst the terms are written (and the
 // warp synced) before the keystream, and after_terms() runs between the two: the pipelined
-// loads issue the chunk's first copies there, so that they are in flight instead.
+// loads issue the chunk's first copies there (and the prefetching loads ask L2 for its first
+// passes), so that they are in flight instead.
 template <bool kTermsFirst, typename AfterTerms>
 INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row, uint32_t p0, uint32_t p1,
                               const AfterTerms& after_terms) {
@@ -615,16 +621,16 @@ INSTAHIDE_HD StageBuffer stage_buffer(Staging& stage, int b, int share) {
   return {stage.words + b * (kStageWords / 2), stage.range[b], share};
 }
 
-// The staging plan of term `term` for the pixels q .. q_last of a block of passes.
+// The bytes lo .. hi (offsets from the image's 4-aligned base) that hold every byte the
+// pixels q .. q_last of a block of passes read of channels-last term `term`; false where they
+// read none of it.
 template <int kC>
-INSTAHIDE_HD StagedRange plan_stage(const Params& P, const Term& term, uint32_t q, uint32_t q_last, int share) {
-  StagedRange st = {0, 0, 0, 0};
-  if (term.planar) return st;
-  st.staged = 1;
+INSTAHIDE_HD bool block_bytes(const Params& P, const Term& term, uint32_t q, uint32_t q_last, int32_t& lo,
+                              int32_t& hi) {
   const uint32_t ya = P.div_w.div(q), yb = P.div_w.div(q_last);
   const int32_t ra = int32_t(ya) + term.dy, rb = int32_t(yb) + term.dy;
   const int32_t height = int32_t(term.height), width = int32_t(term.width), W = int32_t(P.W);
-  if (rb < 0 || ra >= height || width == 0) return st;  // no lane reads the image
+  if (rb < 0 || ra >= height || width == 0) return false;  // no lane reads the image
   const int32_t sa = ra < 0 ? 0 : ra, sb = rb >= height ? height - 1 : rb;
   // Output columns of the block's pixels: the block's own where it lies in one row, else all.
   const int32_t xa = ya == yb ? int32_t(q - ya * P.W) : 0, xb = ya == yb ? int32_t(q_last - yb * P.W) : W - 1;
@@ -635,13 +641,51 @@ INSTAHIDE_HD StagedRange plan_stage(const Params& P, const Term& term, uint32_t 
   const uint32_t image = uint32_t(reinterpret_cast<uintptr_t>(term.image));
   const int32_t row_a = int32_t(image & 3u) + sa * int32_t(term.stride_h);
   const int32_t row_b = int32_t(image & 3u) + sb * int32_t(term.stride_h);
-  const int32_t lo = (row_a < row_b ? row_a : row_b) + cmin * kC;
-  const int32_t hi = (row_a < row_b ? row_b : row_a) + cmax * kC + kC - 1;
+  lo = (row_a < row_b ? row_a : row_b) + cmin * kC;
+  hi = (row_a < row_b ? row_b : row_a) + cmax * kC + kC - 1;
+  return true;
+}
+
+// The staging plan of term `term` for the pixels q .. q_last of a block of passes.
+template <int kC>
+INSTAHIDE_HD StagedRange plan_stage(const Params& P, const Term& term, uint32_t q, uint32_t q_last, int share) {
+  StagedRange st = {0, 0, 0, 0};
+  if (term.planar) return st;
+  st.staged = 1;
+  int32_t lo, hi;
+  if (!block_bytes<kC>(P, term, q, q_last, lo, hi)) return st;
+  const uint32_t image = uint32_t(reinterpret_cast<uintptr_t>(term.image));
   st.first = lo >> 2;
   st.words = (hi >> 2) - st.first + 1;
   st.align = int32_t(((image >> 2) + uint32_t(st.first)) & 3u);
   st.staged = st.align + st.words <= share;
   return st;
+}
+
+// ---- L2 prefetch (INSTAHIDE_CUDA_LOADS=prefetch[:N]): direct loads, but the bytes of the
+// pass N passes ahead are asked into L2 first (no registers or shared memory held), so that
+// a pass's loads wait for L2 rather than DRAM; a chunk's first N passes are asked for before
+// its keystream is computed.
+INSTAHIDE_HD void prefetch_l2(const char* address) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(address));
+#else
+  if (host_prefetch) host_prefetch(address);
+#endif
+}
+
+// Lane t < k: asks L2 for the lines of the bytes term t's pixels q .. q_last read (channels-
+// last images; each address lies in the image, in a line of the range).
+template <int kC>
+INSTAHIDE_HD void prefetch_block(const Params& P, const Shared& sh, int lane, uint32_t q, uint32_t q_last) {
+  if (lane >= P.k || sh.term[lane].planar) return;
+  const Term& term = sh.term[lane];
+  int32_t lo, hi;
+  if (!block_bytes<kC>(P, term, q, q_last, lo, hi)) return;
+  const char* base = reinterpret_cast<const char*>(aligned_words(term));
+  constexpr int32_t kLine = 128;
+  const int32_t in_line = int32_t((reinterpret_cast<uintptr_t>(base) + uint32_t(lo)) & (kLine - 1));
+  for (int32_t at = lo - in_line; at <= hi; at += kLine) prefetch_l2(base + (at < lo ? lo : at));
 }
 
 // Asynchronous 16-byte copy from global to shared memory (sm_80+; elsewhere a plain copy).
@@ -845,10 +889,6 @@ INSTAHIDE_HD void word_pass(const Params& P, const Shared& sh, const StageBuffer
   }
 }
 
-// How the word-wide path loads (one kernel each: the pipelined loop's state would cost the
-// others registers).
-enum class Loads { kDirect, kStaged, kPipelined };
-
 // The end of the block of passes that starts at q0 (the chunk's pixels end at p1).
 INSTAHIDE_HD uint32_t block_end(const Params& P, uint32_t q0, uint32_t p1) {
   const uint32_t block = uint32_t(P.stage_passes) * kWordPassPixels;
@@ -860,6 +900,13 @@ template <int kC>
 INSTAHIDE_HD bool issue_first_block(const Params& P, const Shared& sh, Staging& stage, int lane, uint32_t p0,
                                     uint32_t p1) {
   return issue_stage<kC>(P, sh, stage_buffer(stage, 0, stage_share(P.k, true)), lane, p0, block_end(P, p0, p1) - 1);
+}
+
+// L2 prefetch: asks for the chunk's first P.stage_passes passes (see prefetch_l2).
+template <int kC>
+INSTAHIDE_HD void prefetch_first_passes(const Params& P, const Shared& sh, int lane, uint32_t p0, uint32_t p1) {
+  const uint32_t end = p0 + uint32_t(P.stage_passes) * kWordPassPixels;
+  prefetch_block<kC>(P, sh, lane, p0, (end < p1 ? end : p1) - 1);
 }
 
 // Phase 2 of a chunk on the word-wide path: the passes q = p0, p0 + 128, ... Staged, in
@@ -887,6 +934,15 @@ INSTAHIDE_HD void compute_chunk_words(const Params& P, const Shared& sh, int lan
   };
   if constexpr (kLoads == Loads::kDirect) {
     passes(p0, p1, false, direct);
+  } else if constexpr (kLoads == Loads::kPrefetch) {
+    // The chunk's setup asked for its first P.stage_passes passes (prefetch_first_passes).
+    const uint32_t ahead = uint32_t(P.stage_passes) * kWordPassPixels;
+    for (uint32_t q = p0; q < p1; q += kWordPassPixels) {
+      const uint32_t next = q + ahead;
+      if (next < p1)
+        prefetch_block<kC>(P, sh, lane, next, (next + kWordPassPixels < p1 ? next + kWordPassPixels : p1) - 1);
+      word_pass<Out, kChannelsLast, kC, false>(P, sh, direct, lane, row, q, p1, beta);
+    }
   } else {
     constexpr bool kPipelined = kLoads == Loads::kPipelined;
     auto end_of = [&](uint32_t q0) { return block_end(P, q0, p1); };
@@ -945,6 +1001,8 @@ INSTAHIDE_HD void encode_chunks(const Params& P, Shared& sh, Staging* stage, int
     if constexpr (kWords && kLoads == Loads::kPipelined)
       setup_chunk<true>(P, sh, lane, row, p0, p1,
                         [&] { first_staged = issue_first_block<kC>(P, sh, *stage, lane, p0, p1); });
+    else if constexpr (kWords && kLoads == Loads::kPrefetch)
+      setup_chunk<true>(P, sh, lane, row, p0, p1, [&] { prefetch_first_passes<kC>(P, sh, lane, p0, p1); });
     else
       setup_chunk<false>(P, sh, lane, row, p0, p1, [] {});
     warp_sync();
@@ -966,7 +1024,7 @@ __global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_ke
   __shared__ Shared per_warp[kWarps];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   Staging* stage = nullptr;
-  if constexpr (kLoads != Loads::kDirect) {
+  if constexpr (kLoads == Loads::kStaged || kLoads == Loads::kPipelined) {
     __shared__ Staging staging[kWarps];
     stage = &staging[warp];
   }
@@ -987,25 +1045,29 @@ void check_cuda(cudaError_t err, const char* what) {
 // The word-wide path's loads, from INSTAHIDE_CUDA_LOADS (read at each call, so that one build
 // can compare them): `direct` (the default, or unset); `staged` or `staged:N`, blocks of 1 or
 // N passes (N = 1, 2, 4; see plan_stage); `pipelined` or `pipelined:N`, the same with the
-// next block's copies in flight while a block is computed (see compute_chunk_words).
+// next block's copies in flight while a block is computed (see compute_chunk_words);
+// `prefetch` or `prefetch:N`, direct loads with L2 prefetches 1 or N passes ahead (see
+// prefetch_block).
 struct LoadPath {
-  int stage_passes;  // 0: direct loads
-  bool pipelined;
+  Loads loads;
+  int passes;
 };
 
 LoadPath load_path_chosen() {
   const char* choice = std::getenv("INSTAHIDE_CUDA_LOADS");
-  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "direct") == 0) return {0, false};
-  for (const bool pipelined : {false, true}) {
-    const std::string name = pipelined ? "pipelined" : "staged";
-    if (name == choice) return {1, pipelined};
+  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "direct") == 0) return {Loads::kDirect, 0};
+  const std::pair<const char*, Loads> paths[] = {
+      {"staged", Loads::kStaged}, {"pipelined", Loads::kPipelined}, {"prefetch", Loads::kPrefetch}};
+  for (const auto& [name, loads] : paths) {
+    if (std::strcmp(choice, name) == 0) return {loads, 1};
     for (int passes = 1; passes <= kMaxStagePasses; passes *= 2) {
-      if (name + ":" + std::to_string(passes) == choice) return {passes, pipelined};
+      if (std::string(name) + ":" + std::to_string(passes) == choice) return {loads, passes};
     }
   }
   check_arg(false, std::string("INSTAHIDE_CUDA_LOADS=") + choice +
-                       ": expected 'direct', 'staged', 'staged:N', 'pipelined' or 'pipelined:N' (N = 1, 2, 4)");
-  return {0, false};
+                       ": expected 'direct', or 'staged', 'pipelined' or 'prefetch', each alone or with ':N' "
+                       "(N = 1, 2, 4)");
+  return {Loads::kDirect, 0};
 }
 
 // Host-side checks (no device memory is read) and the kernel's parameters.
@@ -1090,10 +1152,9 @@ Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
     const ImageSource& s = a.sources[i];
     P.words &= s.pixel == PixelType::kUint8 && (s.stride_w == 1 || (s.stride_c == 1 && s.stride_w == C));
   }
-  const LoadPath loads = P.words ? load_path_chosen() : LoadPath{0, false};
-  P.stage_passes = loads.stage_passes;
-  P.staged = P.stage_passes > 0;
-  P.pipelined = loads.pipelined;
+  const LoadPath path = P.words ? load_path_chosen() : LoadPath{Loads::kDirect, 0};
+  P.loads = path.loads;
+  P.stage_passes = path.passes;
   check_arg(a.rows <= INT64_MAX / P.chunks_per_row, "rows = " + std::to_string(a.rows) + " is too large");
   P.items = a.rows * P.chunks_per_row;
   if (labels) {
@@ -1116,12 +1177,19 @@ void launch(const Params& P, cudaStream_t stream) {
   const unsigned grid = unsigned(std::min<int64_t>((P.items + kWarps - 1) / kWarps, INT32_MAX));  // loops beyond
   if constexpr (sizeof(U) == 4 && kC > 0) {
     if (P.words) {
-      if (P.staged && P.pipelined)
-        encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kPipelined><<<grid, kThreads, 0, stream>>>(P);
-      else if (P.staged)
-        encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kStaged><<<grid, kThreads, 0, stream>>>(P);
-      else
-        encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kDirect><<<grid, kThreads, 0, stream>>>(P);
+      switch (P.loads) {
+        case Loads::kStaged:
+          encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kStaged><<<grid, kThreads, 0, stream>>>(P);
+          break;
+        case Loads::kPipelined:
+          encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kPipelined><<<grid, kThreads, 0, stream>>>(P);
+          break;
+        case Loads::kPrefetch:
+          encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kPrefetch><<<grid, kThreads, 0, stream>>>(P);
+          break;
+        default:
+          encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kDirect><<<grid, kThreads, 0, stream>>>(P);
+      }
       check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
       return;
     }

@@ -3,8 +3,9 @@
 // kernel's own per-warp code (encode_chunks) on the CPU, a warp's 32 lanes as fibers that
 // switch at each warp sync, so that the kernel's index arithmetic and its warp
 // synchronization are checked on machines with nvcc but no GPU. Cases on the word-wide path
-// run with direct loads and with staged loads (blocks of 1, 2 and 4 passes, and pipelined
-// blocks of 1 and 2), which must agree bit for bit. Asynchronous copies land only at the wait
+// run with direct loads and with the other load paths (staged in blocks of 1, 2 and 4
+// passes, pipelined in blocks of 1 and 2, L2 prefetches 1 and 2 passes ahead), which must
+// agree bit for bit. Asynchronous copies land only at the wait
 // that covers them, and their destination holds the complement of their bytes until then, so
 // that a read before its wait (or a wait for the wrong group) gives other bits.
 //
@@ -49,6 +50,18 @@ struct HostWarp {
 };
 static HostWarp g_warp;
 static int64_t g_copies_left = 0;  // copies issued and never waited for, all warps
+static const std::vector<uint8_t>* g_sources[2] = {nullptr, nullptr};  // the case's image buffers
+static int64_t g_prefetches = 0, g_stray_prefetches = 0;  // ... and prefetches outside both
+
+static void check_prefetch(const char* address) {
+  ++g_prefetches;
+  bool inside = false;
+  for (const auto* bytes : g_sources) {
+    const char* begin = reinterpret_cast<const char*>(bytes->data());
+    inside |= address >= begin && address < begin + bytes->size();
+  }
+  g_stray_prefetches += !inside;
+}
 
 static void lane_copy_async(uint32_t* dst, const uint32_t* src) {
   AsyncCopy copy{dst, {}};
@@ -104,6 +117,7 @@ static bool run_warp(std::function<void(int)> body) {
   host_copy_async = lane_copy_async;
   host_commit_copies = lane_commit_copies;
   host_wait_copies = lane_wait_copies;
+  host_prefetch = check_prefetch;
   bool converged = true;
   for (;;) {
     for (int lane = 0; lane < 32; ++lane) {
@@ -121,6 +135,7 @@ static bool run_warp(std::function<void(int)> body) {
   host_copy_async = nullptr;
   host_commit_copies = nullptr;
   host_wait_copies = nullptr;
+  host_prefetch = nullptr;
   for (int lane = 0; lane < 32; ++lane) g_copies_left += copies_left(lane);
   return converged;
 }
@@ -150,32 +165,25 @@ void emulate_kernel(const Params& P) {
   }
 }
 
+template <typename Out, bool CL, Loads kLoads>
+void emulate_words(const Params& P) {
+  switch (P.C) {
+    case 1: return emulate_kernel<Out, CL, uint32_t, 1, true, kLoads>(P);
+    case 2: return emulate_kernel<Out, CL, uint32_t, 2, true, kLoads>(P);
+    case 3: return emulate_kernel<Out, CL, uint32_t, 3, true, kLoads>(P);
+    default: return emulate_kernel<Out, CL, uint32_t, 4, true, kLoads>(P);
+  }
+}
+
 template <typename Out, bool CL>
 void emulate_layout(const Params& P, bool wide) {
   if (wide) return emulate_kernel<Out, CL, uint64_t, 0>(P);
-  if (P.words && P.staged && P.pipelined) {
-    switch (P.C) {
-      case 1: return emulate_kernel<Out, CL, uint32_t, 1, true, Loads::kPipelined>(P);
-      case 2: return emulate_kernel<Out, CL, uint32_t, 2, true, Loads::kPipelined>(P);
-      case 3: return emulate_kernel<Out, CL, uint32_t, 3, true, Loads::kPipelined>(P);
-      default: return emulate_kernel<Out, CL, uint32_t, 4, true, Loads::kPipelined>(P);
-    }
-  }
-  if (P.words && P.staged) {
-    switch (P.C) {
-      case 1: return emulate_kernel<Out, CL, uint32_t, 1, true, Loads::kStaged>(P);
-      case 2: return emulate_kernel<Out, CL, uint32_t, 2, true, Loads::kStaged>(P);
-      case 3: return emulate_kernel<Out, CL, uint32_t, 3, true, Loads::kStaged>(P);
-      default: return emulate_kernel<Out, CL, uint32_t, 4, true, Loads::kStaged>(P);
-    }
-  }
   if (P.words) {
-    ++g_word_cases;
-    switch (P.C) {
-      case 1: return emulate_kernel<Out, CL, uint32_t, 1, true>(P);
-      case 2: return emulate_kernel<Out, CL, uint32_t, 2, true>(P);
-      case 3: return emulate_kernel<Out, CL, uint32_t, 3, true>(P);
-      default: return emulate_kernel<Out, CL, uint32_t, 4, true>(P);
+    switch (P.loads) {
+      case Loads::kStaged: return emulate_words<Out, CL, Loads::kStaged>(P);
+      case Loads::kPipelined: return emulate_words<Out, CL, Loads::kPipelined>(P);
+      case Loads::kPrefetch: return emulate_words<Out, CL, Loads::kPrefetch>(P);
+      default: ++g_word_cases; return emulate_words<Out, CL, Loads::kDirect>(P);
     }
   }
   switch (P.C) {
@@ -186,18 +194,15 @@ void emulate_layout(const Params& P, bool wide) {
   }
 }
 
-// Returns whether the launch takes the word-wide path. stage_passes: staged loads in blocks
-// of that many passes (0: direct loads), pipelined or not.
-bool emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels, int stage_passes = 0,
-             bool pipelined = false) {
+// Returns whether the launch takes the word-wide path, which then loads as `path` says.
+bool emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels, LoadPath path = {Loads::kDirect, 0}) {
   bool wide = false;
   Params P = prepare(a, labels, wide);
   if (a.rows == 0) return false;
   wide |= force_wide;
   P.words &= !force_wide;
-  P.staged = P.words && stage_passes > 0;
-  P.stage_passes = P.staged ? stage_passes : 0;
-  P.pipelined = P.staged && pipelined;
+  P.loads = path.loads;
+  P.stage_passes = path.passes;
   switch (a.out_type) {
     case OutType::kFloat32: a.out_channels_last ? emulate_layout<float, true>(P, wide) : emulate_layout<float, false>(P, wide); break;
     case OutType::kFloat16: a.out_channels_last ? emulate_layout<__half, true>(P, wide) : emulate_layout<__half, false>(P, wide); break;
@@ -436,11 +441,18 @@ int main() {
     const bool words = emulate(g, force_wide, &labels);
     ++cases;
     if (words) {
-      // The staged loads, in blocks of 1, 2 and 4 passes, and pipelined in blocks of 1 and 2:
-      // the same words, so the same bits as the direct loads.
+      // The staged loads, in blocks of 1, 2 and 4 passes, pipelined in blocks of 1 and 2, and
+      // direct with L2 prefetches 1 and 2 passes ahead: the same words, so the same bits as
+      // the direct loads (and every prefetch inside the images' buffers).
       ++g_staged_cases;
-      const std::pair<int, bool> paths[] = {{1, false}, {2, false}, {4, false}, {1, true}, {2, true}};
-      for (const auto& [passes, pipelined] : paths) {
+      g_sources[0] = &A.bytes;
+      g_sources[1] = &B.bytes;
+      const LoadPath paths[] = {{Loads::kStaged, 1},    {Loads::kStaged, 2},   {Loads::kStaged, 4},
+                                {Loads::kPipelined, 1}, {Loads::kPipelined, 2}, {Loads::kPrefetch, 1},
+                                {Loads::kPrefetch, 2}};
+      for (const LoadPath& path : paths) {
+        const bool pipelined = path.loads == Loads::kPipelined;
+        const char* name = pipelined ? "pipelined" : path.loads == Loads::kStaged ? "staged" : "prefetch";
         std::vector<uint8_t> out_staged(out_gpu.size(), 0xCD);
         std::vector<float> soft_staged(soft.size(), -1.0f);
         EncodeArgs gs = g;
@@ -449,12 +461,12 @@ int main() {
         ls.out = soft_staged.data();
         host_stage_fault = false;
         const int64_t blocks_before = host_staged_blocks;
-        emulate(gs, force_wide, &ls, passes, pipelined);
+        emulate(gs, force_wide, &ls, path);
         if (pipelined) g_pipelined_blocks += host_staged_blocks - blocks_before;
         if (host_stage_fault || out_staged != out_gpu ||
             std::memcmp(soft_staged.data(), soft.data(), soft.size() * 4) != 0) {
-          std::printf("case %d (C=%ld H=%ld W=%ld src %ldx%ld k=%d layout=%d/%d), %d passes per block%s: staged loads %s\n",
-                      iter, long(C), long(H), long(W), long(SH), long(SW), k, la, lb, passes, pipelined ? ", pipelined" : "",
+          std::printf("case %d (C=%ld H=%ld W=%ld src %ldx%ld k=%d layout=%d/%d), %s:%d loads %s\n", iter, long(C),
+                      long(H), long(W), long(SH), long(SW), k, la, lb, name, path.passes,
                       host_stage_fault ? "read outside the staged range" : "differ from the direct loads");
           ++failures;
         }
@@ -494,9 +506,14 @@ int main() {
     std::printf("%ld asynchronous copies were never waited for\n", long(g_copies_left));
     ++failures;
   }
+  if (g_stray_prefetches) {
+    std::printf("%ld prefetches outside the images\n", long(g_stray_prefetches));
+    ++failures;
+  }
   std::printf("%d cases (%d on the word-wide path, %d of them also with staged loads: %ld blocks staged, %ld of them "
-              "pipelined), %d failed\n",
-              cases, g_word_cases, g_staged_cases, long(host_staged_blocks), long(g_pipelined_blocks), failures);
+              "pipelined; %ld prefetches), %d failed\n",
+              cases, g_word_cases, g_staged_cases, long(host_staged_blocks), long(g_pipelined_blocks),
+              long(g_prefetches), failures);
   if (g_word_cases < cases / 10) {
     std::printf("too few cases took the word-wide path\n");
     return 1;
