@@ -265,11 +265,11 @@ def main():
         results += case("imagenet", 2_000, (3, 224, 224), 4, 256, copy, loads=loads)
         overhead = training_overhead()
     print(f"device: {torch.cuda.get_device_name()}, copy {copy:.0f} GB/s (read + write)")
-    print(f"{'impl':<22}{'loads':<12}{'case':<10}{'batch':>7}{'images/s':>14}{'GB/s':>9}{'of copy':>9}"
+    print(f"{'impl':<24}{'loads':<12}{'case':<10}{'batch':>7}{'images/s':>14}{'GB/s':>9}{'of copy':>9}"
           f"{'kernel of copy':>16}")
     for r in results:
         kernel = f"{r['kernel_fraction_of_copy']:.2f}" if "kernel_fraction_of_copy" in r else "-"
-        print(f"{r['impl']:<22}{r.get('loads', '-'):<12}{r['case']:<10}{r['batch']:>7}{r['images_per_s']:>14,.0f}"
+        print(f"{r['impl']:<24}{r.get('loads', '-'):<12}{r['case']:<10}{r['batch']:>7}{r['images_per_s']:>14,.0f}"
               f"{r['gbps']:>9.1f}{r['fraction_of_copy']:>9.2f}{kernel:>16}")
     for r in results:
         if r.get("gpu_us_per_call"):
