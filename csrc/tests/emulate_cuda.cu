@@ -5,9 +5,9 @@
 // synchronization are checked on machines with nvcc but no GPU. Cases on the word-wide path
 // run with direct loads and with the other load paths (staged in blocks of 1, 2 and 4
 // passes, pipelined in blocks of 1 and 2, L2 prefetches 1 and 2 passes ahead), which must
-// agree bit for bit. Asynchronous copies land only at the wait
-// that covers them, and their destination holds the complement of their bytes until then, so
-// that a read before its wait (or a wait for the wrong group) gives other bits.
+// agree bit for bit. Asynchronous copies land only at the wait that covers them, and their
+// destination holds the complement of their bytes until then, so that a read before its wait
+// (or a wait for the wrong group) gives other bits.
 //
 //   nvcc -std=c++17 -O1 -I csrc/core csrc/tests/emulate_cuda.cu csrc/core/encode_cpu.cpp \
 //        csrc/core/encode_cpu_avx512.cpp csrc/core/thread_pool.cpp -o emulate_cuda && ./emulate_cuda
@@ -26,11 +26,6 @@
 
 using namespace instahide;
 
-// A warp on the host: its 32 lanes run as fibers of one thread, in order, each up to its next
-// warp_sync() (or its end), round after round, so that code between two syncs runs lane by
-// lane, as the kernel's may, and a lane reading shared memory that another lane writes
-// before the same sync sees the garbage of the previous round. All lanes must reach the same
-// syncs (as __syncwarp with all lanes requires).
 // A copy in flight: its bytes (read when issued: the images do not change while the kernel
 // runs) and where they land.
 struct AsyncCopy {
@@ -38,6 +33,11 @@ struct AsyncCopy {
   uint32_t words[4];
 };
 
+// A warp on the host: its 32 lanes run as fibers of one thread, in order, each up to its next
+// warp_sync() (or its end), round after round, so that code between two syncs runs lane by
+// lane, as the kernel's may, and a lane reading shared memory that another lane writes
+// before the same sync sees the garbage of the previous round. All lanes must reach the same
+// syncs (as __syncwarp with all lanes requires).
 struct HostWarp {
   ucontext_t scheduler, lane_context[32];
   std::vector<char> stack[32];
