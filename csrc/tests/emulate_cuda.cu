@@ -20,8 +20,10 @@
 #include <functional>
 #include <cstdio>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 using namespace instahide;
@@ -313,9 +315,39 @@ bool labels_match(const EncodeArgs& a, const LabelArgs& labels, const std::vecto
   return true;
 }
 
+// INSTAHIDE_CUDA_LOADS as the launch reads it: each value's path, and a clear error for the
+// others. Returns the number of values read wrong.
+int check_load_path_choices() {
+  const std::pair<const char*, LoadPath> good[] = {
+      {"", {Loads::kDirect, 0}},          {"direct", {Loads::kDirect, 0}},       {"staged", {Loads::kStaged, 1}},
+      {"staged:4", {Loads::kStaged, 4}},  {"pipelined", {Loads::kPipelined, 1}}, {"pipelined:2", {Loads::kPipelined, 2}},
+      {"prefetch", {Loads::kPrefetch, 1}}, {"prefetch:2", {Loads::kPrefetch, 2}}};
+  int wrong = 0;
+  for (const auto& [value, want] : good) {
+    setenv("INSTAHIDE_CUDA_LOADS", value, 1);
+    const LoadPath got = load_path_chosen();
+    if (got.loads != want.loads || got.passes != want.passes) {
+      std::printf("INSTAHIDE_CUDA_LOADS=%s read as path %d, %d passes\n", value, int(got.loads), got.passes);
+      ++wrong;
+    }
+  }
+  for (const char* value : {"fast", "staged:3", "prefetch:8", "pipelined:", "Staged"}) {
+    setenv("INSTAHIDE_CUDA_LOADS", value, 1);
+    try {
+      load_path_chosen();
+      std::printf("INSTAHIDE_CUDA_LOADS=%s was taken\n", value);
+      ++wrong;
+    } catch (const std::invalid_argument& error) {
+      wrong += std::strstr(error.what(), "expected 'direct'") == nullptr;
+    }
+  }
+  unsetenv("INSTAHIDE_CUDA_LOADS");
+  return wrong;
+}
+
 int main() {
   std::mt19937_64 rng(777);
-  int failures = 0, cases = 0;
+  int failures = check_load_path_choices(), cases = 0;
   for (int iter = 0; iter < 3000; ++iter) {
     const bool cifar = iter < 8;
     std::uniform_int_distribution<int> d(0, 1000000);
