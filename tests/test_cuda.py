@@ -354,14 +354,16 @@ def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout,
 
 @needs_gpu
 def test_cuda_unknown_load_path_is_a_clear_error():
+    # checked at every call, also where the images take no word loads (float32)
     encoder = instahide.Encoder(k=2)
-    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, device="cuda")
-    for choice in ("fast", "staged:3", "pipelined:0", "prefetch:8"):
-        message = (f"INSTAHIDE_CUDA_LOADS={choice}: expected 'direct', or 'staged', 'pipelined' or 'prefetch', "
-                   "each alone or with ':N' (N = 1, 2, 4)")
-        with pytest.raises(ValueError, match=re.escape(message)):
-            encode_with_loads(choice, encoder, images, torch.zeros(8, dtype=torch.int64, device="cuda"),
-                              encoder.keys(8, 0))
+    uint8 = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, device="cuda")
+    for images in (uint8, uint8.float()):
+        for choice in ("fast", "staged:3", "pipelined:0", "prefetch:8"):
+            message = (f"INSTAHIDE_CUDA_LOADS={choice}: expected 'direct', or 'staged', 'pipelined' or 'prefetch', "
+                       "each alone or with ':N' (N = 1, 2, 4)")
+            with pytest.raises(ValueError, match=re.escape(message)):
+                encode_with_loads(choice, encoder, images, torch.zeros(8, dtype=torch.int64, device="cuda"),
+                                  encoder.keys(8, 0))
 
 
 @needs_gpu

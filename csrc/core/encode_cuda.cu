@@ -1029,8 +1029,8 @@ __global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_ke
     stage = &staging[warp];
   }
   encode_chunks<Out, kChannelsLast, U, kC, kWords, kLoads>(P, per_warp[warp], stage, lane,
-                                                            int64_t(blockIdx.x) * kWarps + warp,
-                                                            int64_t(gridDim.x) * kWarps);
+                                                           int64_t(blockIdx.x) * kWarps + warp,
+                                                           int64_t(gridDim.x) * kWarps);
 }
 
 void check_arg(bool ok, const std::string& message) {
@@ -1152,9 +1152,9 @@ Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
     const ImageSource& s = a.sources[i];
     P.words &= s.pixel == PixelType::kUint8 && (s.stride_w == 1 || (s.stride_c == 1 && s.stride_w == C));
   }
-  const LoadPath path = P.words ? load_path_chosen() : LoadPath{Loads::kDirect, 0};
-  P.loads = path.loads;
-  P.stage_passes = path.passes;
+  const LoadPath path = load_path_chosen();  // read (and checked) at every call, taken where it applies
+  P.loads = P.words ? path.loads : Loads::kDirect;
+  P.stage_passes = P.words ? path.passes : 0;
   check_arg(a.rows <= INT64_MAX / P.chunks_per_row, "rows = " + std::to_string(a.rows) + " is too large");
   P.items = a.rows * P.chunks_per_row;
   if (labels) {
