@@ -302,25 +302,18 @@ def test_cuda_cross_mode_with_a_mixed_size_pool():
     np.testing.assert_allclose(gpu_soft.cpu().numpy(), cpu_soft.numpy(), rtol=1e-6)
 
 
-def encode_with_loads(loads, encoder, *args, **kwargs):
-    """encoder.encode(...) with the CUDA kernel's word-wide loads set to `loads`, output on the host."""
-    previous = os.environ.get("INSTAHIDE_CUDA_LOADS")
-    os.environ["INSTAHIDE_CUDA_LOADS"] = loads
-    try:
-        out, soft = encoder.encode(*args, **kwargs)
-        torch.cuda.synchronize()
-        return out.cpu(), soft.cpu()
-    finally:
-        if previous is None:
-            del os.environ["INSTAHIDE_CUDA_LOADS"]
-        else:
-            os.environ["INSTAHIDE_CUDA_LOADS"] = previous
+def encode_with_loads(monkeypatch, loads, encoder, *args, **kwargs):
+    """encoder.encode(...) with the CUDA kernel's word-wide loads set to `loads` (for the rest of
+    the test), output on the host."""
+    monkeypatch.setenv("INSTAHIDE_CUDA_LOADS", loads)
+    out, soft = encoder.encode(*args, **kwargs)
+    return out.cpu(), soft.cpu()
 
 
 @needs_gpu
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("out_dtype,out_layout", [("float32", "NCHW"), ("float16", "NHWC"), ("bfloat16", "NCHW")])
-def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout, out_dtype, out_layout):
+def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout, out_dtype, out_layout, monkeypatch):
     # The staged loads (blocks of 1, 2 and 4 passes, and pipelined blocks of 1 and 2) read the
     # same words through shared memory, and the L2 prefetches change no load: bit-identical
     # outputs, on real images, with crops into the padding and flips, in
@@ -341,9 +334,9 @@ def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout,
         keys = encoder.keys(500, int(rng.integers(0, 2**32)))
         rows = rng.permutation(500)[:300]
         bits = torch.int16 if out_dtype != "float32" else torch.int32
-        direct, direct_soft = encode_with_loads("direct", encoder, images, labels, keys, rows=rows)
+        direct, direct_soft = encode_with_loads(monkeypatch, "direct", encoder, images, labels, keys, rows=rows)
         for loads in ("staged", "staged:2", "staged:4", "pipelined", "pipelined:2", "prefetch", "prefetch:4"):
-            staged, staged_soft = encode_with_loads(loads, encoder, images, labels, keys, rows=rows)
+            staged, staged_soft = encode_with_loads(monkeypatch, loads, encoder, images, labels, keys, rows=rows)
             assert torch.equal(direct.view(bits), staged.view(bits)), (loads, options)
             assert torch.equal(direct_soft, staged_soft)
         cpu, _ = encoder.encode(images.cpu(), labels.cpu(), keys, rows=rows)
@@ -353,7 +346,7 @@ def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout,
 
 
 @needs_gpu
-def test_cuda_unknown_load_path_is_a_clear_error():
+def test_cuda_unknown_load_path_is_a_clear_error(monkeypatch):
     # checked at every call, also where the images take no word loads (float32)
     encoder = instahide.Encoder(k=2)
     uint8 = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, device="cuda")
@@ -362,8 +355,8 @@ def test_cuda_unknown_load_path_is_a_clear_error():
             message = (f"INSTAHIDE_CUDA_LOADS={choice}: expected 'direct', or 'staged', 'pipelined' or 'prefetch', "
                        "each alone or with ':N' (N = 1, 2, 4)")
             with pytest.raises(ValueError, match=re.escape(message)):
-                encode_with_loads(choice, encoder, images, torch.zeros(8, dtype=torch.int64, device="cuda"),
-                                  encoder.keys(8, 0))
+                encode_with_loads(monkeypatch, choice, encoder, images,
+                                  torch.zeros(8, dtype=torch.int64, device="cuda"), encoder.keys(8, 0))
 
 
 @needs_gpu
