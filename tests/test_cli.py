@@ -181,9 +181,12 @@ def test_encode_full_disk_gives_a_clear_error_and_resumes(dataset, tmp_path, mon
     assert files(out) == files(tmp_path / "full")
 
 
-# Runs `instahide encode` with every fsync slowed down, so that a signal lands mid-run.
+# Runs `instahide encode` with every fsync slowed down, so that a signal lands mid-run. SIGINT
+# gets Python's default handler: a shell that starts the suite in the background ignores SIGINT,
+# children inherit that, and Python then never raises KeyboardInterrupt.
 SLOW_ENCODE = """
-import os, sys, time
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real_fsync = os.fsync
 os.fsync = lambda fd: (time.sleep(0.4), real_fsync(fd))[1]
 from instahide.cli import main

@@ -142,7 +142,8 @@ def test_keys_satisfy_their_specification(n, k, epoch, pad, hflip, distinct, sec
     kp = k if public is None or k == 1 else public[0] % (k - 1) + 1
     distinct = distinct and n >= kp
     patch = (3, 4)
-    sizes = None if kp == k else np.array([(3 + a, 4 + b) for a, b in zip(public[1], public[1][::-1])], np.int64)
+    sizes = None if kp == k else np.array([(3 + a, 4 + b) for a, b in zip(public[1], public[1][::-1], strict=True)],
+                                          np.int64)
     options = dict(k=k, distinct=distinct, pad=pad, hflip=hflip, private_terms=kp, public_sizes=sizes, patch=patch)
     keys = instahide.derive_keys(secret, epoch, n, **options)
     assert keys.n == n and keys.k == k and keys.private_terms == kp and keys.epoch == epoch

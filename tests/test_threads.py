@@ -207,17 +207,21 @@ def test_dataloader_fork_workers_after_the_parent_encoded():
         warnings.simplefilter("ignore", DeprecationWarning)
         from_workers = list(loader)
     assert len(from_workers) == len(in_parent)
-    for (x, y), (px, py) in zip(from_workers, in_parent):
+    for (x, y), (px, py) in zip(from_workers, in_parent, strict=True):
         assert torch.equal(x, px) and torch.equal(y, py)
 
 
-def test_interrupts_between_encode_calls_leave_the_pool_working():
+def test_interrupts_between_encode_calls_leave_the_pool_working(request):
     """SIGINT arriving while the core encodes (GIL released) is raised once the call returns;
     the pool keeps working, and later results are unchanged."""
     import os
     import signal
     import time
 
+    # The disposition this test relies on, whatever the process inherited (a shell that runs
+    # the suite in the background ignores SIGINT); restored afterwards.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     key = instahide.new_secret_key()
     expected = encode_once(key)
     interrupted = 0

@@ -57,7 +57,7 @@ def test_dataloader_workers_give_the_same_batches(data, method):
                                  multiprocessing_context=method)
         workers = list(loader)
     assert len(workers) == len(single) == 6
-    for (x, y), (wx, wy) in zip(single, workers):
+    for (x, y), (wx, wy) in zip(single, workers, strict=True):
         assert torch.equal(x, wx) and torch.equal(y, wy)
     assert loader.epoch == 8
 

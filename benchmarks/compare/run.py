@@ -214,7 +214,7 @@ def run_fast(args, data, wanted, pool) -> tuple[list[dict], float]:
             note += f"; Poisson sampling, expected batch size {args.batch_size}"
         # the slowdown is the median of the per-round ratios: the machine's load changes between
         # rounds far more than within one (a shared machine), and the ratio cancels it
-        ratios = [p / r for p, r in zip(rates["plain"], rates[t.name])]
+        ratios = [p / r for p, r in zip(rates["plain"], rates[t.name], strict=True)]
         rows.append(entry(t.name, "train", privacy[t.name], samples_per_s=median(rates[t.name]),
                           slowdown_vs_plain=median(ratios), accuracy=accuracy.get(t.name),
                           epochs=args.epochs if args.epochs > 0 else None, steps=args.rounds * args.steps,

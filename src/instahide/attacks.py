@@ -242,12 +242,13 @@ def score(recovered: np.ndarray, originals: np.ndarray, seconds: float = 0.0, se
     def ssim(x, y):
         return structural_similarity(x, y, data_range=1.0, channel_axis=-1)
 
-    ssims = np.array([ssim(r, t) for r, t in zip(recovered, truth)])
+    ssims = np.array([ssim(r, t) for r, t in zip(recovered, truth, strict=True)])
     # PSNR as scikit-image's (data range 1), capped at 150 dB where the recovery is exact
-    psnrs = np.array([10 * np.log10(1 / max(np.mean((t - r) ** 2), 1e-15)) for r, t in zip(recovered, truth)])
+    psnrs = np.array([10 * np.log10(1 / max(np.mean((t - r) ** 2), 1e-15))
+                      for r, t in zip(recovered, truth, strict=True)])
     other = np.random.default_rng(seed).permutation(len(truth))
     other = np.where(other == np.arange(len(truth)), (other + 1) % len(truth), other)
-    chance = float(np.mean([ssim(truth[o], t) for o, t in zip(other, truth)]))
+    chance = float(np.mean([ssim(truth[o], t) for o, t in zip(other, truth, strict=True)]))
     return Scores(ssims, psnrs, chance, seconds, recovered=np.asarray(recovered), matching=matching)
 
 

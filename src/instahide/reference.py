@@ -80,7 +80,7 @@ def window(images: np.ndarray, index: np.ndarray, offset: np.ndarray, flip: np.n
 def public_window(pool, index, offset, flip, size) -> np.ndarray:
     """Windows of public pool images (of their own sizes), one row at a time."""
     windows = [window(pool.image(i).transpose(2, 0, 1)[None], np.zeros(1, np.int64), o[None], f[None], size)[0]
-               for i, o, f in zip(index, offset, flip)]
+               for i, o, f in zip(index, offset, flip, strict=True)]
     return np.stack(windows) if windows else np.zeros((0, pool.channels, *size))
 
 
