@@ -4,12 +4,12 @@ instahide[data]``)."""
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
+
+from . import _files
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # The per-channel mean and std of the CIFAR-10 training set that the authors' code normalizes with.
@@ -31,14 +31,12 @@ def load_class_tar(path, classes=CIFAR10_CLASSES, limit: int | None = None):
     """Decodes a tar of ``<split>/<class>/<file>`` images into (images (N, H, W, 3) uint8,
     labels (N,) int64), in class order then file name order; `limit` keeps the first images
     of each class. All images must share one size."""
-    from PIL import Image
-
     class_id = {name: i for i, name in enumerate(classes)}
     members = []
-    with tarfile.open(path) as tar:
-        for m in tar.getmembers():
+    with _files.open_tar(path) as (tar, files):
+        for m in files:
             parts = Path(m.name).parts
-            if m.isfile() and len(parts) >= 2 and parts[-2] in class_id and m.name.lower().endswith(_IMAGE_SUFFIXES):
+            if len(parts) >= 2 and parts[-2] in class_id and m.name.lower().endswith(_IMAGE_SUFFIXES):
                 members.append((class_id[parts[-2]], parts[-1], m))
         if not members:
             raise ValueError(f"{path}: no images in class folders {classes}")
@@ -53,10 +51,7 @@ def load_class_tar(path, classes=CIFAR10_CLASSES, limit: int | None = None):
             members = kept
         images, labels = [], []
         for label, _, m in members:
-            data = tar.extractfile(m)
-            assert data is not None  # a regular file (m.isfile())
-            with Image.open(io.BytesIO(data.read())) as im:
-                images.append(np.asarray(im.convert("RGB")))
+            images.append(_files.tar_image(tar, m, path))
             labels.append(label)
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
@@ -78,8 +73,12 @@ def load_cifar10(split: str = "test", data_dir=None, limit: int | None = None, c
         stat = path.stat()
         cache_file = root / f"cifar10-{split}-{stat.st_size}-{int(stat.st_mtime)}.npz"
         if cache_file.exists():
-            with np.load(cache_file) as f:
-                return f["images"], f["labels"]
+            try:
+                cached = _files.read_npz(cache_file, "a decoded CIFAR-10 cache", ("images", "labels"))
+            except ValueError:  # a damaged cache (a full disk, say) is decoded again and replaced
+                pass
+            else:
+                return cached["images"], cached["labels"]
     images, labels = load_class_tar(path, limit=limit)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -93,8 +92,6 @@ def load_image_folder(folder, size: int | None = None):
     """Images in class subfolders (``<folder>/<class>/<image>``, classes in sorted order) as
     (images (N, H, W, 3) uint8, labels (N,), class names). All images must share one size,
     unless `size` is given: then each is resized to size x size (bilinear)."""
-    from PIL import Image
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
@@ -104,11 +101,7 @@ def load_image_folder(folder, size: int | None = None):
     images, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES):
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)
-                images.append(np.asarray(im))
+            images.append(_files.decode_image(path, f"{folder}: image '{path.relative_to(folder)}'", size))
             labels.append(label)
     if not images:
         raise ValueError(f"{folder}: no images")
@@ -157,10 +150,16 @@ def load_pickle_batches(folder, split: str):
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     images, labels = [], []
     for name in names:
-        with open(Path(folder) / name, "rb") as f:
+        path = Path(folder) / name
+        with open(path, "rb") as f, _files.parsing(f"{path}: truncated or damaged CIFAR-10 python batch"):
             batch = pickle.load(f, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch[b"labels"], np.int64))
+        # a dict of b"data" (N, 3072) uint8 and b"labels" (N,): anything else is another kind of file
+        with _files.parsing(f"{path}: not a CIFAR-10 python batch, a dict of b'data' (N, 3072) uint8 and b'labels'"):
+            data, ids = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or ids.shape != data.shape[:1]:
+                raise ValueError(f"b'data' is {data.dtype} {data.shape}, b'labels' {ids.shape}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(ids.astype(np.int64))
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
 
@@ -194,14 +193,12 @@ def load_dataset(spec: str, split: str = "train", size: int | None = None, label
     if not path.exists():
         raise FileNotFoundError(f"{spec}: no such file or folder (or give digits, cifar10)")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            if "images" not in f or "labels" not in f:
-                raise ValueError(f"{path}: an .npz data set holds arrays named images and labels, found {f.files}")
-            images, labels = f["images"], f["labels"]
+        arrays = _files.read_npz(path, "an .npz data set", ("images", "labels"))
+        images, labels = arrays["images"], arrays["labels"]
     elif path.suffix == ".npy":
         if labels_path is None:
             raise ValueError(f"{path}: an .npy holds images only; give the labels (an .npy of class ids)")
-        images, labels = np.load(path, allow_pickle=False), np.load(labels_path, allow_pickle=False)
+        images, labels = _files.read_npy(path, "an .npy of images"), _files.read_npy(labels_path, "an .npy of labels")
     elif path.is_dir() and size is not None and not (path / "data_batch_1").exists():
         images, labels, _ = load_image_folder(path, size=size)
     else:
@@ -209,7 +206,10 @@ def load_dataset(spec: str, split: str = "train", size: int | None = None, label
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"{spec}: expected uint8 images (N, H, W, C) or (N, C, H, W), got {images.dtype} "
                          f"{images.shape}")
-    if labels.shape[:1] != images.shape[:1]:
-        raise ValueError(f"{spec}: {len(images)} images but labels of shape {labels.shape}")
+    class_ids = labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)
+    soft = labels.ndim == 2 and np.issubdtype(labels.dtype, np.floating)
+    if labels.shape[:1] != images.shape[:1] or not (class_ids or soft):
+        raise ValueError(f"{spec}: {len(images)} images need class ids ({len(images)},) or soft labels "
+                         f"({len(images)}, classes) as labels, got {labels.dtype} {labels.shape}")
     return images, labels, str(spec)
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import _files
 from ._random import Stream
 
 KEY_BYTES = 32
 _FORMAT = "instahide-keys-v1"
+_MEMBERS = ("index", "lam", "offset", "flip", "epoch", "mask_key", "private_terms")
 _MAX_REDRAW_ROUNDS = 10_000
 
 # Stream domains: each random quantity of an epoch has its own ChaCha20 nonce.
@@ -115,11 +116,12 @@ class Keys:
 
     @classmethod
     def load(cls, path) -> Keys:
-        with np.load(os.fspath(path), allow_pickle=False) as f:
-            if "format" not in f or str(f["format"]) != _FORMAT:
-                raise ValueError(f"{path} is not an instahide keys file ({_FORMAT})")
-            return cls(index=f["index"], lam=f["lam"], offset=f["offset"], flip=f["flip"], epoch=int(f["epoch"]),
-                       mask_key=f["mask_key"].tobytes(), private_terms=int(f["private_terms"]))
+        """Keys saved by `save`; a damaged file or one of another kind raises ValueError."""
+        f = _files.read_npz(path, "an instahide keys file", _MEMBERS, format=_FORMAT)
+        with _files.about(path):
+            return cls(index=f["index"], lam=f["lam"], offset=f["offset"], flip=f["flip"],
+                       epoch=_files.integer(f, "epoch"), mask_key=f["mask_key"].tobytes(),
+                       private_terms=_files.integer(f, "private_terms"))
 
 
 def derive_keys(secret: bytes, epoch: int, n: int, *, k: int, upper: float = 0.65, distinct: bool = False,

@@ -9,15 +9,15 @@ images, and save it to one file.
 
 from __future__ import annotations
 
-import io
-import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
+from . import _files
+
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _FORMAT = "instahide-pool-v1"
+_MEMBERS = ("pixels", "offsets", "sizes", "channels", "mean", "std")
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -168,31 +168,19 @@ class PublicPool:
     @classmethod
     def from_folder(cls, folder, short_side: int | None = 40, **options) -> PublicPool:
         """Every image file below `folder` (recursive, sorted by path)."""
-        from PIL import Image
-
         paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-
-        def decode():
-            for path in paths:
-                with Image.open(path) as im:
-                    yield np.asarray(im.convert("RGB"))
-
-        return cls.from_images(decode(), short_side=short_side, **options)
+        images = (_files.decode_image(p, f"{folder}: image '{p.relative_to(folder)}'") for p in paths)
+        return cls.from_images(images, short_side=short_side, **options)
 
     @classmethod
     def from_tar(cls, path, short_side: int | None = 40, limit: int | None = None, **options) -> PublicPool:
         """Every image file in a tar archive (sorted by name), e.g. tiny-imagenet-val.tar."""
-        from PIL import Image
-
         images = []
-        with tarfile.open(path) as tar:
-            members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(_IMAGE_SUFFIXES)),
-                             key=lambda m: m.name)[:limit]
+        with _files.open_tar(path) as (tar, files):
+            members = sorted((m for m in files if m.name.lower().endswith(_IMAGE_SUFFIXES)), key=lambda m: m.name)
+            members = members[:limit]
             for m in _progress(members, len(members), "decode", options.get("progress", True) and len(members) > 1000):
-                data = tar.extractfile(m)
-                assert data is not None  # a regular file (m.isfile())
-                with Image.open(io.BytesIO(data.read())) as im:
-                    images.append(np.asarray(im.convert("RGB")))
+                images.append(_files.tar_image(tar, m, path))
         return cls.from_images(images, short_side=short_side, **options)
 
     # --- one file -------------------------------------------------------------------------
@@ -203,7 +191,7 @@ class PublicPool:
 
     @classmethod
     def load(cls, path) -> PublicPool:
-        with np.load(os.fspath(path), allow_pickle=False) as f:
-            if "format" not in f or str(f["format"]) != _FORMAT:
-                raise ValueError(f"{path} is not an instahide public pool file ({_FORMAT})")
-            return cls(f["pixels"], f["offsets"], f["sizes"], int(f["channels"]), f["mean"], f["std"])
+        """A pool saved by `save`; a damaged file or one of another kind raises ValueError."""
+        f = _files.read_npz(path, "an instahide public pool file", _MEMBERS, format=_FORMAT)
+        with _files.about(path):
+            return cls(f["pixels"], f["offsets"], f["sizes"], _files.integer(f, "channels"), f["mean"], f["std"])

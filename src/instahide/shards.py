@@ -18,14 +18,17 @@ import contextlib
 import errno
 import hashlib
 import io
+import itertools
 import json
 import os
+import re
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from . import _files
 from .encoder import Encoder
 from .keys import KEY_BYTES, _subkey, new_secret_key, row_order
 
@@ -49,13 +52,7 @@ def key_from_file(path) -> tuple[bytes, bool]:
     (mode 0600, never overwriting) when the file does not exist."""
     path = Path(path)
     if path.exists():
-        key = path.read_bytes()
-        if len(key) != KEY_BYTES:
-            raise ValueError(f"{path}: a key file holds {KEY_BYTES} bytes, this one {len(key)}")
-        if os.name == "posix" and path.stat().st_mode & 0o077:
-            print(f"warning: {path} is readable by other users; the key decrypts every encoding (chmod 600 it)",
-                  file=sys.stderr)
-        return key, False
+        return read_key_file(path), False
     key = new_secret_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -63,6 +60,18 @@ def key_from_file(path) -> tuple[bytes, bool]:
         f.flush()
         os.fsync(f.fileno())
     return key, True
+
+
+def read_key_file(path) -> bytes:
+    """The 32-byte secret key in the file at `path` (warning when others may read it)."""
+    path = Path(path)
+    key = path.read_bytes()
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"{path}: a key file holds {KEY_BYTES} bytes, this one {len(key)}")
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        print(f"warning: {path} is readable by other users; the key decrypts every encoding (chmod 600 it)",
+              file=sys.stderr)
+    return key
 
 
 def npz_bytes(arrays: dict) -> bytes:
@@ -205,13 +214,14 @@ def _start(out: Path, params: dict) -> dict:
         stale.unlink()
     path = out / MANIFEST
     if path.exists():
-        manifest = json.loads(path.read_text())
-        if manifest.get("parameters") != params:
-            changed = sorted(k for k in set(params) | set(manifest.get("parameters", {}))
-                             if manifest.get("parameters", {}).get(k) != params.get(k))
+        manifest = _read_manifest(path)
+        if manifest["parameters"] != params:
+            changed = sorted(k for k in set(params) | set(manifest["parameters"])
+                             if manifest["parameters"].get(k) != params.get(k))
             hint = " (another secret key: pass the run's --key-file)" if "key_fingerprint" in changed else ""
             raise OutputError(f"{out} holds the output of a different run: {', '.join(changed)} differ{hint}; "
                               "choose an empty --out")
+        _check_shard_list(path, manifest)
         return manifest
     if any(out.glob("shard-*.npz")):
         raise OutputError(f"{out} holds shards but no {MANIFEST}; choose an empty --out")
@@ -219,6 +229,31 @@ def _start(out: Path, params: dict) -> dict:
                 "shards": plan(params["images"], params["epochs"], params["shard_size"])}
     _save(out, manifest)
     return manifest
+
+
+def _read_manifest(path: Path) -> dict:
+    """The manifest at `path`, which must be a JSON object with parameters and shards (it is
+    written whole, by a rename: damage comes from outside)."""
+    with _files.parsing(f"{path}: truncated or damaged, not valid JSON"):
+        manifest = json.loads(path.read_bytes())
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("parameters"), dict)
+            and isinstance(manifest.get("complete"), bool) and isinstance(manifest.get("shards"), list)):
+        raise ValueError(f"{path}: not a manifest of instahide encode (a JSON object of parameters, complete and "
+                         "shards); choose an empty --out")
+    return manifest
+
+
+def _check_shard_list(path: Path, manifest: dict) -> None:
+    """The shards a manifest lists are those its parameters plan, each with a SHA-256 or none
+    yet: a rerun trusts the list to name the files it verifies and writes."""
+    params = manifest["parameters"]
+    planned = plan(params["images"], params["epochs"], params["shard_size"])
+    for i, (shard, expected) in enumerate(itertools.zip_longest(manifest["shards"], planned)):
+        digest = shard.get("sha256", "") if isinstance(shard, dict) else ""
+        if not (isinstance(shard, dict) and {**shard, "sha256": None} == expected
+                and (digest is None or (isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)))):
+            raise ValueError(f"{path}: damaged shard list (entry {i} does not match the plan of {len(planned)} "
+                             "shards); choose an empty --out")
 
 
 def _save(out: Path, manifest: dict) -> None:

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import _files
 from .datasets import default_data_dir, load_split
 from .encoder import Encoder
 from .keys import new_secret_key
 from .models import MODELS
 from .pool import PublicPool
+from .shards import read_key_file
 from .torch import InstaHideLoader, soft_cross_entropy
 
 LOG_FIELDS = ["epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "encode_seconds", "lr"]
@@ -153,12 +155,14 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> list[dict]
     checkpoint_path, log_path = out / "checkpoint.pt", out / "log.csv"
     start_epoch, key = 0, None
     if args.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, key = state["epoch"] + 1, state["secret_key"]
+        with _files.parsing(f"{checkpoint_path}: cannot resume from it (damaged, or written for other options: "
+                            "remove it to start over)"):
+            state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch, key = state["epoch"] + 1, state["secret_key"]
     if key is None and args.key_file:
-        key = Path(args.key_file).read_bytes()
+        key = read_key_file(args.key_file)
     if key is None and rank == 0:
         key = new_secret_key()
     key = _shared_secret(key, world_size)
