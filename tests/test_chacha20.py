@@ -45,7 +45,7 @@ def test_rfc8439_vectors(stream):
     assert stream(KEY, bytes.fromhex("000000090000004a00000000"), 1, 1) == RFC_2_3_2
     assert stream(bytes(32), bytes(12), 0, 2) == RFC_A1
     keystream = stream(KEY, bytes.fromhex("000000000000004a00000000"), 1, 2)
-    assert bytes(a ^ b for a, b in zip(SUNSCREEN, keystream, strict=True)) == SUNSCREEN_CIPHERTEXT
+    assert bytes(a ^ b for a, b in zip(SUNSCREEN, keystream[:len(SUNSCREEN)], strict=True)) == SUNSCREEN_CIPHERTEXT
 
 
 def test_core_and_reference_agree_on_random_keys(rng):
