@@ -1,5 +1,5 @@
-"""Models for the training command: the authors' pre-activation ResNet-18 (CIFAR version) and
-a small CNN that trains in minutes on a CPU. Needs torch."""
+"""Models for the training command: the authors' pre-activation ResNet-18 (CIFAR version),
+a small CNN that trains in minutes on a CPU, and the fast recipe's FastNet. Needs torch."""
 
 from __future__ import annotations
 
@@ -63,4 +63,61 @@ class SmallCNN(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
+
+
+
+class ConvGroup(nn.Sequential):
+    """conv 3x3, max-pool 2, BatchNorm, GELU, conv 3x3, BatchNorm, GELU (the fast recipes' block)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(cout),
+                         nn.GELU(), nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU())
+
+
+class FastNet(nn.Module):
+    """The fast recipe's network (instahide.recipe), after Jordan's fast CIFAR-10 nets (arXiv
+    2404.00498): a frozen 2x2 patch-whitening convolution, three conv groups (64/256/256 at full
+    width), global max-pooling and a linear layer. `abs_input`: the net reads |x| (the sign
+    mask is independent of the image, so |encoding| holds all the encoding's information)."""
+
+    def __init__(self, num_classes: int = 10, channels: int = 3, widths=(64, 256, 256), abs_input: bool = False,
+                 rms_input: bool = False, patch: int = 2) -> None:
+        super().__init__()
+        self.abs_input, self.rms_input = bool(abs_input), bool(rms_input)
+        whitened = 2 * channels * patch * patch  # each whitening direction with both signs
+        self.whiten = nn.Conv2d(channels, whitened, patch, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        self.groups = nn.Sequential(ConvGroup(whitened, widths[0]), ConvGroup(widths[0], widths[1]),
+                                    ConvGroup(widths[1], widths[2]))
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The input transform, the same at training and test time: |x| with `abs_input`; each
+        input divided by its root mean square with `rms_input` (a mixture of k images has less
+        contrast than one image: this puts encodings and plain test images on one scale)."""
+        if self.abs_input:
+            x = x.abs()
+        if self.rms_input:
+            x = x * torch.rsqrt(x.float().square().mean(dim=(1, 2, 3), keepdim=True) + 1e-6).to(x.dtype)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.transform(x)
+        x = self.groups(F.gelu(self.whiten(x)))
+        # the logits scaled down, as the fast recipes do: large steps early stay stable
+        return self.head(F.adaptive_max_pool2d(x, 1).flatten(1)) / 8
+
+    @torch.no_grad()
+    def init_whitening(self, inputs: torch.Tensor, eps: float = 5e-4) -> None:
+        """Sets the frozen first layer to whiten the patches of `inputs`: training inputs as the
+        net reads them (encodings, never the private images they hide), (n, C, H, W)."""
+        x = self.transform(inputs.float())
+        size = self.whiten.kernel_size
+        patches = F.unfold(x, size).transpose(1, 2).reshape(-1, x.shape[1] * size[0] * size[1]).double()
+        patches = patches - patches.mean(dim=0)
+        eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        directions = eigenvectors.T / torch.sqrt(eigenvalues.clamp(min=0) + eps)[:, None]
+        directions = directions.reshape(-1, x.shape[1], *size).to(self.whiten.weight)
+        self.whiten.weight.copy_(torch.cat([directions, -directions]))
+        self.whiten.bias.zero_()
 MODELS = {"preact_resnet18": PreActResNet18, "small_cnn": SmallCNN}
