@@ -11,7 +11,13 @@ are kept, so methods may be run in separate invocations (and sessions).
     python benchmarks/time_to_accuracy.py --methods plain --epochs 2 --limit 2000 --out /tmp/smoke.json
 
 Methods: plain; inside4-abs and inside4-signed (InstaHide inside k = 4, the net reads |x| or
-the signed encoding); cross-abs (2 private + 4 Tiny-ImageNet patches); mixup4 (sign="none").
+the signed encoding); cross-abs (2 private + 4 Tiny-ImageNet patches); mixup4 (sign="none");
+dpsgd (Opacus, the same net with GroupNorm, epsilon 8 at delta 1e-5 over its epochs, its
+whitening layer fitted to public Tiny-ImageNet images, not to the private set); mpc (CrypTen,
+extrapolated, not trained: plain's curve with every second multiplied by the slowdown of
+CrypTen's 2-party training step against plain steps, as measured by benchmarks/compare on the
+closest network CrypTen trains here, with the published MPC figures beside it; needs the plain
+row in the file).
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ PRIVACY = {
     "cross-abs": "InstaHide cross 2+4: obfuscation, no formal guarantee; broken by published attacks "
                  "(docs/privacy.md)",
     "mixup4": "none (k-way mixup, no mask: the mixture is published)",
+    "dpsgd": "differential privacy, epsilon {epsilon:.2f} at delta 1e-5 (Opacus RDP accountant)",
 }
+DP_EPSILON, DP_DELTA, DP_CLIP = 8.0, 1e-5, 1.0
 
 
 def make_encoder(method: str, recipe: FastRecipe, data_dir: Path) -> instahide.Encoder:
@@ -59,6 +67,104 @@ def make_encoder(method: str, recipe: FastRecipe, data_dir: Path) -> instahide.E
         pool = instahide.PublicPool.from_tar(data_dir / "tiny-imagenet-val.tar", progress=False)
         return instahide.Encoder(k=6, private_terms=2, public=pool, patch_size=32, dom=0.3, **options)
     raise ValueError(f"unknown method {method!r}")
+
+
+def public_images(data_dir: Path, count: int = 2000) -> np.ndarray:
+    """`count` Tiny-ImageNet images shrunk to 32x32 (2x2 means), NHWC uint8: public data."""
+    pool = instahide.PublicPool.from_tar(data_dir / "tiny-imagenet-val.tar", short_side=64, limit=count,
+                                         progress=False)
+    images = [pool.image(i)[:64, :64].reshape(32, 2, 32, 2, -1).mean(axis=(1, 3)) for i in range(len(pool))]
+    return np.stack(images).round().astype(np.uint8)
+
+
+def train_dpsgd(train_x, train_y, test_x, test_y, recipe: FastRecipe, data_dir: Path, seed: int, on_epoch):
+    """DP-SGD with Opacus on FastNet with GroupNorm: Poisson-sampled batches (expected size
+    recipe.batch_size), per-sample gradients clipped to DP_CLIP, noise for DP_EPSILON at DP_DELTA
+    over recipe.epochs; crop and flip by the fused encoder (k = 1, no mask) on the sampled rows.
+    Returns epsilon as spent."""
+    import warnings
+
+    from opacus import PrivacyEngine
+
+    from instahide.models import FastNet, group_norm
+    from instahide.recipe import accuracy_on, learning_rate_factor, plain_inputs
+
+    torch.manual_seed(seed)
+    augment = instahide.Encoder(k=1, sign="none", mean=CIFAR10_MEAN, std=CIFAR10_STD, pad=recipe.translate,
+                                hflip=True, layout="NHWC")
+    model = FastNet(10, 3, recipe.widths, norm=group_norm)
+    model.init_whitening(torch.from_numpy(plain_inputs(public_images(data_dir), augment)))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=recipe.lr,
+                                momentum=recipe.momentum, nesterov=True)
+    rows = torch.utils.data.TensorDataset(torch.arange(len(train_x)), torch.from_numpy(train_y))
+    loader = torch.utils.data.DataLoader(rows, batch_size=recipe.batch_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # opacus' notice that its secure RNG is off (we measure, not deploy)
+        engine = PrivacyEngine(accountant="rdp")
+        model, optimizer, loader = engine.make_private_with_epsilon(
+            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=DP_EPSILON, target_delta=DP_DELTA,
+            epochs=recipe.epochs, max_grad_norm=DP_CLIP)
+    test_inputs = torch.from_numpy(plain_inputs(test_x, augment))
+    total, step, seconds = recipe.epochs * len(loader), 0, 0.0
+    for epoch in range(recipe.epochs):
+        model.train()
+        keys = augment.keys(len(train_x), epoch)
+        started, losses = time.perf_counter(), []
+        for index, y in loader:
+            if len(index) == 0:
+                continue  # Poisson sampling may draw an empty batch
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr * learning_rate_factor(step, total, recipe)
+            x, _ = augment.encode(train_x, train_y, keys, rows=index.numpy())
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            optimizer.step()
+            step += 1
+            losses.append(loss.item())
+        seconds += time.perf_counter() - started
+        on_epoch({"epoch": epoch + 1, "seconds": seconds, "train_loss": float(np.mean(losses)),
+                  "test_accuracy": accuracy_on(model, test_inputs, torch.from_numpy(test_y), recipe.flip_tta)})
+    return float(engine.get_epsilon(DP_DELTA)), float(optimizer.noise_multiplier)
+
+
+MPC_LITERATURE = [
+    "Piranha (USENIX Security 2022): VGG-16 on CIFAR-10, 3 GPU parties, 10 epochs in about 33 hours, 54.3% accuracy",
+    "CryptGPU (IEEE S&P 2021): about 12 s per training iteration of VGG-16 at batch 32 on GPUs",
+]
+
+
+def mpc_entry(plain: dict, compare_path: Path) -> dict:
+    """The extrapolated MPC row: plain's curve, each second times CrypTen's measured slowdown."""
+    compare = json.loads(compare_path.read_text())
+    row = next(r for r in compare["results"] if r["method"] == "crypten_2party" and r["status"] == "ok")
+    slowdown = float(row["slowdown_vs_plain"])
+    curve = [{**r, "seconds": round(r["seconds"] * slowdown, 1)} for r in plain["curve"]]
+    return {"method": "mpc", "model": plain["model"], "device": plain["device"], "date": plain["date"],
+            "epochs": plain["epochs"], "seconds": curve[-1]["seconds"] if curve else 0.0,
+            "best_accuracy": plain["best_accuracy"], "curve": curve, "reached": reached(curve),
+            "privacy": "MPC, 2 parties (CrypTen): cryptographic, semi-honest parties", "extrapolated": True,
+            "settings": {"slowdown_vs_plain": slowdown, "measured": f"{compare_path.name}: {row['note']}",
+                         "measured_model": compare["model"], "measured_machine": compare["machine"],
+                         "batch_size": compare["settings"]["batch_size"]},
+            "literature": MPC_LITERATURE, "load": []}
+
+
+def instahide_inference(model, encoder: instahide.Encoder, test_x, test_y, repeats: int) -> dict:
+    """The paper's InstaHide inference (section 3.3, instahide.torch.predict) of the final
+    model: each test image mixed with other test images (or public patches) as in training,
+    no crop or flip, its own coefficient at least 0.5, fresh keys, `repeats` softmaxes averaged."""
+    from instahide.torch import predict
+
+    options = dict(k=encoder.k, sign=encoder.sign, mean=CIFAR10_MEAN, std=CIFAR10_STD, layout="NHWC")
+    if encoder.public is not None:
+        options.update(private_terms=encoder.private_terms, public=encoder.public, patch_size=32, dom=0.3)
+    model.eval()
+    probabilities = predict(model, test_x, instahide.Encoder(**options), 10, repeats=repeats, own_at_least=0.5)
+    accuracy = float((probabilities.argmax(dim=1).cpu().numpy() == np.asarray(test_y)).mean())
+    return {"accuracy": accuracy, "repeats": repeats, "own_at_least": 0.5}
 
 
 def reached(curve: list[dict]) -> dict:
@@ -120,6 +226,11 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(default_data_dir()))
     parser.add_argument("--seed", type=int, default=0, help="model initialization only (keys come from the OS)")
     parser.add_argument("--out", help="the JSON file (default: results/accuracy/<device>-<date>.json)")
+    parser.add_argument("--mpc-from", default=str(RESULTS.parent / "compare" / "results.json"),
+                        help="mpc: the benchmarks/compare results with CrypTen's measured slowdown")
+    parser.add_argument("--predict-repeats", type=int, default=4,
+                        help="InstaHide methods: also the accuracy of the paper's inference with this many "
+                             "encodings per test image (0: skip)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -151,15 +262,23 @@ def main(argv=None) -> int:
     if out.exists():
         entries = {e["method"]: e for e in json.loads(out.read_text())["methods"]}
     for method, method_epochs in zip(methods, epochs, strict=True):
+        if method == "mpc":
+            if "plain" not in entries:
+                parser.error("mpc extrapolates plain's curve: run plain first (into the same file)")
+            entries["mpc"] = mpc_entry(entries["plain"], Path(args.mpc_from))
+            save(out, entries)
+            continue
         base = FastRecipe() if size == "full" else FastRecipe.cpu()
         # mixtures (all but plain) are divided by their RMS (FastNet.transform); the net reads
         # |x| where a mask flips signs, except for the signed-input row
         recipe = base.replace(epochs=method_epochs, abs_input=method in ("inside4-abs", "cross-abs"),
-                              rms_input=method != "plain")
-        encoder = make_encoder(method, recipe, data_dir)
+                              rms_input=method not in ("plain", "dpsgd"))
+        if method == "dpsgd":  # larger batches, no label smoothing, no BatchNorm statistics to average
+            recipe = recipe.replace(batch_size=1024, lr=0.5, label_smoothing=0.0, ema=0.0, bf16=False)
+        encoder = make_encoder("plain" if method == "dpsgd" else method, recipe, data_dir)
         entry = {"method": method, "model": f"FastNet widths {list(recipe.widths)}", "device": name,
                  "date": date, "epochs": 0, "seconds": 0.0, "best_accuracy": 0.0, "curve": [],
-                 "reached": reached([]), "privacy": PRIVACY[method],
+                 "reached": reached([]), "privacy": PRIVACY[method].format(epsilon=DP_EPSILON),
                  "settings": {**{k: v for k, v in vars(recipe).items()}, "encoder": repr(encoder),
                               "train_images": len(train_x), "test_images": len(test_x),
                               "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -176,15 +295,25 @@ def main(argv=None) -> int:
             entry["reached"] = reached(entry["curve"])
             save(out, entries)
             if not args.quiet:
-                print(f"{method} epoch {row['epoch']}: {100 * row['test_accuracy']:.2f}% after {row['seconds']:.0f} s"
-                      f" (train loss {row['train_loss']:.3f}, load {entry['load'][-1]})", flush=True)
+                print(f"{entry['method']} epoch {row['epoch']}: {100 * row['test_accuracy']:.2f}% after "
+                      f"{row['seconds']:.0f} s (train loss {row['train_loss']:.3f}, load {entry['load'][-1]})",
+                      flush=True)
 
         started = time.perf_counter()
-        train_fast(train_x, train_y, encoder, test_x, test_y, recipe, device=device, num_classes=10, seed=args.seed,
-                   on_epoch=on_epoch, progress=not args.quiet and sys.stderr.isatty())
+        if method == "dpsgd":
+            epsilon, sigma = train_dpsgd(train_x, train_y, test_x, test_y, recipe, data_dir, args.seed, on_epoch)
+            entry["privacy"] = PRIVACY[method].format(epsilon=epsilon)
+            entry["model"] = f"FastNet widths {list(recipe.widths)}, GroupNorm"
+            entry["settings"].update(noise_multiplier=sigma, max_grad_norm=DP_CLIP, target_epsilon=DP_EPSILON,
+                                     delta=DP_DELTA, sampling="Poisson", whitening="Tiny-ImageNet (public)")
+        else:
+            model, _ = train_fast(train_x, train_y, encoder, test_x, test_y, recipe, device=device, num_classes=10,
+                                  seed=args.seed, on_epoch=on_epoch, progress=not args.quiet and sys.stderr.isatty())
+            if encoder.k > 1 and args.predict_repeats > 0:
+                entry["predict"] = instahide_inference(model, encoder, test_x, test_y, args.predict_repeats)
         entry["wall_seconds"] = round(time.perf_counter() - started, 1)  # with evaluation and setup
         save(out, entries)
-        plot(out.with_suffix(".png"), entries)
+    plot(out.with_suffix(".png"), entries)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

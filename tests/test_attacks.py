@@ -132,3 +132,34 @@ def test_cross_mode_known_mixing(images):
                                            progress=False)
     encoder = instahide.Encoder(k=4, mean=CIFAR_MEAN, std=CIFAR_STD, private_terms=2, public=pool, patch_size=32)
     assert attacks.run_known_mixing(x, y, encoder, 10).summary()["mean_ssim"] > 0.9
+
+
+def test_challenge_metrics_score_each_encoding_against_its_private_images(images):
+    from skimage.metrics import structural_similarity
+
+    x, _ = images
+    truth = x.astype(np.float64) / 255
+    members = np.array([[0, 1], [2, 3], [4, 5], [6, 7]])
+    decryptions = np.stack([truth[0], truth[3], truth[4], np.full_like(truth[0], 0.5)])
+    scores = attacks.challenge_scores(decryptions, members, x)
+
+    def ssim(a, b):
+        return structural_similarity(a, b, data_range=1.0, channel_axis=-1)
+
+    per = np.array([[ssim(d, truth[m]) for m in row] for d, row in zip(decryptions, members, strict=True)])
+    l2 = np.array([[np.linalg.norm(d - truth[m]) for m in row] for d, row in zip(decryptions, members, strict=True)])
+    assert per[:3].max(axis=1) == pytest.approx(1.0)  # three decryptions are one of their private images
+    assert scores["challenge_max_ssim"] == pytest.approx(per.max(axis=1).mean(), abs=1e-6)
+    assert scores["challenge_mean_ssim"] == pytest.approx(per.mean(), abs=1e-6)
+    assert scores["challenge_max_l2"] == pytest.approx(l2.min(axis=1).mean())
+    assert scores["challenge_mean_l2"] == pytest.approx(l2.mean())
+
+
+def test_attacks_report_the_challenge_metrics(images, tier2_easy):
+    x, y = images
+    known = attacks.run_known_mixing(x, y, instahide.Encoder(k=4, mean=CIFAR_MEAN, std=CIFAR_STD), 30).summary()
+    # the known-mixing recoveries are near exact: the best of each encoding's private images is found
+    assert known["challenge_max_ssim"] > 0.9 and known["challenge_mean_ssim"] < known["challenge_max_ssim"]
+    tier2 = tier2_easy.summary()
+    assert tier2["challenge_max_ssim"] > 3 * tier2["chance_ssim"]
+    assert tier2["challenge_max_l2"] <= tier2["challenge_mean_l2"]

@@ -179,6 +179,7 @@ class Scores:
     purity: float | None = None           # Tier 2: mean cluster purity, and the same for random clusters
     chance_purity: float | None = None
     challenge: Challenge | None = None    # the challenge attacked (for `save_grid`)
+    per_encoding: dict | None = None      # the InstaHide Challenge's metrics (`challenge_scores`)
 
     def summary(self) -> dict:
         summary: dict[str, float | None]
@@ -188,6 +189,8 @@ class Scores:
                    "mean_psnr": float(self.psnr.mean()), "chance_ssim": self.chance_ssim, "seconds": self.seconds}
         if self.purity is not None:
             summary.update(cluster_purity=self.purity, chance_purity=self.chance_purity)
+        if self.per_encoding is not None:
+            summary.update(self.per_encoding)
         return summary
 
 
@@ -195,22 +198,46 @@ def ssim_matrix(recovered: np.ndarray, originals: np.ndarray) -> np.ndarray:
     """SSIM of every recovery (a, H, W, C) against every original (b, H, W, C), both in [0, 1]:
     (a, b). Vectorized scikit-image defaults (7x7 uniform window, sample covariance, channel
     mean), for matching; the reported scores come from scikit-image itself."""
+    y = np.asarray(originals, np.float64)
+    return np.stack([ssim_pairs(np.broadcast_to(x, y.shape), y) for x in np.asarray(recovered, np.float64)])
+
+
+def ssim_pairs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """SSIM of x[i] against y[i] (both (n, H, W, C) in [0, 1]): scikit-image's defaults (7x7
+    uniform window, sample covariance, mean over channels, the border left out), vectorized."""
     from scipy.ndimage import uniform_filter
 
     def local_mean(v):
         return uniform_filter(v, size=(1, 7, 7, 1), mode="reflect")
 
-    x, y = np.asarray(recovered, np.float64), np.asarray(originals, np.float64)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     c1, c2, cov_norm = 0.01 ** 2, 0.03 ** 2, 49 / 48
     ux, uy = local_mean(x), local_mean(y)
     vx, vy = cov_norm * (local_mean(x * x) - ux * ux), cov_norm * (local_mean(y * y) - uy * uy)
-    result = np.empty((len(x), len(y)))
-    for i in range(len(x)):
-        vxy = cov_norm * (local_mean(x[i][None] * y) - ux[i][None] * uy)
-        s = (((2 * ux[i][None] * uy + c1) * (2 * vxy + c2))
-             / ((ux[i][None] ** 2 + uy ** 2 + c1) * (vx[i][None] + vy + c2)))
-        result[i] = s[:, 3:-3, 3:-3, :].mean(axis=(1, 2, 3))  # scikit-image leaves out the border
-    return result
+    vxy = cov_norm * (local_mean(x * y) - ux * uy)
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+    return s[:, 3:-3, 3:-3, :].mean(axis=(1, 2, 3))  # scikit-image leaves out the border
+
+
+def challenge_scores(decryptions: np.ndarray, members: np.ndarray, originals: np.ndarray) -> dict:
+    """The InstaHide Challenge's metrics: the attacker outputs one image per encoding,
+    `decryptions` (m, H, W, C) in [0, 1]; `members` (m, p) are the private images each encoding
+    mixes (p = 2 in the challenge's cross 2+4). Max_SSIM: the mean over encodings of the best
+    SSIM against the encoding's private images; Mean_SSIM: of their mean SSIM. Max_L2 and
+    Mean_L2 likewise for the L2 distance (pixels in [0, 1]; smaller is better, so "max" takes
+    the closer image)."""
+    truth = np.asarray(originals, np.float64) / 255
+    ssims = np.stack([ssim_pairs(decryptions, truth[members[:, j]]) for j in range(members.shape[1])], axis=1)
+    l2 = np.stack([np.sqrt(((decryptions - truth[members[:, j]]) ** 2).sum(axis=(1, 2, 3)))
+                   for j in range(members.shape[1])], axis=1)
+    return {"challenge_max_ssim": float(ssims.max(axis=1).mean()), "challenge_mean_ssim": float(ssims.mean()),
+            "challenge_max_l2": float(l2.min(axis=1).mean()), "challenge_mean_l2": float(l2.mean())}
+
+
+def dominant_members(keys: list) -> np.ndarray:
+    """Ground truth: the private image with the largest coefficient in each encoding."""
+    return np.concatenate([k.index[np.arange(len(k.index)), np.argmax(k.lam[:, :k.private_terms], axis=1)]
+                           for k in keys])
 
 
 def match_recoveries(recovered: np.ndarray, originals: np.ndarray) -> np.ndarray:
@@ -263,6 +290,9 @@ def run_known_mixing(images, labels, encoder: Encoder, encodings_per_image: int,
     recovered = recover_known_mixing(challenge.encodings, a, challenge.mean, challenge.std, public=public, **options)
     scores = score(recovered, challenge.images, time.perf_counter() - start)
     scores.challenge = challenge
+    # one image per encoding, as the challenge asks: the recovery of its largest private term
+    scores.per_encoding = challenge_scores(recovered[dominant_members(challenge.keys)],
+                                           private_members(challenge.keys), challenge.images)
     return scores
 
 
@@ -629,6 +659,13 @@ def run_encodings_only(images, labels, encoder: Encoder, encodings_per_image: in
     scores = score(recovery.recovered, challenge.images, seconds, seed=seed, match=True)
     members = private_members(challenge.keys)[publication.order]
     scores.purity = cluster_purity(recovery.assigned, members)
+    # one image per encoding, as the challenge asks: the recovery of the cluster holding its
+    # largest labelled private term (gray where the labels placed it in no cluster)
+    slot = np.argmax(recovery.weights, axis=1)
+    cluster = recovery.ids[np.arange(len(slot)), slot]
+    gray = np.full((1, *recovery.recovered.shape[1:]), 0.5)
+    decryptions = np.concatenate([recovery.recovered, gray])[np.where(cluster >= 0, cluster, len(recovery.recovered))]
+    scores.per_encoding = challenge_scores(decryptions, members, challenge.images)
     rng = np.random.default_rng(seed)
     scores.chance_purity = cluster_purity([rng.choice(len(members), len(c), replace=False) for c in recovery.assigned
                                            if len(c)], members)

@@ -63,32 +63,37 @@ class SmallCNN(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
-
+def group_norm(channels: int) -> nn.Module:
+    """GroupNorm with 16 channels a group: per-sample normalization, which DP-SGD can train
+    (BatchNorm mixes the samples of a batch, so per-sample gradients do not exist)."""
+    return nn.GroupNorm(max(1, channels // 16), channels)
 
 
 class ConvGroup(nn.Sequential):
-    """conv 3x3, max-pool 2, BatchNorm, GELU, conv 3x3, BatchNorm, GELU (the fast recipes' block)."""
+    """conv 3x3, max-pool 2, norm, GELU, conv 3x3, norm, GELU (the fast recipes' block); `norm`
+    makes the normalization layer for a channel count (BatchNorm by default)."""
 
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(cout),
-                         nn.GELU(), nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU())
+    def __init__(self, cin: int, cout: int, norm=nn.BatchNorm2d) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), norm(cout),
+                         nn.GELU(), nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm(cout), nn.GELU())
 
 
 class FastNet(nn.Module):
     """The fast recipe's network (instahide.recipe), after Jordan's fast CIFAR-10 nets (arXiv
     2404.00498): a frozen 2x2 patch-whitening convolution, three conv groups (64/256/256 at full
     width), global max-pooling and a linear layer. `abs_input`: the net reads |x| (the sign
-    mask is independent of the image, so |encoding| holds all the encoding's information)."""
+    mask is independent of the image, so |encoding| holds all the encoding's information).
+    `norm=group_norm` for DP-SGD."""
 
     def __init__(self, num_classes: int = 10, channels: int = 3, widths=(64, 256, 256), abs_input: bool = False,
-                 rms_input: bool = False, patch: int = 2) -> None:
+                 rms_input: bool = False, patch: int = 2, norm=nn.BatchNorm2d) -> None:
         super().__init__()
         self.abs_input, self.rms_input = bool(abs_input), bool(rms_input)
         whitened = 2 * channels * patch * patch  # each whitening direction with both signs
         self.whiten = nn.Conv2d(channels, whitened, patch, bias=True)
         self.whiten.weight.requires_grad_(False)
-        self.groups = nn.Sequential(ConvGroup(whitened, widths[0]), ConvGroup(widths[0], widths[1]),
-                                    ConvGroup(widths[1], widths[2]))
+        self.groups = nn.Sequential(ConvGroup(whitened, widths[0], norm), ConvGroup(widths[0], widths[1], norm),
+                                    ConvGroup(widths[1], widths[2], norm))
         self.head = nn.Linear(widths[2], num_classes, bias=False)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,5 +124,7 @@ class FastNet(nn.Module):
         directions = eigenvectors.T / torch.sqrt(eigenvalues.clamp(min=0) + eps)[:, None]
         directions = directions.reshape(-1, x.shape[1], *size).to(self.whiten.weight)
         self.whiten.weight.copy_(torch.cat([directions, -directions]))
-        self.whiten.bias.zero_()
+        nn.init.zeros_(self.whiten.bias)  # type: ignore[arg-type]  # the layer has a bias
+
+
 MODELS = {"preact_resnet18": PreActResNet18, "small_cnn": SmallCNN}

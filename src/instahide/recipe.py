@@ -116,7 +116,7 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
     sample = _sample_encodings(loader, recipe.whiten_samples).to(device)
     model = FastNet(classes, sample.shape[1], recipe.widths, abs_input=recipe.abs_input,
                     rms_input=recipe.rms_input).to(device)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     if recipe.whiten:
         model.init_whitening(sample)
     else:

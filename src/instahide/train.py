@@ -33,7 +33,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--test", default=str(data / "cifar10-test.tar"), help="test set, in the same forms")
     parser.add_argument("--limit", type=int, help="train on this many images (a random subset), for quick runs")
     parser.add_argument("--test-limit", type=int, help="test on this many images (a random subset)")
-    parser.add_argument("--model", choices=sorted(MODELS), default="preact_resnet18")
+    parser.add_argument("--recipe", choices=["paper", "fast"], default="paper",
+                        help="paper: the authors' protocol (--model, step decay, 200 epochs); fast: FastNet with "
+                             "the fast schedule of instahide.recipe (--width, --raw-input; 10 epochs by default)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="preact_resnet18", help="paper recipe's network")
+    parser.add_argument("--width", choices=["cpu", "full"],
+                        help="fast recipe: FastNet widths, full (64/256/256) or cpu (32/128/128); default: full on "
+                             "a GPU, cpu on a CPU")
+    parser.add_argument("--raw-input", action="store_true",
+                        help="fast recipe: the net reads the signed encoding (default: |encoding|)")
     parser.add_argument("--mode", choices=["vanilla", "mixup", "instahide", "cross"], default="instahide",
                         help="vanilla: plain training; mixup: k terms, no mask; instahide: inside-dataset; "
                              "cross: private + public terms")
@@ -44,9 +52,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dom", type=float, default=0.3, help="cross mode: least total weight of private terms")
     parser.add_argument("--upper", type=float, default=0.65, help="largest coefficient")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no pad-4 crop and flip")
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--epochs", type=int, help="default: 200 (paper), 10 (fast)")
+    parser.add_argument("--batch-size", type=int, help="default: 128 (paper), 512 or 256 on a CPU (fast)")
+    parser.add_argument("--lr", type=float, help="peak learning rate; default: 0.1 (paper), 0.4 (fast)")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--out", default="runs/instahide", help="folder for log.csv and checkpoint.pt")
@@ -63,8 +71,9 @@ def learning_rate(args, epoch: int) -> float:
     return args.lr * 0.1 ** sum(epoch >= m for m in (args.epochs // 2, 3 * args.epochs // 4))
 
 
-def make_encoder(args, images: np.ndarray, key: bytes, mean, std) -> Encoder:
-    options = dict(mean=mean, std=std, pad=4 if args.augment else 0, hflip=args.augment, key=key, upper=args.upper,
+def make_encoder(args, images: np.ndarray, key: bytes, mean, std, pad: int = 4) -> Encoder:
+    """The encoder of --mode; crop (pad `pad`) and flip with --augment."""
+    options = dict(mean=mean, std=std, pad=pad if args.augment else 0, hflip=args.augment, key=key, upper=args.upper,
                    layout="NHWC")
     if args.mode == "vanilla":
         return Encoder(k=1, sign="none", **options)
@@ -97,6 +106,21 @@ def evaluate(model, images, labels, mean, std, device, batch_size=500):
     return loss / len(images), correct / len(images)
 
 
+def _load_data(args):
+    """(train images, labels, test images, labels): --train and --test, with random subsets of
+    --limit and --test-limit images (seeded by --seed)."""
+    train_x, train_y = load_split(args.train, "train")
+    test_x, test_y = load_split(args.test, "test")
+    pick = np.random.default_rng(args.seed)
+    if args.limit:
+        keep = np.sort(pick.permutation(len(train_x))[:args.limit])
+        train_x, train_y = train_x[keep], train_y[keep]
+    if args.test_limit:
+        keep = np.sort(pick.permutation(len(test_x))[:args.test_limit])
+        test_x, test_y = test_x[keep], test_y[keep]
+    return train_x, train_y, test_x, test_y
+
+
 def _join_process_group(device: torch.device) -> tuple[int, int, torch.device]:
     """(rank, world size, device) of this process. Under torchrun (WORLD_SIZE > 1) it joins
     torch.distributed's process group (nccl on GPUs, gloo on CPUs), one GPU per local rank."""
@@ -123,6 +147,11 @@ def _shared_secret(key: bytes | None, world_size: int) -> bytes | None:
 
 def run(args) -> list[dict]:
     """Trains; returns the rows of the log (rank 0's; other ranks return [])."""
+    if args.recipe == "fast":
+        return _train_fast(args)
+    args.epochs = 200 if args.epochs is None else args.epochs
+    args.batch_size = 128 if args.batch_size is None else args.batch_size
+    args.lr = 0.1 if args.lr is None else args.lr
     rank, world_size, device = _join_process_group(torch.device(args.device))
     try:
         return _train(args, rank, world_size, device)
@@ -137,15 +166,7 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> list[dict]
         out.mkdir(parents=True, exist_ok=True)
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    train_x, train_y = load_split(args.train, "train")
-    test_x, test_y = load_split(args.test, "test")
-    pick = np.random.default_rng(args.seed)
-    if args.limit:
-        keep = np.sort(pick.permutation(len(train_x))[:args.limit])
-        train_x, train_y = train_x[keep], train_y[keep]
-    if args.test_limit:
-        keep = np.sort(pick.permutation(len(test_x))[:args.test_limit])
-        test_x, test_y = test_x[keep], test_y[keep]
+    train_x, train_y, test_x, test_y = _load_data(args)
     classes = int(max(train_y.max(), test_y.max())) + 1
     values = train_x.reshape(-1, train_x.shape[-1]) / 255.0
     mean, std = values.mean(axis=0), values.std(axis=0)
@@ -229,6 +250,53 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> list[dict]
                   f"accuracy {accuracy:.2%}, {seconds:.1f} s ({encode_seconds:.1f} s encoding)")
     if not math.isfinite(rows[-1]["train_loss"] if rows else 0.0):
         raise RuntimeError("training diverged (loss is not finite)")
+    return rows
+
+
+def _train_fast(args) -> list[dict]:
+    """The fast recipe (instahide.recipe) on one device: the log as the paper recipe's, the
+    model (the weight average) in model.pt, no checkpoints to resume from."""
+    from .datasets import CIFAR10_MEAN, CIFAR10_STD
+    from .recipe import FastRecipe, train_fast
+
+    if args.resume:
+        raise ValueError("--resume: the fast recipe keeps no checkpoint (its runs take minutes); rerun instead")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("the fast recipe runs on one device; use --recipe paper under torchrun")
+    device = torch.device(args.device)
+    width = args.width or ("full" if device.type == "cuda" else "cpu")
+    recipe = FastRecipe() if width == "full" else FastRecipe.cpu()
+    changes = {name: value for name, value in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                               ("lr", args.lr)) if value is not None}
+    recipe = recipe.replace(**changes, translate=2 if args.augment else 0,
+                            abs_input=args.mode in ("instahide", "cross") and not args.raw_input,
+                            rms_input=args.mode != "vanilla")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_x, train_y, test_x, test_y = _load_data(args)
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    key = read_key_file(args.key_file) if args.key_file else new_secret_key()
+    # public per-channel statistics (CIFAR-10's) for 3-channel data, as the authors' code uses
+    channels = train_x.shape[-1]
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if channels == 3 else ((0.5,) * channels, (0.25,) * channels)
+    encoder = make_encoder(args, train_x, key, mean, std, pad=recipe.translate)
+    images = torch.from_numpy(train_x).to(device) if device.type == "cuda" else train_x
+    labels = torch.from_numpy(train_y).to(device) if device.type == "cuda" else train_y
+    log_path = out / "log.csv"
+    fields = ["epoch", "seconds", "train_loss", "test_accuracy"]
+    with open(log_path, "w", newline="") as f:
+        csv.DictWriter(f, fields).writeheader()
+
+    def log(row: dict) -> None:
+        with open(log_path, "a", newline="") as f:
+            csv.DictWriter(f, fields).writerow(row)
+        if not args.quiet:
+            print(f"epoch {row['epoch']}: train loss {row['train_loss']:.3f}, accuracy {row['test_accuracy']:.2%}, "
+                  f"{row['seconds']:.1f} s of training")
+
+    model, rows = train_fast(images, labels, encoder, test_x, test_y, recipe, device=device, num_classes=classes,
+                             seed=args.seed, on_epoch=log, progress=not args.quiet)
+    torch.save({"model": model.state_dict(), "recipe": vars(recipe), "classes": classes}, out / "model.pt")
     return rows
 
 
