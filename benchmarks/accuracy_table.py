@@ -25,6 +25,11 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def first_reached(entry: dict, target: str) -> dict | None:
+    """The first row of the method's curve at or above `target` percent."""
+    return next((row for row in entry["curve"] if 100 * row["test_accuracy"] >= float(target)), None)
+
+
 def table(entries: list[dict], targets=TARGETS) -> str:
     plain = next((e for e in entries if e["method"] == "plain"), None)
     head = "| method | best accuracy (epochs) | " + " | ".join(f"time to {t}% (epoch, vs plain)" for t in targets)
@@ -32,12 +37,12 @@ def table(entries: list[dict], targets=TARGETS) -> str:
     for entry in entries:
         cells = []
         for target in targets:
-            hit = entry["reached"].get(target)
+            hit = first_reached(entry, target)
             if hit is None:
                 cells.append("not reached")
                 continue
             text = f"{duration(hit['seconds'])} ({hit['epoch']}"
-            base = plain["reached"].get(target) if plain else None
+            base = first_reached(plain, target) if plain else None
             if base and entry is not plain:
                 text += f", {hit['seconds'] / base['seconds']:.1f}x"
             cells.append(text + ")")

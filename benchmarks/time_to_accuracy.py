@@ -37,6 +37,7 @@ import torch
 import instahide
 from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD, default_data_dir, load_cifar10
 from instahide.recipe import FastRecipe, train_fast
+from instahide.train import random_subsets
 
 TARGETS = (50, 70, 80, 85, 90, 93, 94)
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy"
@@ -242,15 +243,9 @@ def main(argv=None) -> int:
         parser.error("--epochs: one number, or one per method")
     size = args.size or ("full" if device.type == "cuda" else "cpu")
     data_dir = Path(args.data)
-    train_x, train_y = load_cifar10("train", data_dir=data_dir)
-    test_x, test_y = load_cifar10("test", data_dir=data_dir)
-    pick = np.random.default_rng(args.seed)
-    if args.limit:
-        keep = np.sort(pick.permutation(len(train_x))[:args.limit])
-        train_x, train_y = train_x[keep], train_y[keep]
-    if args.test_limit:
-        keep = np.sort(pick.permutation(len(test_x))[:args.test_limit])
-        test_x, test_y = test_x[keep], test_y[keep]
+    train_x, train_y, test_x, test_y = random_subsets(load_cifar10("train", data_dir=data_dir),
+                                                      load_cifar10("test", data_dir=data_dir), args.limit,
+                                                      args.test_limit, args.seed)
     if device.type == "cuda":  # the whole set resident on the GPU, encoded there
         train_x, train_y = torch.from_numpy(train_x).to(device), torch.from_numpy(train_y).to(device)
 

@@ -109,14 +109,20 @@ def evaluate(model, images, labels, mean, std, device, batch_size=500):
 def _load_data(args):
     """(train images, labels, test images, labels): --train and --test, with random subsets of
     --limit and --test-limit images (seeded by --seed)."""
-    train_x, train_y = load_split(args.train, "train")
-    test_x, test_y = load_split(args.test, "test")
-    pick = np.random.default_rng(args.seed)
-    if args.limit:
-        keep = np.sort(pick.permutation(len(train_x))[:args.limit])
+    return random_subsets(load_split(args.train, "train"), load_split(args.test, "test"), args.limit,
+                          args.test_limit, args.seed)
+
+
+def random_subsets(train, test, limit: int | None, test_limit: int | None, seed: int | None):
+    """(train images, labels, test images, labels) from the (images, labels) pairs `train` and
+    `test`, each cut to a random subset of `limit` / `test_limit` images (in their order) when given."""
+    pick = np.random.default_rng(seed)
+    (train_x, train_y), (test_x, test_y) = train, test
+    if limit:
+        keep = np.sort(pick.permutation(len(train_x))[:limit])
         train_x, train_y = train_x[keep], train_y[keep]
-    if args.test_limit:
-        keep = np.sort(pick.permutation(len(test_x))[:args.test_limit])
+    if test_limit:
+        keep = np.sort(pick.permutation(len(test_x))[:test_limit])
         test_x, test_y = test_x[keep], test_y[keep]
     return train_x, train_y, test_x, test_y
 
