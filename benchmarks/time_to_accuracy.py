@@ -199,8 +199,11 @@ def plot(path: Path, entries: dict) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for entry in entries.values():
         curve = entry["curve"]
+        extrapolated = entry.get("extrapolated", False)
         axes.plot([row["seconds"] for row in curve], [100 * row["test_accuracy"] for row in curve], marker=".",
-                  label=f"{entry['method']} (best {100 * entry['best_accuracy']:.1f}%)")
+                  linestyle="--" if extrapolated else "-",
+                  label=f"{entry['method']}{' (extrapolated)' if extrapolated else ''} "
+                        f"(best {100 * entry['best_accuracy']:.1f}%)")
     for target in (85, 90, 94):
         axes.axhline(target, color="gray", linewidth=0.5, linestyle=":")
     axes.set_xscale("log")
