@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .encoder import Encoder
 from .models import FastNet
-from .torch import InstaHideLoader
+from .torch import InstaHideLoader, soft_cross_entropy
+from .train import _progress
 
 __all__ = ["FastRecipe", "learning_rate_factor", "smoothed", "train_fast", "plain_inputs"]
 
@@ -137,7 +137,7 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
     for epoch in range(recipe.epochs):
         model.train()
         started, total_loss, batches = time.perf_counter(), 0.0, 0
-        bar = _progress(len(loader), f"epoch {epoch}", progress)
+        bar = _progress(len(loader), f"epoch {epoch}", quiet=not progress)
         for x, y in loader:  # a freshly keyed epoch
             for group in optimizer.param_groups:
                 group["lr"] = recipe.lr * learning_rate_factor(step, total_steps, recipe)
@@ -145,7 +145,7 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
             y = smoothed(y.to(device, non_blocking=True).float(), recipe.label_smoothing)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(x)
-            loss = torch.sum(-y * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            loss = soft_cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -213,12 +213,3 @@ def _sample_encodings(loader: InstaHideLoader, count: int) -> torch.Tensor:
             break
     return torch.cat(sample)[:count]
 
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
