@@ -159,11 +159,16 @@ def run(args) -> list[dict]:
     args.batch_size = 128 if args.batch_size is None else args.batch_size
     args.lr = 0.1 if args.lr is None else args.lr
     rank, world_size, device = _join_process_group(torch.device(args.device))
-    try:
-        return _train(args, rank, world_size, device)
-    finally:
-        if world_size > 1:
-            torch.distributed.destroy_process_group()
+    rows = _train(args, rank, world_size, device)
+    # Only after success: a rank that failed leaves its group to the process's exit, since
+    # tearing it down could wait on peers stuck in a collective.
+    if world_size > 1:
+        # Rank 0 evaluates and checkpoints after the others finished the last epoch; gloo aborts
+        # a rank whose peer is still connected when it tears down (std::terminate), so all
+        # ranks leave together.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return rows
 
 
 def _train(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
