@@ -2,12 +2,14 @@
 `instahide._core`, alternating by round, compared by the median of each round's time ratio
 (which cancels the machine's drift between rounds, large on shared VMs).
 
-    python benchmarks/ab_builds.py BUILD_A.so BUILD_B.so [--rounds 24] [--augment]
+    python benchmarks/ab_builds.py BUILD_A.so BUILD_B.so [--rounds 24] [--case inside|augment|cross]
 
 Each argument is a built `_core*.so` (e.g. from `python setup.py build_ext --build-lib DIR`).
-Workload: 50,000 random 32x32x3 uint8 images, k=4, CIFAR normalization, float32 NCHW out,
-97 batches of 512 rows of one epoch's keys per round; `--augment` adds the training
-augmentation (pad 4, horizontal flips).
+Workload: 50,000 random 32x32x3 uint8 images with class ids, k=4, CIFAR normalization,
+float32 NCHW out, soft labels mixed in the same call, 97 batches of 512 rows of one epoch's
+keys per round. Cases: `inside` (the above), `augment` (plus the training augmentation, pad 4
+and horizontal flips), `cross` (k=6: 2 private images and 4 patches of a pool of 10,000 random
+40x40 public images).
 """
 
 from __future__ import annotations
@@ -35,17 +37,29 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("builds", nargs="+", help="paths of built _core*.so files; the first is the baseline")
     parser.add_argument("--rounds", type=int, default=24)
-    parser.add_argument("--augment", action="store_true", help="random crops of the 4-padded images and flips")
+    parser.add_argument("--case", choices=["inside", "augment", "cross"], default="inside")
     args = parser.parse_args(argv)
     cores = [load_core(path) for path in args.builds]
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (50_000, 32, 32, 3), np.uint8)
-    augmentation = {"pad": 4, "hflip": True} if args.augment else {}
-    encoder = instahide.Encoder(k=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, **augmentation)
+    labels = rng.integers(0, 10, len(images))
+    options: dict = dict(k=4, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    if args.case == "augment":
+        options.update(pad=4, hflip=True)
+    if args.case == "cross":
+        pool = instahide.PublicPool.from_images(rng.integers(0, 256, (10_000, 40, 40, 3), np.uint8), short_side=None,
+                                                progress=False)
+        options.update(k=6, private_terms=2, public=pool, patch_size=32, dom=0.3)
+    encoder = instahide.Encoder(**options)
     keys = encoder.keys(len(images), 0)
     order = rng.permutation(len(images))
     batches = [np.ascontiguousarray(order[i:i + 512], np.int64) for i in range(0, len(images) - 512, 512)]
-    source = [(images, True, *encoder._scale_shift(3, np.uint8))]
+    scale, shift = (np.float32(1 / 255) / np.asarray(CIFAR10_STD, np.float32)).tolist(), (
+        np.asarray(CIFAR10_MEAN, np.float32) / np.asarray(CIFAR10_STD, np.float32)).tolist()
+    source: list = [(images, True, scale, shift)]
+    if args.case == "cross":
+        source.append((pool.pixels, pool.channels, pool.offsets, pool.sizes,
+                       (np.float32(1 / 255) / pool.std).tolist(), (pool.mean / pool.std).tolist()))
     out = np.empty((512, 3, 32, 32), np.float32)
     seconds = np.zeros((args.rounds, len(cores)))
     for round_ in range(args.rounds):
@@ -53,14 +67,16 @@ def main(argv=None) -> None:
         for b in order_of_builds:
             start = time.perf_counter()
             for rows in batches:
-                cores[b].encode(source, 4, keys.index, keys.lam, keys.offset, keys.flip, rows, keys.mask_key, 0, 0,
-                                out, 0, False, 0, tables_by_row_id=True)
+                cores[b].encode(source, keys.private_terms, keys.index, keys.lam, keys.offset, keys.flip, rows,
+                                keys.mask_key, 0, 0, out, 0, False, 0, tables_by_row_id=True, patches_inside=True,
+                                labels=labels, classes=10)
             seconds[round_, b] = time.perf_counter() - start
     images_per_round = len(batches) * 512
     for b, path in enumerate(args.builds):
         ratio = seconds[:, b] / seconds[:, 0]
-        print(f"{path}: median {images_per_round / np.median(seconds[:, b]):,.0f} images/s, time vs the first build: "
-              f"median ratio {np.median(ratio):.3f}, faster in {np.mean(ratio < 1):.0%} of rounds")
+        print(f"{args.case}, {path}: median {images_per_round / np.median(seconds[:, b]):,.0f} images/s, "
+              f"time vs the first build: median ratio {np.median(ratio):.3f}, "
+              f"faster in {np.mean(ratio < 1):.0%} of rounds")
 
 
 if __name__ == "__main__":

@@ -31,23 +31,22 @@ tail -25 "$out/tests.txt"
 python3 benchmarks/gpu_throughput.py --json "$out/gpu_throughput.json" --host-profile "$out/host_profile.txt" 2>&1 | tee "$out/gpu_throughput.txt"
 
 # Where Nsight Compute is installed: why the kernel runs at the speed it does (DRAM and L2
-# throughput against their peaks, L1/L2 hit rates, warp stall reasons, occupancy), with direct,
-# pipelined and prefetching loads. A diagnostic only: it may be refused (ERR_NVGPUCTRPERM, no counter
-# access), and it gets what is left of 7.5 minutes since the script started (90 s at most).
+# throughput against their peaks, L1/L2 hit rates, warp stall reasons, occupancy). A diagnostic
+# only: it may be refused (ERR_NVGPUCTRPERM, no counter access), and it gets what is left of 7.5
+# minutes since the script started (90 s at most).
 ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2> /dev/null || true)
 if [ -n "$ncu_bin" ] && [ $(( $(date +%s) - script_start )) -lt 420 ]; then
   sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats"
   deadline=$(( script_start + 450 < $(date +%s) + 90 ? script_start + 450 : $(date +%s) + 90 ))
-  for loads in direct pipelined prefetch:2; do
-    left=$(( deadline - $(date +%s) ))
-    [ "$left" -gt 10 ] || { echo "ncu: out of time before the $loads loads"; break; }
-    report="ncu-${loads/:/-}.txt"
+  left=$(( deadline - $(date +%s) ))
+  if [ "$left" -gt 10 ]; then
     timeout "$left" "$ncu_bin" -k regex:encode_kernel --launch-skip 3 --launch-count 1 $sections \
-        python3 benchmarks/gpu_profile_target.py --loads "$loads" > "$out/$report" 2>&1 ||
-      echo "ncu ($loads loads) failed or timed out: see $report"
+        python3 benchmarks/gpu_profile_target.py > "$out/ncu.txt" 2>&1 || echo "ncu failed or timed out: see ncu.txt"
     { grep -m 8 -E "DRAM Throughput|L1/TEX Hit Rate|L2 Hit Rate|Memory Throughput|Achieved Occupancy|Duration" \
-        "$out/$report" || true; } | sed "s/^/ncu $loads: /"
-  done
+        "$out/ncu.txt" || true; } | sed "s/^/ncu: /"
+  else
+    echo "ncu: out of time"
+  fi
 else
   echo "no kernel profile: ncu not found, or no time left"
 fi

@@ -12,11 +12,8 @@ Bytes moved per image = k source windows at their dtype + the output written onc
 come from the host per batch (`fused_cuda`, as numpy arrays) or are slices of an epoch order
 uploaded once (`fused_cuda_device_rows`: no per-batch copy).
 
-Loads: each fused case is timed with each of the kernel's load paths named in --loads
-(INSTAHIDE_CUDA_LOADS: `direct`, the default; `staged`, `staged:2`: through shared memory in
-blocks of 1 or 2 passes; `pipelined`: blocks of 1 pass, the next one's copies in flight while
-one is computed; `prefetch:2`: direct loads, with L2 prefetches 2 passes ahead), in
-alternating rounds on the same inputs, so that they compare on the same machine state.
+Each fused case is timed in --rounds rounds (the median is reported, every round is kept in
+the JSON), the whole call and the kernel alone (from the profiler's GPU activity).
 
 Training overhead: one SGD step of the pre-activation ResNet-18 (and the small CNN) on a batch
 of 128 against encoding that batch on the GPU, from the same GPU-resident uint8 set.
@@ -26,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import numpy as np
 import torch
@@ -102,21 +98,8 @@ def copy_gbps(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / time_cuda(lambda: dst.copy_(src)) / 1e9
 
 
-def with_loads(loads: str, fn, *args):
-    """fn(*args) with the kernel's word-wide loads set to `loads` (read by the core at each call)."""
-    previous = os.environ.get("INSTAHIDE_CUDA_LOADS")
-    os.environ["INSTAHIDE_CUDA_LOADS"] = loads
-    try:
-        return fn(*args)
-    finally:
-        if previous is None:
-            del os.environ["INSTAHIDE_CUDA_LOADS"]
-        else:
-            os.environ["INSTAHIDE_CUDA_LOADS"] = previous
-
-
 def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_path=None, labels_device="cuda",
-         loads=("direct",), rounds=3):
+         rounds=3):
     c, h, w = shape
     images = torch.randint(0, 256, (n, h, w, c), dtype=torch.uint8, device="cuda")
     labels = torch.randint(0, 10, (n,), device=labels_device)
@@ -174,36 +157,31 @@ def case(name, n, shape, k, batch, copy, pool=None, augment=False, host_profile_
             results.append({"impl": impl, "case": name, "batch": batch, "images_per_s": batch / seconds, "gbps": gbps,
                             "fraction_of_copy": gbps / copy})
             continue
-        # each load path in turn, `rounds` times: the median of its rounds
-        times = {path: [] for path in loads}
-        for _ in range(rounds if len(loads) > 1 else 1):
-            for path in loads:
-                times[path].append(with_loads(path, time_cuda, fn))
-        for path in loads:
-            seconds = float(np.median(times[path]))
-            ips = batch / seconds
-            gbps = ips * bytes_per_image / 1e9
-            entry = {"impl": impl, "case": name, "batch": batch, "loads": path, "images_per_s": ips, "gbps": gbps,
-                     "fraction_of_copy": gbps / copy, "round_seconds": times[path]}
-            activity = with_loads(path, gpu_activity, fn)
-            kernel = sum(us for name, us in activity.items() if KERNEL_NAME in name) / 1e6
-            if kernel:
-                entry["kernel_images_per_s"] = batch / kernel
-                entry["kernel_fraction_of_copy"] = batch / kernel * bytes_per_image / 1e9 / copy
-            # the call's time against the GPU's busy time: a call slower than its GPU work
-            # leaves the GPU idle (host-bound)
-            entry["call_us"] = seconds * 1e6
-            entry["gpu_us_per_call"] = activity
-            if host_profile_path and path == loads[0] and impl == "fused_cuda":
-                with_loads(path, host_profile, fn, host_profile_path)
-            results.append(entry)
+        times = [time_cuda(fn) for _ in range(rounds)]
+        seconds = float(np.median(times))
+        ips = batch / seconds
+        gbps = ips * bytes_per_image / 1e9
+        entry = {"impl": impl, "case": name, "batch": batch, "images_per_s": ips, "gbps": gbps,
+                 "fraction_of_copy": gbps / copy, "round_seconds": times}
+        activity = gpu_activity(fn)
+        kernel = sum(us for name, us in activity.items() if KERNEL_NAME in name) / 1e6
+        if kernel:
+            entry["kernel_images_per_s"] = batch / kernel
+            entry["kernel_fraction_of_copy"] = batch / kernel * bytes_per_image / 1e9 / copy
+        # the call's time against the GPU's busy time: a call slower than its GPU work leaves
+        # the GPU idle (host-bound)
+        entry["call_us"] = seconds * 1e6
+        entry["gpu_us_per_call"] = activity
+        if host_profile_path and impl == "fused_cuda":
+            host_profile(fn, host_profile_path)
+        results.append(entry)
     return results
 
 
 def training_overhead(n=50_000, batch=128):
     """Seconds of one training step vs one encoding of its batch, both on the GPU."""
-    from instahide.models import PreActResNet18, SmallCNN
     from instahide.torch import soft_cross_entropy
+    from instahide.torch.models import PreActResNet18, SmallCNN
 
     images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, device="cuda")
     labels = torch.randint(0, 10, (n,), device="cuda")
@@ -237,58 +215,43 @@ def main():
     parser.add_argument("--host-labels", action="store_true",
                         help="class ids on the host: the kernel runs without its label step (the soft labels are "
                              "mixed on the host and uploaded), to measure that step's cost")
-    parser.add_argument("--loads", default="direct,staged,staged:2,pipelined,prefetch:2",
-                        help="the kernel's load paths (INSTAHIDE_CUDA_LOADS values) to time for each fused case, "
-                             "comma-separated; the first is the one compared with torch_ops_cuda "
-                             "(default: direct,staged,staged:2,pipelined,prefetch:2)")
+    parser.add_argument("--rounds", type=int, default=3, help="timing rounds per fused case (median reported)")
     args = parser.parse_args()
-    loads = tuple(path.strip() for path in args.loads.split(",") if path.strip())
-    choices = ("direct", *(f"{mode}{passes}" for mode in ("staged", "pipelined", "prefetch")
-                            for passes in ("", ":1", ":2", ":4")))
-    if not loads or any(path not in choices for path in loads):
-        parser.error(f"--loads {args.loads!r}: expected a comma-separated list of {', '.join(choices)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if not torch.cuda.is_available() or instahide.build_info()["cuda_devices"] == 0:
         raise SystemExit(f"no usable CUDA device: {instahide.build_info()['cuda_status']}")
     copy = copy_gbps()
     results = []
     if not args.quick:
-        results += case("cifar", 50_000, (3, 32, 32), 4, 4096, copy, host_profile_path=args.host_profile, loads=loads)
+        results += case("cifar", 50_000, (3, 32, 32), 4, 4096, copy, host_profile_path=args.host_profile,
+                        rounds=args.rounds)
     labels_device = "cpu" if args.host_labels else "cuda"
-    results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, labels_device=labels_device, loads=loads)
+    results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, labels_device=labels_device, rounds=args.rounds)
     # as in training: random crops of the 4-padded image and horizontal flips
-    results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, augment=True, loads=loads)
+    results += case("cifar", 50_000, (3, 32, 32), 4, 65536, copy, augment=True, rounds=args.rounds)
     pool = instahide.PublicPool.from_images(np.random.default_rng(1).integers(0, 256, (10_000, 40, 40, 3), np.uint8),
                                             short_side=None, progress=False)
-    results += case("cifar", 50_000, (3, 32, 32), 6, 65536, copy, pool=pool, loads=loads)
+    results += case("cifar", 50_000, (3, 32, 32), 6, 65536, copy, pool=pool, rounds=args.rounds)
     overhead = []
     if not args.quick:
-        results += case("imagenet", 2_000, (3, 224, 224), 4, 256, copy, loads=loads)
+        results += case("imagenet", 2_000, (3, 224, 224), 4, 256, copy, rounds=args.rounds)
         overhead = training_overhead()
     print(f"device: {torch.cuda.get_device_name()}, copy {copy:.0f} GB/s (read + write)")
-    print(f"{'impl':<24}{'loads':<12}{'case':<10}{'batch':>7}{'images/s':>14}{'GB/s':>9}{'of copy':>9}"
+    print(f"{'impl':<24}{'case':<10}{'batch':>7}{'images/s':>14}{'GB/s':>9}{'of copy':>9}"
           f"{'kernel of copy':>16}")
     for r in results:
         kernel = f"{r['kernel_fraction_of_copy']:.2f}" if "kernel_fraction_of_copy" in r else "-"
-        print(f"{r['impl']:<24}{r.get('loads', '-'):<12}{r['case']:<10}{r['batch']:>7}{r['images_per_s']:>14,.0f}"
+        print(f"{r['impl']:<24}{r['case']:<10}{r['batch']:>7}{r['images_per_s']:>14,.0f}"
               f"{r['gbps']:>9.1f}{r['fraction_of_copy']:>9.2f}{kernel:>16}")
     for r in results:
         if r.get("gpu_us_per_call"):
             busy = sum(r["gpu_us_per_call"].values())
-            print(f"{r['impl']} ({r['loads']}) {r['case']} batch {r['batch']}: call {r['call_us']:.1f} us, "
+            print(f"{r['impl']} {r['case']} batch {r['batch']}: call {r['call_us']:.1f} us, "
                   f"GPU busy {busy:.1f} us: "
                   + ", ".join(f"{name[:70]} {us:.1f}" for name, us in sorted(r["gpu_us_per_call"].items(),
                                                                         key=lambda item: -item[1])))
-    if len(loads) > 1:  # the load paths against the first, case by case
-        first = {(r["impl"], r["case"], r["batch"]): r for r in results if r.get("loads") == loads[0]}
-        for r in results:
-            base = first.get((r["impl"], r["case"], r["batch"]))
-            if r.get("loads") not in (None, loads[0]) and base:
-                kernel = ""
-                if "kernel_images_per_s" in r and "kernel_images_per_s" in base:
-                    kernel = f", kernel {r['kernel_images_per_s'] / base['kernel_images_per_s']:.3f}x"
-                print(f"{r['impl']} {r['case']} batch {r['batch']}: {r['loads']} loads "
-                      f"{r['images_per_s'] / base['images_per_s']:.3f}x {loads[0]} (call){kernel}")
-    fused = {(r["case"], r["batch"]): r for r in results if r["impl"] == "fused_cuda" and r["loads"] == loads[0]}
+    fused = {(r["case"], r["batch"]): r for r in results if r["impl"] == "fused_cuda"}
     for r in results:
         if r["impl"] == "torch_ops_cuda":
             speedup = fused[r["case"], r["batch"]]["images_per_s"] / r["images_per_s"]
@@ -299,7 +262,7 @@ def main():
     if target:
         best = max(target, key=lambda r: r["fraction_of_copy"])
         print(f"best call at CIFAR batch 65,536: {best['fraction_of_copy']:.3f} of the copy ({best['impl']}, "
-              f"{best['loads']} loads; kernel alone {best.get('kernel_fraction_of_copy', float('nan')):.3f}); "
+              f"kernel alone {best.get('kernel_fraction_of_copy', float('nan')):.3f}); "
               f"target 0.70")
     for o in overhead:
         print(f"training step {o['model']} batch {o['batch']}: {o['step_ms']:.2f} ms, encoding {o['encode_ms']:.3f} ms "

@@ -1,8 +1,9 @@
 """The CPU core's two row kernels (AVX-512 where the CPU has it, portable everywhere) against
 the numpy reference and each other, over layouts, channel counts, pixel and output types,
 window sizes that are not a multiple of the 16-pixel run, padding, flips and public pools.
-INSTAHIDE_CPU_KERNEL=portable forces the portable kernel; unset, the core picks."""
+Encoder(cpu_kernel="portable") forces the portable kernel; "auto" (the default) lets the core pick."""
 
+import copy
 import platform
 import sys
 
@@ -29,18 +30,25 @@ def cpu_flags() -> set:
     return set()
 
 
-def encode_with(kernel, monkeypatch, encoder, images, labels, keys, rows=None):
-    if kernel == "portable":
-        monkeypatch.setenv("INSTAHIDE_CPU_KERNEL", "portable")
-    else:
-        monkeypatch.delenv("INSTAHIDE_CPU_KERNEL", raising=False)
-    return encoder.encode(images, labels, keys, rows=rows)
+def encode_with(kernel, encoder, images, labels, keys, rows=None):
+    """encoder.encode(...) on the CPU row kernel `kernel` (a copy of the encoder: the same key)."""
+    chosen = copy.copy(encoder)
+    chosen.cpu_kernel = kernel
+    return chosen.encode(images, labels, keys, rows=rows)
 
 
 def reference_of(encoder, images, labels, keys, rows=None, **options):
     return reference.encode(images, labels, keys, rows=rows, sign=encoder.sign, mean=encoder.mean, std=encoder.std,
                             layout=encoder.layout, out_layout=encoder.out_layout, out_dtype=encoder.out_dtype,
                             **options)
+
+
+def test_unknown_cpu_kernel_is_a_clear_error():
+    with pytest.raises(ValueError, match="cpu_kernel must be 'auto' or 'portable'"):
+        instahide.Encoder(cpu_kernel="avx2")
+    x = np.zeros((4, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="cpu_kernel must be 'auto' or 'portable'"):
+        encode_with("fast", instahide.Encoder(k=2), x, np.zeros(4, np.int64), instahide.Encoder(k=2).keys(4, 0))
 
 
 def test_build_info_names_the_cpu_kernel():
@@ -57,7 +65,7 @@ def test_build_info_names_the_cpu_kernel():
 @pytest.mark.parametrize("out_layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("layout,channels", [("NHWC", 3), ("NCHW", 3), ("NCHW", 1), ("NHWC", 1),
                                              ("NCHW", 2), ("NCHW", 4), ("NHWC", 4)])
-def test_kernels_match_the_reference_and_each_other(rng, monkeypatch, augment, out_layout, layout, channels):
+def test_kernels_match_the_reference_and_each_other(rng, augment, out_layout, layout, channels):
     for case in range(3):
         dtype = ["uint8", "float32"][case % 2]
         out_dtype = ["float32", "float16", "bfloat16"][int(rng.integers(0, 3))]
@@ -76,7 +84,7 @@ def test_kernels_match_the_reference_and_each_other(rng, monkeypatch, augment, o
         ref, _ = reference_of(encoder, images, labels, keys, rows)
         outputs = {}
         for kernel in KERNELS:
-            out, _ = encode_with(kernel, monkeypatch, encoder, images, labels, keys, rows)
+            out, _ = encode_with(kernel, encoder, images, labels, keys, rows)
             assert out.shape == ref.shape and out.dtype == ref.dtype
             assert_encodings_close(out, ref, out_dtype)
             if encoder.sign == "flip":
@@ -85,7 +93,7 @@ def test_kernels_match_the_reference_and_each_other(rng, monkeypatch, augment, o
         assert_encodings_close(outputs["auto"], outputs["portable"], out_dtype)
 
 
-def test_kernels_agree_on_strided_views(rng, monkeypatch):
+def test_kernels_agree_on_strided_views(rng):
     # Pixel rows read bottom-up (a negative row stride) and every other image of a larger set.
     base = rng.integers(0, 256, (40, 20, 32, 3), dtype=np.uint8)
     images = base[::2, ::-1]
@@ -94,7 +102,7 @@ def test_kernels_agree_on_strided_views(rng, monkeypatch):
     keys = encoder.keys(20, 3)
     ref, _ = reference_of(encoder, images, labels, keys)
     for kernel in KERNELS:
-        out, _ = encode_with(kernel, monkeypatch, encoder, images, labels, keys)
+        out, _ = encode_with(kernel, encoder, images, labels, keys)
         assert_encodings_close(out, ref, "float32")
         assert_signs_identical(out, ref, "float32")
 
@@ -102,7 +110,7 @@ def test_kernels_agree_on_strided_views(rng, monkeypatch):
 @pytest.mark.parametrize("patch", [20, 32])
 @pytest.mark.parametrize("out_layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
-def test_kernels_match_the_reference_in_cross_mode(rng, monkeypatch, out_layout, dtype, patch):
+def test_kernels_match_the_reference_in_cross_mode(rng, out_layout, dtype, patch):
     # A packed pool of mixed image sizes: patches start anywhere inside their image.
     pool_images = [rng.integers(0, 256, (int(rng.integers(patch, 50)), int(rng.integers(patch, 50)), 3), dtype=np.uint8)
                    for _ in range(30)]
@@ -115,6 +123,6 @@ def test_kernels_match_the_reference_in_cross_mode(rng, monkeypatch, out_layout,
     keys = encoder.keys(25, 7)
     ref, _ = reference_of(encoder, images, labels, keys, public=pool)
     for kernel in KERNELS:
-        out, _ = encode_with(kernel, monkeypatch, encoder, images, labels, keys)
+        out, _ = encode_with(kernel, encoder, images, labels, keys)
         assert_encodings_close(out, ref, "float32")
         assert_signs_identical(out, ref, "float32")

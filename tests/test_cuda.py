@@ -321,23 +321,12 @@ def test_cuda_cross_mode_with_a_mixed_size_pool():
     np.testing.assert_allclose(gpu_soft.cpu().numpy(), cpu_soft.numpy(), rtol=1e-6)
 
 
-def encode_with_loads(monkeypatch, loads, encoder, *args, **kwargs):
-    """encoder.encode(...) with the CUDA kernel's word-wide loads set to `loads` (for the rest of
-    the test), output on the host."""
-    monkeypatch.setenv("INSTAHIDE_CUDA_LOADS", loads)
-    out, soft = encoder.encode(*args, **kwargs)
-    return out.cpu(), soft.cpu()
-
-
 @needs_gpu
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("out_dtype,out_layout", [("float32", "NCHW"), ("float16", "NHWC"), ("bfloat16", "NCHW")])
-def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout, out_dtype, out_layout, monkeypatch):
-    # The staged loads (blocks of 1, 2 and 4 passes, and pipelined blocks of 1 and 2) read the
-    # same words through shared memory, and the L2 prefetches change no load: bit-identical
-    # outputs, on real images, with crops into the padding and flips, in
-    # cross mode with a mixed-size pool (rows far apart in wide images fall back to direct
-    # loads), and for planar images (always direct).
+def test_cuda_word_loads_on_real_images_match_the_cpu(cifar_test, layout, out_dtype, out_layout):
+    # The kernel's word-wide path (uint8 images) on real images, with crops into the padding
+    # and flips, in cross mode with a mixed-size pool, and for planar images.
     rng = np.random.default_rng()
     x = cifar_test[0][:500]
     if layout == "NCHW":
@@ -352,30 +341,12 @@ def test_cuda_staged_loads_give_the_bits_of_the_direct_loads(cifar_test, layout,
                                     out_layout=out_layout, **options)
         keys = encoder.keys(500, int(rng.integers(0, 2**32)))
         rows = rng.permutation(500)[:300]
-        bits = torch.int16 if out_dtype != "float32" else torch.int32
-        direct, direct_soft = encode_with_loads(monkeypatch, "direct", encoder, images, labels, keys, rows=rows)
-        for loads in ("staged", "staged:2", "staged:4", "pipelined", "pipelined:2", "prefetch", "prefetch:4"):
-            staged, staged_soft = encode_with_loads(monkeypatch, loads, encoder, images, labels, keys, rows=rows)
-            assert torch.equal(direct.view(bits), staged.view(bits)), (loads, options)
-            assert torch.equal(direct_soft, staged_soft)
-        cpu, _ = encoder.encode(images.cpu(), labels.cpu(), keys, rows=rows)
+        gpu, gpu_soft = encoder.encode(images, labels, keys, rows=rows)
+        cpu, cpu_soft = encoder.encode(images.cpu(), labels.cpu(), keys, rows=rows)
         to_numpy = (lambda t: t.view(torch.int16).numpy().view(np.uint16)) if out_dtype == "bfloat16" else (
             lambda t: t.numpy())
-        assert_encodings_close(to_numpy(direct), to_numpy(cpu), out_dtype)
-
-
-@needs_gpu
-def test_cuda_unknown_load_path_is_a_clear_error(monkeypatch):
-    # checked at every call, also where the images take no word loads (float32)
-    encoder = instahide.Encoder(k=2)
-    uint8 = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, device="cuda")
-    for images in (uint8, uint8.float()):
-        for choice in ("fast", "staged:3", "pipelined:0", "prefetch:8"):
-            message = (f"INSTAHIDE_CUDA_LOADS={choice}: expected 'direct', or 'staged', 'pipelined' or 'prefetch', "
-                       "each alone or with ':N' (N = 1, 2, 4)")
-            with pytest.raises(ValueError, match=re.escape(message)):
-                encode_with_loads(monkeypatch, choice, encoder, images,
-                                  torch.zeros(8, dtype=torch.int64, device="cuda"), encoder.keys(8, 0))
+        assert_encodings_close(to_numpy(gpu.cpu()), to_numpy(cpu), out_dtype)
+        assert torch.equal(gpu_soft.cpu(), cpu_soft), options
 
 
 @needs_gpu
@@ -414,6 +385,29 @@ def test_cuda_soft_labels_mixed_by_the_kernel_match_the_host_bit_for_bit(k, priv
     _, gpu_soft = encoder.encode(images.cuda(), labels.cuda(), keys, rows=rows)
     _, cpu_soft = encoder.encode(images, labels, keys, rows=rows)
     assert gpu_soft.is_cuda and gpu_soft.dtype == torch.float32 and gpu_soft.shape == (300, classes)
+    np.testing.assert_array_equal(gpu_soft.cpu().numpy(), cpu_soft.numpy())
+
+
+@needs_gpu
+@pytest.mark.parametrize("k,private_terms,classes,dtype,renormalize", [
+    (4, 4, 10, torch.float32, False), (6, 2, 100, torch.float64, False), (3, 3, 40, torch.float32, True)])
+def test_cuda_soft_input_labels_mixed_by_the_kernel_match_the_host_bit_for_bit(k, private_terms, classes, dtype,
+                                                                               renormalize):
+    rng = np.random.default_rng(k * 100 + classes)
+    n = 400
+    images = torch.from_numpy(rng.integers(0, 256, (n, 3, 8, 8), np.uint8))
+    soft_in = torch.from_numpy(rng.dirichlet(np.ones(classes), n)).to(dtype)
+    cross = {}
+    if private_terms < k:
+        pool = instahide.PublicPool.from_images(rng.integers(0, 256, (20, 10, 10, 3), np.uint8), short_side=None,
+                                                progress=False)
+        cross = {"private_terms": private_terms, "public": pool, "patch_size": 8}
+    encoder = instahide.Encoder(k=k, renormalize_labels=renormalize, **cross)
+    keys = encoder.keys(n, 4)
+    rows = rng.permutation(n)[:250]
+    _, gpu_soft = encoder.encode(images.cuda(), soft_in.cuda(), keys, rows=rows)
+    _, cpu_soft = encoder.encode(images, soft_in, keys, rows=rows)
+    assert gpu_soft.is_cuda and gpu_soft.dtype == torch.float32 and gpu_soft.shape == (250, classes)
     np.testing.assert_array_equal(gpu_soft.cpu().numpy(), cpu_soft.numpy())
 
 

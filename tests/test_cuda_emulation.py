@@ -2,9 +2,7 @@
 at each warp sync) against the CPU core on thousands of random cases
 (csrc/tests/emulate_cuda.cu): compiled with nvcc where it is found, so the kernel's index
 arithmetic and its warp synchronization are checked on machines without a GPU (CI has nvcc and
-no GPU). The other load paths (staged in blocks, pipelined, L2 prefetch) must give the direct
-loads' bits; the staged copies land only at the wait that covers them, so a missing wait
-fails."""
+no GPU)."""
 
 import re
 import shutil
@@ -29,12 +27,8 @@ def test_cuda_kernel_emulated_on_the_host_matches_the_cpu_core(tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     run = subprocess.run([str(program)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
-    summary = re.search(r"(\d+) cases \((\d+) on the word-wide path, (\d+) of them also with staged loads: "
-                        r"(\d+) blocks staged, (\d+) of them pipelined; (\d+) prefetches\), (\d+) failed", run.stdout)
+    summary = re.search(r"(\d+) cases \((\d+) on the word-wide path\), (\d+) failed", run.stdout)
     assert summary, run.stdout[-3000:]
-    cases, word_cases, staged_cases, staged_blocks, pipelined_blocks, prefetches, failed = map(int, summary.groups())
+    cases, word_cases, failed = map(int, summary.groups())
     assert failed == 0 and cases >= 3000
-    assert word_cases >= cases // 10  # both paths of the kernel were exercised
-    assert staged_cases == word_cases and staged_blocks >= word_cases  # and the staged loads, bit for bit
-    assert pipelined_blocks >= word_cases // 2  # ... pipelined too
-    assert prefetches >= word_cases  # ... and the L2 prefetches (all inside the images, or it fails)
+    assert cases // 10 <= word_cases < cases  # both paths of the kernel were exercised

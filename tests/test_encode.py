@@ -242,6 +242,35 @@ def test_core_label_mixing_equals_weighted_bincount(rng, k, private_terms, class
     assert soft.dtype == np.float32 and np.array_equal(soft, expected)
 
 
+@pytest.mark.parametrize("k,private_terms,classes", [(1, 1, 3), (4, 4, 10), (6, 2, 100)])
+def test_core_mixes_soft_input_labels_as_the_reference(rng, k, private_terms, classes):
+    """Soft (n, K) input labels are mixed by the core too: sum over private terms, in order, of
+    lam * the image's label row, in float64 with one rounding: the reference's bits."""
+    n = 200
+    soft_in = rng.dirichlet(np.ones(classes), n).astype(np.float32)
+    soft_in[rng.random(n) < 0.2] = 0.0  # rows of zeros too
+    index = rng.integers(0, n, (n, k))
+    lam = rng.dirichlet(np.ones(k), n).astype(np.float32)
+    rows = rng.permutation(n)[:77].astype(np.int64)
+    soft = instahide._core.mix_labels(index, lam, rows, private_terms, soft_in, classes)
+    expected = sum(lam[rows, t].astype(np.float64)[:, None] * soft_in[index[rows, t]].astype(np.float64)
+                   for t in range(private_terms)).astype(np.float32)
+    assert soft.dtype == np.float32 and np.array_equal(soft, expected)
+    # and through the encoder, against the reference, with and without renormalization
+    images = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+    for renormalize in (False, True):
+        encoder = instahide.Encoder(k=k, renormalize_labels=renormalize, layout="NHWC")
+        keys = encoder.keys(n, 5)
+        _, got = encoder.encode(images, soft_in.astype(np.float64), keys, rows=rows)
+        _, ref = reference.encode(images, soft_in, keys, rows=rows, renormalize_labels=renormalize, layout="NHWC")
+        if renormalize:
+            np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+        else:
+            assert np.array_equal(got, ref)
+    with pytest.raises(ValueError, match="at least one class"):
+        encoder.encode(images, np.zeros((n, 0), np.float32), keys)
+
+
 def test_gather_sum_yardstick_equals_numpy(rng):
     """The benchmarks' access-pattern yardstick computes what it claims: sums of k images."""
     images = rng.integers(0, 256, (30, 7, 5, 3), dtype=np.uint8)

@@ -125,13 +125,38 @@ void read_tables(EncodeArgs& a, const py::array& index, const py::array& lam, co
   a.row_id = table<int64_t>(row_id, "row_id", {a.rows});
 }
 
-// With `labels` (class ids, int64, one per private image) also returns the rows' soft labels
-// (rows, classes) float32, mixed in the same parallel call; else None.
+// LabelArgs of host labels: class ids (n,) int64, or soft label rows (n, classes) float32,
+// C-contiguous; the output (rows, classes) float32 is allocated into `soft`.
+LabelArgs read_labels(const py::array& labels, int64_t classes, bool renormalize, int64_t rows, py::object& soft) {
+  LabelArgs l;
+  if (same_dtype(labels.dtype(), py::dtype::of<float>())) {
+    if (labels.ndim() != 2) fail("soft labels: must have shape (n, classes)");
+    l.label_count = labels.shape(0);
+    if (labels.shape(1) != classes) fail("soft labels: must have `classes` columns");
+    l.soft = table<float>(labels, "soft labels", {l.label_count, classes});
+  } else {
+    if (labels.ndim() != 1) fail("labels: must be one-dimensional class ids or (n, classes) float32 soft labels");
+    l.label_count = labels.shape(0);
+    l.class_ids = table<int64_t>(labels, "labels", {l.label_count});
+  }
+  if (classes < 1) fail("classes must be >= 1");
+  l.classes = classes;
+  l.renormalize = renormalize;
+  py::array_t<float> out({rows, classes});
+  l.out = out.mutable_data();
+  soft = out;
+  return l;
+}
+
+// With `labels` (class ids (n,) int64 or soft labels (n, classes) float32 of the private
+// images) also returns the rows' soft labels (rows, classes) float32, mixed in the same
+// parallel call; else None.
 py::object encode(const py::list& sources, int private_terms, const py::array& index, const py::array& lam,
                   const py::array& offset, const py::array& flip, const py::array& row_id, const py::bytes& mask_key,
                   uint32_t epoch, int sign, py::array out, int out_type, bool out_channels_last, int num_threads,
                   bool tables_by_row_id, bool patches_inside, const py::object& labels, int64_t classes,
-                  bool renormalize) {
+                  bool renormalize, const std::string& cpu_kernel) {
+  if (cpu_kernel != "auto" && cpu_kernel != "portable") fail("cpu_kernel must be 'auto' or 'portable'");
   EncodeArgs a;
   a.patches_inside = patches_inside;
   if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
@@ -165,41 +190,29 @@ py::object encode(const py::list& sources, int private_terms, const py::array& i
 
   LabelArgs label_args;
   py::object soft = py::none();
-  if (!labels.is_none()) {
-    const py::array ids = labels.cast<py::array>();
-    if (ids.ndim() != 1) fail("labels: must be one-dimensional class ids");
-    label_args.label_count = ids.shape(0);
-    label_args.labels = table<int64_t>(ids, "labels", {label_args.label_count});
-    if (classes < 1) fail("classes must be >= 1");
-    label_args.classes = classes;
-    label_args.renormalize = renormalize;
-    py::array_t<float> soft_labels({a.rows, classes});
-    label_args.out = soft_labels.mutable_data();
-    soft = soft_labels;
-  }
+  if (!labels.is_none()) label_args = read_labels(labels.cast<py::array>(), classes, renormalize, a.rows, soft);
   {
     py::gil_scoped_release release;
-    encode_cpu(a, num_threads, labels.is_none() ? nullptr : &label_args);
+    encode_cpu(a, num_threads, labels.is_none() ? nullptr : &label_args,
+               cpu_kernel == "portable" ? CpuKernel::kPortable : CpuKernel::kAuto);
   }
   return soft;
 }
 
-// Soft labels (rows, classes) float32 from class ids (int64, one per private image), the
-// tables looked up by row id.
-py::array_t<float> mix_labels(const py::array& index, const py::array& lam, const py::array& row_id, int private_terms,
-                              const py::array& labels, int64_t classes) {
+// Soft labels (rows, classes) float32 of the rows `row_id` from the private images' labels
+// (class ids (n,) int64 or soft labels (n, classes) float32), the tables looked up by row id.
+py::object mix_labels(const py::array& index, const py::array& lam, const py::array& row_id, int private_terms,
+                      const py::array& labels, int64_t classes, bool renormalize) {
   EncodeArgs a;
   read_tables(a, index, lam, row_id, true);
   a.private_terms = private_terms;
-  if (labels.ndim() != 1) fail("labels: must be one-dimensional class ids");
-  const int64_t count = labels.shape(0);
-  const int64_t* ids = table<int64_t>(labels, "labels", {count});
-  if (classes < 1) fail("classes must be >= 1");
-  py::array_t<float> out({a.rows, classes});
-  float* o = out.mutable_data();
-  py::gil_scoped_release release;
-  mix_labels_cpu(a, ids, count, classes, o);
-  return out;
+  py::object soft;
+  const LabelArgs l = read_labels(labels, classes, renormalize, a.rows, soft);
+  {
+    py::gil_scoped_release release;
+    mix_labels_cpu(a, l);
+  }
+  return soft;
 }
 
 // The benchmarks' access-pattern yardstick (see gather_sum_cpu): images (N, ...) uint8,
@@ -286,8 +299,9 @@ ImageSource read_device_source(const py::tuple& spec) {
 
 // The CUDA kernel on device pointers (keys tables of `rows` rows, output C-contiguous),
 // queued on `stream` of `device`; returns before the kernel ends. With `soft` (not 0), it
-// also mixes the rows' soft labels from `labels`: (pointer to label_count int64 class ids,
-// label_count, classes, renormalize).
+// also mixes the rows' soft labels into it from `labels`: (pointer to label_count int64 class
+// ids, or to label_count rows of `classes` float32 soft labels, label_count, classes,
+// renormalize, whether the pointer is to soft labels).
 void encode_on_cuda(const py::list& sources, int private_terms, int64_t rows, int k, uintptr_t index, uintptr_t lam,
                  uintptr_t offset, uintptr_t flip, uintptr_t row_id, const py::bytes& mask_key, uint32_t epoch, int sign,
                  uintptr_t out, int out_type, bool out_channels_last, int64_t out_height, int64_t out_width, int device,
@@ -314,8 +328,11 @@ void encode_on_cuda(const py::list& sources, int private_terms, int64_t rows, in
   a.out_height = out_height, a.out_width = out_width;
   LabelArgs label_args;
   if (soft) {
-    const auto spec = labels.cast<std::tuple<uintptr_t, int64_t, int64_t, bool>>();
-    label_args.labels = reinterpret_cast<const int64_t*>(std::get<0>(spec));
+    const auto spec = labels.cast<std::tuple<uintptr_t, int64_t, int64_t, bool, bool>>();
+    if (std::get<4>(spec))
+      label_args.soft = reinterpret_cast<const float*>(std::get<0>(spec));
+    else
+      label_args.class_ids = reinterpret_cast<const int64_t*>(std::get<0>(spec));
     label_args.label_count = std::get<1>(spec);
     label_args.classes = std::get<2>(spec);
     label_args.renormalize = std::get<3>(spec);
@@ -370,9 +387,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("offset"), py::arg("flip"), py::arg("row_id"), py::arg("mask_key"), py::arg("epoch"),
         py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"), py::arg("num_threads"),
         py::arg("tables_by_row_id") = false, py::arg("patches_inside") = false, py::arg("labels") = py::none(),
-        py::arg("classes") = 0, py::arg("renormalize") = false);
+        py::arg("classes") = 0, py::arg("renormalize") = false, py::arg("cpu_kernel") = "auto");
   m.def("mix_labels", &mix_labels, py::arg("index"), py::arg("lam"), py::arg("row_id"), py::arg("private_terms"),
-        py::arg("labels"), py::arg("classes"));
+        py::arg("labels"), py::arg("classes"), py::arg("renormalize") = false);
   m.def("gather_sum", &gather_sum, py::arg("images"), py::arg("index"), py::arg("num_threads") = 0);
   m.def("mask", &mask, py::arg("key"), py::arg("epoch"), py::arg("row_id"), py::arg("elements"),
         py::arg("num_threads") = 0);

@@ -11,6 +11,9 @@ namespace instahide {
 enum class PixelType : int32_t { kUint8 = 0, kFloat32 = 1 };
 enum class OutType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 enum class SignMode : int32_t { kFlip = 0, kAbs = 1, kNone = 2 };
+// The CPU row kernel: kAuto takes the AVX-512 kernel where it applies (build, CPU and
+// arguments allow it), kPortable always the portable one (tests and A/B runs compare both).
+enum class CpuKernel : int32_t { kAuto = 0, kPortable = 1 };
 
 constexpr int kMaxTerms = 16;
 constexpr int kMaxChannels = 4;
@@ -64,11 +67,13 @@ struct EncodeArgs {
   int64_t out_height = 0, out_width = 0;
 };
 
-// Soft labels mixed alongside an encode call (by encode_cpu and encode_cuda, as
-// mix_labels_cpu): out[r, c] = sum over private terms t, in order, of lam[r, t] where the
-// term's image has class c, summed in double and rounded once to float.
+// The soft labels of the rows of an encode call, mixed from the private images' labels (by
+// encode_cpu and encode_cuda alongside the encoding, or by mix_labels_cpu alone): out[r, c] =
+// sum over private terms t, in order, of lam[r, t] * y[c], y the one-hot class id or the soft
+// label row of the term's image, the products and sums in double, rounded once to float.
 struct LabelArgs {
-  const int64_t* labels = nullptr;  // label_count class ids, one per private image
+  const int64_t* class_ids = nullptr;  // label_count class ids, one per private image, or
+  const float* soft = nullptr;         // label_count soft label rows of `classes` (one of the two)
   int64_t label_count = 0, classes = 0;
   bool renormalize = false;  // divide each row by its private coefficient sum (float, in term order)
   float* out = nullptr;      // (rows, classes), C-contiguous
@@ -85,15 +90,13 @@ void validate(const EncodeArgs& args);
 // CPU kernel: encodes all rows of `args` on `num_threads` threads (0: the default count);
 // with `labels`, also mixes the rows' soft labels (mix_labels_cpu's sums, then divided by the
 // row's private coefficient sum where `renormalize`), as tasks of the same parallel loop.
-void encode_cpu(const EncodeArgs& args, int num_threads, const LabelArgs* labels = nullptr);
+void encode_cpu(const EncodeArgs& args, int num_threads, const LabelArgs* labels = nullptr,
+                CpuKernel kernel = CpuKernel::kAuto);
 
-// Soft labels (rows, classes) of the rows of `args` from class ids `labels` (label_count of
-// them, one per private image): out[r, c] = sum over private terms t, in order, of lam[r, t]
-// where labels[index[r, t]] == c, summed in double and rounded once to float (as numpy's
-// weighted bincount). Reads only the term counts, rows, row ids and the index and lam tables
-// of `args`, and checks what it reads: std::invalid_argument for a row id, index or class id
-// out of range.
-void mix_labels_cpu(const EncodeArgs& args, const int64_t* labels, int64_t label_count, int64_t classes, float* out);
+// The soft labels of the rows of `args` into labels.out, as LabelArgs describes. Reads only
+// the term counts, rows, row ids and the index and lam tables of `args`, and checks what it
+// reads: std::invalid_argument for a row id, index or class id out of range.
+void mix_labels_cpu(const EncodeArgs& args, const LabelArgs& labels);
 
 // Mask spec v1 for `rows` rows: out[r, j] = +1 or -1, j = c*H*W + y*W + x.
 void mask_cpu(const uint8_t key[32], uint32_t epoch, const int64_t* row_id, int64_t rows,

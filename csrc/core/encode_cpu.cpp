@@ -660,13 +660,19 @@ void mix_label_rows(const EncodeArgs& a, const LabelArgs& l, int64_t r0, int64_t
         throw std::invalid_argument("keys.index[" + std::to_string(row) + ", " + std::to_string(t) + "] = " +
                                     std::to_string(image) + " is out of range for " + std::to_string(l.label_count) +
                                     " labels");
-      const int64_t label = l.labels[image];
+      const float lam = a.lam[entry + t];
+      total += lam;
+      if (l.soft) {
+        const float* y = l.soft + image * l.classes;
+        for (int64_t c = 0; c < l.classes; ++c) sums[size_t(c)] += double(lam) * double(y[c]);
+        continue;
+      }
+      const int64_t label = l.class_ids[image];
       if (label < 0 || label >= l.classes)
         throw std::invalid_argument("labels[" + std::to_string(image) + "] = " + std::to_string(label) +
                                     " is out of range: class ids must be >= 0 and below num_classes = " +
                                     std::to_string(l.classes));
-      sums[size_t(label)] += double(a.lam[entry + t]);
-      total += a.lam[entry + t];
+      sums[size_t(label)] += double(lam);
     }
     float* out = l.out + r * l.classes;
     for (int64_t c = 0; c < l.classes; ++c) out[c] = float(sums[size_t(c)]);
@@ -680,19 +686,22 @@ void check_label_args(const EncodeArgs& a, const LabelArgs& l) {
   check(a.rows >= 0 && l.label_count >= 0, "rows and labels must be >= 0");
   check(l.classes >= 1, [&] { return describe("classes", l.classes) + " must be >= 1"; });
   check(a.rows <= INT64_MAX / l.classes, "rows x classes overflows");
-  check(a.rows == 0 || (a.index && a.lam && a.row_id && l.labels && l.out), "null table, labels or output");
+  check(!(l.class_ids && l.soft), "class ids and soft labels: give one of the two");
+  check(l.label_count <= INT64_MAX / l.classes, "labels x classes overflows");
+  check(a.rows == 0 || (a.index && a.lam && a.row_id && (l.class_ids || l.soft) && l.out),
+        "null table, labels or output");
 }
 
 constexpr int64_t kLabelRowsPerTask = 256;
 
-void encode_all(const EncodeArgs& args, int num_threads, const LabelArgs* labels) {
+void encode_all(const EncodeArgs& args, int num_threads, const LabelArgs* labels, CpuKernel kernel) {
   const ImageSource& priv = args.sources[0];
   const int64_t C = priv.channels, H = args.out_height, W = args.out_width;
   const int64_t bytes = mask_bytes_per_row(C, H, W);
   const int64_t stride = bytes + kKeystreamPad;
   const int64_t tasks = (args.rows + kRowsPerTask - 1) / kRowsPerTask;
   const Patterns patterns = make_patterns(args);
-  const bool avx512 = cpu::avx512_kernel_applies(args);
+  const bool avx512 = kernel == CpuKernel::kAuto && cpu::avx512_kernel_applies(args);
   // Label tasks come after the encode tasks: whichever thread runs out of rows first takes
   // them. A batch of one encode task mixes its labels after it, without waking a thread.
   const int64_t label_tasks = labels && tasks > 1 ? (args.rows + kLabelRowsPerTask - 1) / kLabelRowsPerTask : 0;
@@ -829,16 +838,15 @@ void validate(const EncodeArgs& a) {
   validate_rows(a, 0, a.rows);
 }
 
-void encode_cpu(const EncodeArgs& args, int num_threads, const LabelArgs* labels) {
+void encode_cpu(const EncodeArgs& args, int num_threads, const LabelArgs* labels, CpuKernel kernel) {
   validate_call(args);  // and each task validates its rows before it reads them
   if (labels) check_label_args(args, *labels);
+  if (kernel != CpuKernel::kAuto && kernel != CpuKernel::kPortable) throw std::invalid_argument("unknown CPU kernel");
   if (args.rows == 0) return;
-  encode_all(args, num_threads, labels);
+  encode_all(args, num_threads, labels, kernel);
 }
 
-void mix_labels_cpu(const EncodeArgs& a, const int64_t* labels, int64_t label_count, int64_t classes, float* out) {
-  LabelArgs l;
-  l.labels = labels, l.label_count = label_count, l.classes = classes, l.out = out;
+void mix_labels_cpu(const EncodeArgs& a, const LabelArgs& l) {
   check_label_args(a, l);
   mix_label_rows(a, l, 0, a.rows);
 }

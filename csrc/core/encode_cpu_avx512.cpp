@@ -10,7 +10,6 @@
 // in order (one FMA each), plus the flipped terms summed apart from 0 in order.
 #include "encode_cpu_avx512.h"
 
-#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -435,8 +434,6 @@ bool avx512_kernel_available() {
 
 bool avx512_kernel_applies(const EncodeArgs& a) {
   if (!avx512_kernel_available()) return false;
-  const char* choice = std::getenv("INSTAHIDE_CPU_KERNEL");
-  if (choice && std::strcmp(choice, "portable") == 0) return false;
   const ImageSource& first = a.sources[0];
   const int64_t C = first.channels;
   // Interleaved runs of 3 channels, or channel planes (one channel is both).

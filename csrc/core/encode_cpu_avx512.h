@@ -15,8 +15,7 @@ bool avx512_kernel_available();
 
 // Whether encode_rows_avx512 can encode `args` here: compiled in, the CPU has AVX-512 (F, BW,
 // VL, DQ) and BMI2, the sources are uint8 or float32 with unit-stride pixel runs (3 channels
-// interleaved, or channel planes), and channels-last output has 1 or 3 channels. The
-// environment variable INSTAHIDE_CPU_KERNEL=portable turns it off (tests compare both kernels).
+// interleaved, or channel planes), and channels-last output has 1 or 3 channels.
 bool avx512_kernel_applies(const EncodeArgs& args);
 
 // Rows [r0, r1) of a validated call, with row r's mask keystream at keystream + (r - r0) * stride.

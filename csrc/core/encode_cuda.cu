@@ -11,9 +11,8 @@
 // are independent loads in flight together. A warp's writes are contiguous for both output
 // layouts; the mask bits come from shared memory. The warp of a row's first chunk also mixes
 // the row's soft labels when the call asks for them (see load_label). uint8 images take a
-// word-wide path (see compute_chunk_words), whose loads can go through shared memory, in
-// blocks or pipelined (see plan_stage; INSTAHIDE_CUDA_LOADS). A warp's whole work is
-// encode_chunks, which the host emulation in tests runs as is.
+// word-wide path (see compute_chunk_words). A warp's whole work is encode_chunks, which the
+// host emulation in tests runs as is.
 #include "encode_cuda.h"
 
 #include <cuda_bf16.h>
@@ -22,12 +21,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
-#include <utility>
 
 #include "chacha20.h"
 #include "encode.h"
@@ -42,20 +39,9 @@ constexpr int kWarps = kThreads / 32;
 // (byte path), and terms whose loads are issued together; more of either puts more bytes in
 // flight per lane at the cost of registers. Four blocks per SM cap the kernel at 64 registers
 // (8 bytes spilled), 32 warps per SM in all: more loads in flight per SM.
-#ifndef INSTAHIDE_CUDA_PIXELS_PER_LANE
-#define INSTAHIDE_CUDA_PIXELS_PER_LANE 2
-#endif
-#ifndef INSTAHIDE_CUDA_TERMS_PER_GROUP
-#define INSTAHIDE_CUDA_TERMS_PER_GROUP 2
-#endif
-#ifndef INSTAHIDE_CUDA_MIN_BLOCKS  // blocks per SM the register allocation must allow
-#define INSTAHIDE_CUDA_MIN_BLOCKS 4
-#endif
-#ifndef INSTAHIDE_CUDA_WORD_LOADS  // the word-wide path for uint8 images (0: byte loads only)
-#define INSTAHIDE_CUDA_WORD_LOADS 1
-#endif
-constexpr int kPixelsPerThread = INSTAHIDE_CUDA_PIXELS_PER_LANE;  // per lane and pass
-constexpr int kTermsPerGroup = INSTAHIDE_CUDA_TERMS_PER_GROUP;
+constexpr int kPixelsPerThread = 2;  // per lane and pass
+constexpr int kTermsPerGroup = 2;
+constexpr int kMinBlocksPerSM = 4;  // blocks per SM the register allocation must allow
 static_assert(kTermsPerGroup == 1 || kTermsPerGroup == 2 || kTermsPerGroup == 4, "1, 2 or 4 terms per group");
 constexpr int kPassPixels = 32 * kPixelsPerThread;
 constexpr int kChunkPixels = 1024;   // a CIFAR image; larger images are cut into such chunks
@@ -92,22 +78,17 @@ INSTAHIDE_HD T load_readonly(const T* p) {
 #endif
 }
 
-// __syncwarp on the device. The host pass (the emulation in tests) runs a warp's lanes as
-// fibers that switch to each other here, so that code between two syncs runs lane by lane.
-[[maybe_unused]] void (*host_warp_sync)() = nullptr;
-[[maybe_unused]] bool host_stage_fault = false;   // a lane read a staged word outside its term's range
-[[maybe_unused]] int64_t host_staged_blocks = 0;  // blocks of passes that took the staged loads
-// The emulation's asynchronous copies (see copy16_async): where set, a copy lands only at the
-// wait that covers its group, as on the device. Null: copies land at once.
-[[maybe_unused]] void (*host_copy_async)(uint32_t* shared_dst, const uint32_t* global_src) = nullptr;
-[[maybe_unused]] void (*host_commit_copies)() = nullptr;
-[[maybe_unused]] void (*host_wait_copies)(int pending_groups) = nullptr;
-[[maybe_unused]] void (*host_prefetch)(const char* address) = nullptr;  // the emulation checks each
+// __syncwarp on the device. On the host, nothing, unless the includer defines
+// INSTAHIDE_HOST_WARP_SYNC: the emulation in csrc/tests runs a warp's lanes as fibers that
+// switch to each other there, so that code between two syncs runs lane by lane.
+#ifndef INSTAHIDE_HOST_WARP_SYNC
+#define INSTAHIDE_HOST_WARP_SYNC()
+#endif
 INSTAHIDE_HD void warp_sync() {
 #if defined(__CUDA_ARCH__)
   __syncwarp();
 #else
-  if (host_warp_sync) host_warp_sync();
+  INSTAHIDE_HOST_WARP_SYNC();
 #endif
 }
 
@@ -148,10 +129,6 @@ struct Source {
   float scale[kMaxChannels], shift[kMaxChannels];
 };
 
-// How the word-wide path loads (INSTAHIDE_CUDA_LOADS; one kernel each, so that one path's
-// state costs the others no registers): see word_pass, plan_stage and prefetch_block.
-enum class Loads { kDirect, kStaged, kPipelined, kPrefetch };
-
 // Everything the kernel reads besides device memory (passed by value).
 struct Params {
   Source src[2];
@@ -168,11 +145,11 @@ struct Params {
   uint32_t H, W, HW;  // output window; C * H * W < 2^31
   FastDiv div_w;
   int64_t chunks_per_row, items;  // items = rows * chunks_per_row
-  bool words;    // host only: the launch takes the word-wide path (see compute_chunk_words)
-  Loads loads;   // host only: ... and loads this way
-  int stage_passes;  // passes per staged block; with kPrefetch, passes ahead
-  // Soft labels, mixed by the warp of each row's first chunk (labels null: none).
-  const int64_t* labels;
+  bool words;  // host only: the launch takes the word-wide path (see compute_chunk_words)
+  // Soft labels, mixed by the warp of each row's first chunk from class ids or soft label
+  // rows (both null: none).
+  const int64_t* class_ids;
+  const float* soft_in;
   int64_t label_count, classes;
   bool renormalize;
   float* soft;
@@ -224,13 +201,8 @@ INSTAHIDE_HD void setup_keystream(const Params& P, Shared& sh, int lane, uint64_
 
 // Phase 1 of a chunk (row, pixels [p0, p1)), lane `lane` of its warp: keystream and terms
 // into the warp's `sh`. The term's table entries are loaded first, so that they are in
-// flight while the keystream is computed; with kTermsFirst the terms are written (and the
-// warp synced) before the keystream, and after_terms() runs between the two: the pipelined
-// loads issue the chunk's first copies there (and the prefetching loads ask L2 for its first
-// passes), so that they are in flight instead.
-template <bool kTermsFirst, typename AfterTerms>
-INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row, uint32_t p0, uint32_t p1,
-                              const AfterTerms& after_terms) {
+// flight while the keystream is computed.
+INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row, uint32_t p0, uint32_t p1) {
   const int t = lane;
   const bool has_term = t < P.k;
   const uint64_t id = uint64_t(P.row_id ? P.row_id[row] : 0);
@@ -239,7 +211,7 @@ INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row
   const float lam = has_term ? P.lam[at] : 0.0f;
   const int32_t dy = has_term ? P.offset[2 * at] : 0, dx = has_term ? P.offset[2 * at + 1] : 0;
   const bool flip = has_term && P.flip[at] != 0;
-  if constexpr (!kTermsFirst) setup_keystream(P, sh, lane, id, p0, p1);
+  setup_keystream(P, sh, lane, id, p0, p1);
   if (has_term) {
     const Source& s = P.src[t < P.private_terms ? 0 : 1];
     Term& term = sh.term[t];
@@ -265,26 +237,24 @@ INSTAHIDE_HD void setup_chunk(const Params& P, Shared& sh, int lane, int64_t row
     term.lam = lam;
     term.label_index = t < P.private_terms && idx >= 0 && idx < P.label_count ? idx : -1;
   }
-  if constexpr (kTermsFirst) {
-    warp_sync();  // the terms are written
-    after_terms();
-    setup_keystream(P, sh, lane, id, p0, p1);
-  }
 }
 
 // ---- Soft labels, by the warp of each row's first chunk, in three steps around the chunk's
 // passes: each lane of a private term loads its class id before the passes (so that the
 // load's latency hides behind them), puts it into shared memory after them, and then the
-// lanes write the row's classes lane, lane + 32, ... The sums are mix_labels_cpu's (double,
-// private terms in order, one rounding), so both agree bit for bit; a class id out of range
-// adds to no class.
-INSTAHIDE_HD bool mixes_labels(const Params& P, uint32_t p0) { return P.labels != nullptr && p0 == 0; }
+// lanes write the row's classes lane, lane + 32, ... (soft label rows are read in that last
+// step, a class per lane). The sums are mix_labels_cpu's (double, private terms in order, one
+// rounding), so both agree bit for bit; a class id out of range, or the label of an image
+// index out of range, adds to no class.
+INSTAHIDE_HD bool mixes_labels(const Params& P, uint32_t p0) {
+  return (P.class_ids != nullptr || P.soft_in != nullptr) && p0 == 0;
+}
 
 // (The class id is kept as int32, one register across the passes: classes < 2^31.)
 INSTAHIDE_HD int32_t load_label(const Params& P, const Shared& sh, int lane, uint32_t p0) {
-  if (!mixes_labels(P, p0) || lane >= P.private_terms) return -1;
+  if (!mixes_labels(P, p0) || P.class_ids == nullptr || lane >= P.private_terms) return -1;
   const int64_t image = sh.term[lane].label_index;
-  const int64_t label = image >= 0 ? load_readonly(P.labels + image) : -1;
+  const int64_t label = image >= 0 ? load_readonly(P.class_ids + image) : -1;
   return label >= 0 && label < P.classes ? int32_t(label) : -1;
 }
 
@@ -300,7 +270,12 @@ INSTAHIDE_HD void write_labels(const Params& P, const Shared& sh, int lane, int6
     for (int t = 0; t < P.private_terms; ++t) {
       const float lam = sh.term[t].lam;
       lam_sum += lam;
-      if (sh.term[t].label == c) sum += double(lam);
+      if (P.soft_in) {
+        const int64_t image = sh.term[t].label_index;
+        if (image >= 0) sum += double(lam) * double(load_readonly(P.soft_in + image * P.classes + c));
+      } else if (sh.term[t].label == c) {
+        sum += double(lam);
+      }
     }
     P.soft[row * P.classes + c] = P.renormalize ? float(sum) / lam_sum : float(sum);
   }
@@ -500,12 +475,10 @@ INSTAHIDE_HD const uint32_t* aligned_words(const Term& term) {
 
 // The words of term `term` for the lane's pixels x..x+3 of output row y: word[m] and, per
 // run of bytes (one channels-last, one per channel planar), its byte shift; in[i]: pixel i
-// is inside the image. fetch(at) reads the image's word at byte offset `at` (from the
-// image's 4-aligned base): from global memory, or from the warp's staged copy.
-template <int kC, typename Fetch>
-INSTAHIDE_HD void load_term_words(const Params& P, const Term& term, uint32_t y, uint32_t x, bool live,
-                                  const Fetch& fetch, uint32_t (&word)[2 * kC], uint32_t (&shift)[kC],
-                                  bool (&in)[kWordPixels]) {
+// is inside the image. `base` is aligned_words(term).
+template <int kC>
+INSTAHIDE_HD void load_term_words(const Params& P, const Term& term, const uint32_t* base, uint32_t y, uint32_t x,
+                                  bool live, uint32_t (&word)[2 * kC], uint32_t (&shift)[kC], bool (&in)[kWordPixels]) {
   const uint32_t ys = y + uint32_t(term.dy);
   const bool row_in = live & (ys < term.height);
   // Source columns xlo..xlo+3 (unsigned wrap-around: one compare tests both ends).
@@ -521,7 +494,7 @@ INSTAHIDE_HD void load_term_words(const Params& P, const Term& term, uint32_t y,
     INSTAHIDE_UNROLL
     for (int m = 0; m < words; ++m) {
       const int32_t at = clamp_to(int32_t((first & ~3u) + 4u * uint32_t(m)), lo, hi);
-      dst[m] = row_in ? fetch(at) : 0u;
+      dst[m] = row_in ? load_readonly(base + (at >> 2)) : 0u;
     }
   };
   if (term.planar) {
@@ -573,187 +546,6 @@ INSTAHIDE_HD void add_term_words(const Term& term, const uint32_t (&word)[2 * kC
   }
 }
 
-// ---- Staged loads (INSTAHIDE_CUDA_LOADS=staged[:passes]), for channels-last images: the
-// lanes' words of a term overlap (a lane reads C + 1 words for its 4 * C bytes, and its
-// neighbour starts inside its last one), so that each of the warp's C + 1 word-load
-// instructions touches every sector of the pass's bytes: C + 1 requests per sector, unless L1
-// merges them (which a GPU run of both paths tells). Staged, the warp first copies the bytes
-// that a block of `passes` passes needs of each of the k terms (the rows of the block, from
-// the first needed column of the first row to the last of the last row) into shared memory,
-// all at once, with asynchronous 16-byte copies that go straight from L2 to shared memory (no
-// registers); the lanes then read their overlapping words from there. A block falls back to
-// direct loads where a term's range does not fit its share of the buffer (far-apart rows,
-// more than kStageTerms terms, planar images: two words per lane and channel, less overlap).
-constexpr int kStageTerms = 6;    // terms a staged block holds at most (cross mode 2 + 4)
-constexpr int kStageWords = 800;  // per warp, shared by the block's terms: 4 terms of 2 CIFAR passes
-constexpr int kMaxStagePasses = 4;
-
-// A term's staged bytes: the words first .. first + words - 1 from the image's 4-aligned base
-// are in its share of the buffer from word `align` on, so that the share starts on a 16-byte
-// boundary of the source (for the 16-byte copies). words = 0: the block reads no byte of it.
-struct StagedRange {
-  int32_t first, words, align;
-  int32_t staged;  // 0: the range does not fit the term's share
-};
-
-// A warp's staging area: one buffer of kStageWords words, or two of half as many where
-// pipelined (range[b]: buffer b's terms).
-struct __align__(16) Staging {
-  uint32_t words[kStageWords];
-  StagedRange range[2][kStageTerms];
-};
-
-// One buffer of a warp's staging: term t's share is words[t * share .. (t + 1) * share)
-// (share = 0: a block of k terms is never staged).
-struct StageBuffer {
-  uint32_t* words;
-  StagedRange* range;
-  int share;
-};
-
-INSTAHIDE_HD int stage_share(int k, bool pipelined) {
-  const int words = pipelined ? kStageWords / 2 : kStageWords;
-  return k <= kStageTerms ? words / k / 4 * 4 : 0;
-}
-
-// Buffer b (b = 1 only where pipelined, in the staging's second half).
-INSTAHIDE_HD StageBuffer stage_buffer(Staging& stage, int b, int share) {
-  return {stage.words + b * (kStageWords / 2), stage.range[b], share};
-}
-
-// The bytes lo .. hi (offsets from the image's 4-aligned base) that hold every byte the
-// pixels q .. q_last of a block of passes read of channels-last term `term`; false where they
-// read none of it.
-template <int kC>
-INSTAHIDE_HD bool block_bytes(const Params& P, const Term& term, uint32_t q, uint32_t q_last, int32_t& lo,
-                              int32_t& hi) {
-  const uint32_t ya = P.div_w.div(q), yb = P.div_w.div(q_last);
-  const int32_t ra = int32_t(ya) + term.dy, rb = int32_t(yb) + term.dy;
-  const int32_t height = int32_t(term.height), width = int32_t(term.width), W = int32_t(P.W);
-  if (rb < 0 || ra >= height || width == 0) return false;  // no lane reads the image
-  const int32_t sa = ra < 0 ? 0 : ra, sb = rb >= height ? height - 1 : rb;
-  // Output columns of the block's pixels: the block's own where it lies in one row, else all.
-  const int32_t xa = ya == yb ? int32_t(q - ya * P.W) : 0, xb = ya == yb ? int32_t(q_last - yb * P.W) : W - 1;
-  const int32_t cmin = clamp_to(term.flip ? W - 1 - xb + term.dx : xa + term.dx, 0, width - 1);
-  const int32_t cmax = clamp_to(term.flip ? W - 1 - xa + term.dx : xb + term.dx, 0, width - 1);
-  // Rows sa .. sb in memory order either way (negative row strides); the rows between lie
-  // between them, so that the one range covers their columns too.
-  const uint32_t image = uint32_t(reinterpret_cast<uintptr_t>(term.image));
-  const int32_t row_a = int32_t(image & 3u) + sa * int32_t(term.stride_h);
-  const int32_t row_b = int32_t(image & 3u) + sb * int32_t(term.stride_h);
-  lo = (row_a < row_b ? row_a : row_b) + cmin * kC;
-  hi = (row_a < row_b ? row_b : row_a) + cmax * kC + kC - 1;
-  return true;
-}
-
-// The staging plan of term `term` for the pixels q .. q_last of a block of passes.
-template <int kC>
-INSTAHIDE_HD StagedRange plan_stage(const Params& P, const Term& term, uint32_t q, uint32_t q_last, int share) {
-  StagedRange st = {0, 0, 0, 0};
-  if (term.planar) return st;
-  st.staged = 1;
-  int32_t lo, hi;
-  if (!block_bytes<kC>(P, term, q, q_last, lo, hi)) return st;
-  const uint32_t image = uint32_t(reinterpret_cast<uintptr_t>(term.image));
-  st.first = lo >> 2;
-  st.words = (hi >> 2) - st.first + 1;
-  st.align = int32_t(((image >> 2) + uint32_t(st.first)) & 3u);
-  st.staged = st.align + st.words <= share;
-  return st;
-}
-
-// ---- L2 prefetch (INSTAHIDE_CUDA_LOADS=prefetch[:N]): direct loads, but the bytes of the
-// pass N passes ahead are asked into L2 first (no registers or shared memory held), so that
-// a pass's loads wait for L2 rather than DRAM; a chunk's first N passes are asked for before
-// its keystream is computed.
-INSTAHIDE_HD void prefetch_l2(const char* address) {
-#if defined(__CUDA_ARCH__)
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(address));
-#else
-  if (host_prefetch) host_prefetch(address);
-#endif
-}
-
-// Lane t < k: asks L2 for the lines of the bytes term t's pixels q .. q_last read (channels-
-// last images; each address lies in the image, in a line of the range).
-template <int kC>
-INSTAHIDE_HD void prefetch_block(const Params& P, const Shared& sh, int lane, uint32_t q, uint32_t q_last) {
-  if (lane >= P.k || sh.term[lane].planar) return;
-  const Term& term = sh.term[lane];
-  int32_t lo, hi;
-  if (!block_bytes<kC>(P, term, q, q_last, lo, hi)) return;
-  const char* base = reinterpret_cast<const char*>(aligned_words(term));
-  constexpr int32_t kLine = 128;
-  const int32_t in_line = int32_t((reinterpret_cast<uintptr_t>(base) + uint32_t(lo)) & (kLine - 1));
-  for (int32_t at = lo - in_line; at <= hi; at += kLine) prefetch_l2(base + (at < lo ? lo : at));
-}
-
-// Asynchronous 16-byte copy from global to shared memory (sm_80+; elsewhere a plain copy).
-// A lane's copies form groups (commit_async_copies); wait_async_copies<n> waits for all but
-// the lane's n most recent groups, and a warp_sync after it shows them to the other lanes.
-INSTAHIDE_HD void copy16_async(uint32_t* shared_dst, const uint32_t* global_src) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global_src) : "memory");
-#elif defined(__CUDA_ARCH__)
-  memcpy(shared_dst, global_src, 16);
-#else
-  if (host_copy_async) host_copy_async(shared_dst, global_src);
-  else memcpy(shared_dst, global_src, 16);
-#endif
-}
-
-INSTAHIDE_HD void commit_async_copies() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#elif !defined(__CUDA_ARCH__)
-  if (host_commit_copies) host_commit_copies();
-#endif
-}
-
-template <int kPendingGroups>
-INSTAHIDE_HD void wait_async_copies() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPendingGroups) : "memory");
-#elif !defined(__CUDA_ARCH__)
-  if (host_wait_copies) host_wait_copies(kPendingGroups);
-#endif
-}
-
-// Copies a term's staged range to `share` in 16-byte pieces, lane, lane + 32, ... Each piece
-// is 16-aligned in the source and holds at least one byte of the range, so that it lies in
-// the image's pages (like the word loads, it may read up to 15 bytes around the range).
-INSTAHIDE_HD void stage_term(const Term& term, const StagedRange& st, int lane, uint32_t* share) {
-  const uint32_t* base = aligned_words(term);
-  if (st.words == 0) return;
-  for (int piece = lane; 4 * piece < st.align + st.words; piece += 32)
-    copy16_async(share + 4 * piece, base + st.first - st.align + 4 * piece);
-}
-
-// Issues the copies of the k terms' bytes of the pixels q .. q_last (a block of passes) into
-// `buf`, all in flight together, as one group of each lane's copies; false (the group is
-// empty) where a term's range does not fit its share. The block may read `buf` after
-// wait_async_copies covers the group and a warp_sync. All lanes of the warp call this (live
-// or not): it syncs the warp.
-template <int kC>
-INSTAHIDE_HD bool issue_stage(const Params& P, const Shared& sh, const StageBuffer& buf, int lane, uint32_t q,
-                              uint32_t q_last) {
-  if (buf.share == 0) return false;  // more terms than a staging holds (the same for the whole warp)
-  warp_sync();  // every lane is done reading the buffer's previous block
-  if (lane < P.k) buf.range[lane] = plan_stage<kC>(P, sh.term[lane], q, q_last, buf.share);
-  warp_sync();
-  bool all = true;
-  for (int t = 0; t < P.k; ++t) all &= buf.range[t].staged != 0;
-  if (all) {
-    for (int t = 0; t < P.k; ++t) stage_term(sh.term[t], buf.range[t], lane, buf.words + t * buf.share);
-  }
-  commit_async_copies();
-#if !defined(__CUDA_ARCH__)
-  host_staged_blocks += all && lane == 0;
-#endif
-  return all;
-}
-
 // acc += the N terms' words (after they are loaded).
 template <int kC, int N>
 INSTAHIDE_HD void add_terms_words(const Term* terms, const uint32_t (&word)[N][2 * kC], const uint32_t (&shift)[N][kC],
@@ -768,36 +560,17 @@ INSTAHIDE_HD void add_terms_words(const Term* terms, const uint32_t (&word)[N][2
 }
 
 // The N terms t0 .. t0 + N - 1: all their loads first, so that they are in flight together,
-// then the arithmetic. kFromStage: the words come from the staging buffer `buf`, else from
-// global memory.
-template <int kC, int N, bool kFromStage>
-INSTAHIDE_HD void gather_terms_words(const Params& P, const Shared& sh, int t0, const StageBuffer& buf, uint32_t y,
-                                     uint32_t x, bool live, float (&acc)[kWordPixels][kMaxChannels]) {
+// then the arithmetic.
+template <int kC, int N>
+INSTAHIDE_HD void gather_terms_words(const Params& P, const Shared& sh, int t0, uint32_t y, uint32_t x, bool live,
+                                     float (&acc)[kWordPixels][kMaxChannels]) {
   const Term* terms = sh.term + t0;
   uint32_t word[N][2 * kC], shift[N][kC];
   bool in[N][kWordPixels];
   INSTAHIDE_UNROLL
   for (int n = 0; n < N; ++n) {
     const Term& term = terms[n];
-    if constexpr (kFromStage) {
-      const StagedRange range = buf.range[t0 + n];
-      const uint32_t* words = buf.words + (t0 + n) * buf.share;
-      load_term_words<kC>(P, term, y, x, live,
-                          [&](int32_t at) {
-                            // A run's last word lies past the range where the run starts on a
-                            // word boundary; its bytes are then not used: read any staged word.
-                            const int32_t w = (at >> 2) - range.first;
-#if !defined(__CUDA_ARCH__)
-                            if (w < 0 || w > range.words) host_stage_fault = true;  // the emulation checks
-#endif
-                            return words[range.align + (w < range.words ? w : range.words - 1)];
-                          },
-                          word[n], shift[n], in[n]);
-    } else {
-      const uint32_t* base = aligned_words(term);
-      load_term_words<kC>(P, term, y, x, live, [&](int32_t at) { return load_readonly(base + (at >> 2)); },
-                          word[n], shift[n], in[n]);
-    }
+    load_term_words<kC>(P, term, aligned_words(term), y, x, live, word[n], shift[n], in[n]);
   }
   add_terms_words<kC, N>(terms, word, shift, in, acc);
 }
@@ -862,9 +635,9 @@ INSTAHIDE_HD void store_pixels_words(const Params& P, const Shared& sh, int64_t 
 
 // One pass of the word-wide path, lane `lane`: mixes, signs and writes the pixels
 // q + 4 * lane .. q + 4 * lane + 3, kTermsPerGroup terms at a time (then 2, then 1).
-template <typename Out, bool kChannelsLast, int kC, bool kFromStage>
-INSTAHIDE_HD void word_pass(const Params& P, const Shared& sh, const StageBuffer& buf, int lane, int64_t row,
-                            uint32_t q, uint32_t p1, const float (&beta)[kMaxChannels]) {
+template <typename Out, bool kChannelsLast, int kC>
+INSTAHIDE_HD void word_pass(const Params& P, const Shared& sh, int lane, int64_t row, uint32_t q, uint32_t p1,
+                            const float (&beta)[kMaxChannels]) {
   const uint32_t p = q + uint32_t(kWordPixels * lane);
   const bool live = p < p1;  // p1 - p0 is a multiple of 4: all 4 pixels or none
   const uint32_t y = P.div_w.div(p), x = p - y * P.W;
@@ -875,12 +648,12 @@ INSTAHIDE_HD void word_pass(const Params& P, const Shared& sh, const StageBuffer
     for (int c = 0; c < kMaxChannels; ++c) acc[i][c] = -beta[c];
   int t = 0;
   for (; t + kTermsPerGroup <= P.k; t += kTermsPerGroup)
-    gather_terms_words<kC, kTermsPerGroup, kFromStage>(P, sh, t, buf, y, x, live, acc);
+    gather_terms_words<kC, kTermsPerGroup>(P, sh, t, y, x, live, acc);
   if (kTermsPerGroup > 2 && t + 2 <= P.k) {
-    gather_terms_words<kC, 2, kFromStage>(P, sh, t, buf, y, x, live, acc);
+    gather_terms_words<kC, 2>(P, sh, t, y, x, live, acc);
     t += 2;
   }
-  if (kTermsPerGroup > 1 && t < P.k) gather_terms_words<kC, 1, kFromStage>(P, sh, t, buf, y, x, live, acc);
+  if (kTermsPerGroup > 1 && t < P.k) gather_terms_words<kC, 1>(P, sh, t, y, x, live, acc);
   if (!live) return;
   switch (P.sign) {
     case SignMode::kFlip: store_pixels_words<Out, kChannelsLast, kC, SignMode::kFlip>(P, sh, row, p, acc); break;
@@ -889,97 +662,16 @@ INSTAHIDE_HD void word_pass(const Params& P, const Shared& sh, const StageBuffer
   }
 }
 
-// The end of the block of passes that starts at q0 (the chunk's pixels end at p1).
-INSTAHIDE_HD uint32_t block_end(const Params& P, uint32_t q0, uint32_t p1) {
-  const uint32_t block = uint32_t(P.stage_passes) * kWordPassPixels;
-  return q0 + block < p1 ? q0 + block : p1;
-}
-
-// Pipelined loads: issues the copies of the chunk's first block (see compute_chunk_words).
-template <int kC>
-INSTAHIDE_HD bool issue_first_block(const Params& P, const Shared& sh, Staging& stage, int lane, uint32_t p0,
-                                    uint32_t p1) {
-  return issue_stage<kC>(P, sh, stage_buffer(stage, 0, stage_share(P.k, true)), lane, p0, block_end(P, p0, p1) - 1);
-}
-
-// L2 prefetch: asks for the chunk's first P.stage_passes passes (see prefetch_l2).
-template <int kC>
-INSTAHIDE_HD void prefetch_first_passes(const Params& P, const Shared& sh, int lane, uint32_t p0, uint32_t p1) {
-  const uint32_t end = p0 + uint32_t(P.stage_passes) * kWordPassPixels;
-  prefetch_block<kC>(P, sh, lane, p0, (end < p1 ? end : p1) - 1);
-}
-
-// Phase 2 of a chunk on the word-wide path: the passes q = p0, p0 + 128, ... Staged, in
-// blocks of P.stage_passes passes, each staged where it can be (`stage` is the warp's):
-// copied, then computed; pipelined, with the next block's copies in flight (into the other
-// half of the staging) while a block is computed, the first block's issued by the chunk's
-// setup (first_staged: issue_first_block's answer).
-template <typename Out, bool kChannelsLast, int kC, Loads kLoads>
+// Phase 2 of a chunk on the word-wide path: the passes q = p0, p0 + 128, ...
+template <typename Out, bool kChannelsLast, int kC>
 INSTAHIDE_HD void compute_chunk_words(const Params& P, const Shared& sh, int lane, int64_t row, uint32_t p0,
-                                      uint32_t p1, Staging* stage, bool first_staged) {
+                                      uint32_t p1) {
   float beta[kMaxChannels] = {};
   for (int t = 0; t < P.k; ++t) {
     INSTAHIDE_UNROLL
     for (int c = 0; c < kMaxChannels; ++c) beta[c] += sh.term[t].lam_shift[c];
   }
-  const StageBuffer direct = {nullptr, nullptr, 0};
-  auto passes = [&](uint32_t q0, uint32_t q1, bool staged, const StageBuffer& buf) {
-    if (staged) {
-      for (uint32_t q = q0; q < q1; q += kWordPassPixels)
-        word_pass<Out, kChannelsLast, kC, true>(P, sh, buf, lane, row, q, p1, beta);
-    } else {
-      for (uint32_t q = q0; q < q1; q += kWordPassPixels)
-        word_pass<Out, kChannelsLast, kC, false>(P, sh, direct, lane, row, q, p1, beta);
-    }
-  };
-  if constexpr (kLoads == Loads::kDirect) {
-    passes(p0, p1, false, direct);
-  } else if constexpr (kLoads == Loads::kPrefetch) {
-    // The chunk's setup asked for its first P.stage_passes passes (prefetch_first_passes).
-    const uint32_t ahead = uint32_t(P.stage_passes) * kWordPassPixels;
-    for (uint32_t q = p0; q < p1; q += kWordPassPixels) {
-      const uint32_t next = q + ahead;
-      if (next < p1)
-        prefetch_block<kC>(P, sh, lane, next, (next + kWordPassPixels < p1 ? next + kWordPassPixels : p1) - 1);
-      word_pass<Out, kChannelsLast, kC, false>(P, sh, direct, lane, row, q, p1, beta);
-    }
-  } else {
-    constexpr bool kPipelined = kLoads == Loads::kPipelined;
-    auto end_of = [&](uint32_t q0) { return block_end(P, q0, p1); };
-    const int share = stage_share(P.k, kPipelined);
-    if constexpr (!kPipelined) {
-      // Block by block: its copies issued, waited for, and its passes computed.
-      for (uint32_t q0 = p0; q0 < p1; q0 = end_of(q0)) {
-        const StageBuffer buf = stage_buffer(*stage, 0, share);
-        const bool staged = issue_stage<kC>(P, sh, buf, lane, q0, end_of(q0) - 1);
-        if (staged) {
-          wait_async_copies<0>();
-          warp_sync();  // every lane's copies are done
-        }
-        passes(q0, end_of(q0), staged, buf);
-      }
-    } else {
-      // The same, but each block's copies are issued before the previous block is computed,
-      // into the other buffer. A group of copies is committed per issue, so the wait for all
-      // but the newest group leaves only the next block's copies in flight.
-      int b = 0;
-      bool staged = first_staged;
-      for (uint32_t q0 = p0; q0 < p1; q0 = end_of(q0), b ^= 1) {
-        const uint32_t next = end_of(q0);
-        const bool next_staged =
-            next < p1 && issue_stage<kC>(P, sh, stage_buffer(*stage, b ^ 1, share), lane, next, end_of(next) - 1);
-        if (staged) {
-          if (next < p1)
-            wait_async_copies<1>();
-          else
-            wait_async_copies<0>();
-          warp_sync();  // every lane's copies are done
-        }
-        passes(q0, next, staged, stage_buffer(*stage, b, share));
-        staged = next_staged;
-      }
-    }
-  }
+  for (uint32_t q = p0; q < p1; q += kWordPassPixels) word_pass<Out, kChannelsLast, kC>(P, sh, lane, row, q, p1, beta);
 }
 
 INSTAHIDE_HD void chunk_of(const Params& P, int64_t item, int64_t& row, uint32_t& p0, uint32_t& p1) {
@@ -988,27 +680,20 @@ INSTAHIDE_HD void chunk_of(const Params& P, int64_t item, int64_t& row, uint32_t
   p1 = p0 + uint32_t(kChunkPixels) < P.HW ? p0 + uint32_t(kChunkPixels) : P.HW;
 }
 
-// What one warp does, lane `lane`: the chunks first, first + stride, ... (`sh` and `stage`
-// are the warp's own; the host emulation runs this with the lanes as fibers).
-template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords, Loads kLoads>
-INSTAHIDE_HD void encode_chunks(const Params& P, Shared& sh, Staging* stage, int lane, int64_t first, int64_t stride) {
+// What one warp does, lane `lane`: the chunks first, first + stride, ... (`sh` is the warp's
+// own; the host emulation runs this with the lanes as fibers).
+template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords>
+INSTAHIDE_HD void encode_chunks(const Params& P, Shared& sh, int lane, int64_t first, int64_t stride) {
   for (int64_t item = first; item < P.items; item += stride) {
     int64_t row;
     uint32_t p0, p1;
     chunk_of(P, item, row, p0, p1);
     warp_sync();  // the warp's previous chunk is done with `sh`
-    bool first_staged = false;
-    if constexpr (kWords && kLoads == Loads::kPipelined)
-      setup_chunk<true>(P, sh, lane, row, p0, p1,
-                        [&] { first_staged = issue_first_block<kC>(P, sh, *stage, lane, p0, p1); });
-    else if constexpr (kWords && kLoads == Loads::kPrefetch)
-      setup_chunk<true>(P, sh, lane, row, p0, p1, [&] { prefetch_first_passes<kC>(P, sh, lane, p0, p1); });
-    else
-      setup_chunk<false>(P, sh, lane, row, p0, p1, [] {});
+    setup_chunk(P, sh, lane, row, p0, p1);
     warp_sync();
     const int32_t label = load_label(P, sh, lane, p0);
     if constexpr (kWords)
-      compute_chunk_words<Out, kChannelsLast, kC, kLoads>(P, sh, lane, row, p0, p1, stage, first_staged);
+      compute_chunk_words<Out, kChannelsLast, kC>(P, sh, lane, row, p0, p1);
     else
       compute_chunk<Out, kChannelsLast, U, kC>(P, sh, lane, row, p0, p1);
     if (mixes_labels(P, p0)) {  // the same for the whole warp
@@ -1019,18 +704,12 @@ INSTAHIDE_HD void encode_chunks(const Params& P, Shared& sh, Staging* stage, int
   }
 }
 
-template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords, Loads kLoads>
-__global__ void __launch_bounds__(kThreads, INSTAHIDE_CUDA_MIN_BLOCKS) encode_kernel(const Params P) {
+template <typename Out, bool kChannelsLast, typename U, int kC, bool kWords>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) encode_kernel(const Params P) {
   __shared__ Shared per_warp[kWarps];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  Staging* stage = nullptr;
-  if constexpr (kLoads == Loads::kStaged || kLoads == Loads::kPipelined) {
-    __shared__ Staging staging[kWarps];
-    stage = &staging[warp];
-  }
-  encode_chunks<Out, kChannelsLast, U, kC, kWords, kLoads>(P, per_warp[warp], stage, lane,
-                                                           int64_t(blockIdx.x) * kWarps + warp,
-                                                           int64_t(gridDim.x) * kWarps);
+  encode_chunks<Out, kChannelsLast, U, kC, kWords>(P, per_warp[warp], lane, int64_t(blockIdx.x) * kWarps + warp,
+                                                   int64_t(gridDim.x) * kWarps);
 }
 
 void check_arg(bool ok, const std::string& message) {
@@ -1041,34 +720,6 @@ void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-
-// The word-wide path's loads, from INSTAHIDE_CUDA_LOADS (read at each call, so that one build
-// can compare them): `direct` (the default, or unset); `staged` or `staged:N`, blocks of 1 or
-// N passes (N = 1, 2, 4; see plan_stage); `pipelined` or `pipelined:N`, the same with the
-// next block's copies in flight while a block is computed (see compute_chunk_words);
-// `prefetch` or `prefetch:N`, direct loads with L2 prefetches 1 or N passes ahead (see
-// prefetch_block).
-struct LoadPath {
-  Loads loads;
-  int passes;
-};
-
-LoadPath load_path_chosen() {
-  const char* choice = std::getenv("INSTAHIDE_CUDA_LOADS");
-  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "direct") == 0) return {Loads::kDirect, 0};
-  const std::pair<const char*, Loads> paths[] = {
-      {"staged", Loads::kStaged}, {"pipelined", Loads::kPipelined}, {"prefetch", Loads::kPrefetch}};
-  for (const auto& [name, loads] : paths) {
-    if (std::strcmp(choice, name) == 0) return {loads, 1};
-    for (int passes = 1; passes <= kMaxStagePasses; passes *= 2) {
-      if (std::string(name) + ":" + std::to_string(passes) == choice) return {loads, passes};
-    }
-  }
-  check_arg(false, std::string("INSTAHIDE_CUDA_LOADS=") + choice +
-                       ": expected 'direct', or 'staged', 'pipelined' or 'prefetch', each alone or with ':N' "
-                       "(N = 1, 2, 4)");
-  return {Loads::kDirect, 0};
-}
 
 // Host-side checks (no device memory is read) and the kernel's parameters.
 Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
@@ -1146,15 +797,12 @@ Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
   // The word-wide path: uint8 images whose pixels are channels-last or whose channel rows are
   // contiguous, rows of whole groups of 4 output pixels, and an output aligned for stores of 4.
   const int64_t out_bytes = a.out_type == OutType::kFloat32 ? 4 : 2;
-  P.words = INSTAHIDE_CUDA_WORD_LOADS && !wide && P.W % kWordPixels == 0 &&
+  P.words = !wide && P.W % kWordPixels == 0 &&
             reinterpret_cast<uintptr_t>(a.out) % uintptr_t(kWordPixels * out_bytes) == 0;
   for (int i = 0; i < used; ++i) {
     const ImageSource& s = a.sources[i];
     P.words &= s.pixel == PixelType::kUint8 && (s.stride_w == 1 || (s.stride_c == 1 && s.stride_w == C));
   }
-  const LoadPath path = load_path_chosen();  // read (and checked) at every call, taken where it applies
-  P.loads = P.words ? path.loads : Loads::kDirect;
-  P.stage_passes = P.words ? path.passes : 0;
   check_arg(a.rows <= INT64_MAX / P.chunks_per_row, "rows = " + std::to_string(a.rows) + " is too large");
   P.items = a.rows * P.chunks_per_row;
   if (labels) {
@@ -1162,8 +810,12 @@ Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
               "classes = " + std::to_string(labels->classes) + " must be in [1, 2^31)");
     check_arg(labels->label_count >= 0, "the label count must be >= 0");
     check_arg(a.rows <= INT64_MAX / labels->classes, "rows x classes overflows");
-    check_arg(a.rows == 0 || (labels->labels && labels->out), "encode_cuda: null labels or soft-label output");
-    P.labels = labels->labels;
+    check_arg(labels->label_count <= INT64_MAX / labels->classes, "labels x classes overflows");
+    check_arg(!(labels->class_ids && labels->soft), "encode_cuda: class ids and soft labels: give one of the two");
+    check_arg(a.rows == 0 || ((labels->class_ids || labels->soft) && labels->out),
+              "encode_cuda: null labels or soft-label output");
+    P.class_ids = labels->class_ids;
+    P.soft_in = labels->soft;
     P.label_count = labels->label_count;
     P.classes = labels->classes;
     P.renormalize = labels->renormalize;
@@ -1177,24 +829,12 @@ void launch(const Params& P, cudaStream_t stream) {
   const unsigned grid = unsigned(std::min<int64_t>((P.items + kWarps - 1) / kWarps, INT32_MAX));  // loops beyond
   if constexpr (sizeof(U) == 4 && kC > 0) {
     if (P.words) {
-      switch (P.loads) {
-        case Loads::kStaged:
-          encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kStaged><<<grid, kThreads, 0, stream>>>(P);
-          break;
-        case Loads::kPipelined:
-          encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kPipelined><<<grid, kThreads, 0, stream>>>(P);
-          break;
-        case Loads::kPrefetch:
-          encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kPrefetch><<<grid, kThreads, 0, stream>>>(P);
-          break;
-        default:
-          encode_kernel<Out, kChannelsLast, U, kC, true, Loads::kDirect><<<grid, kThreads, 0, stream>>>(P);
-      }
+      encode_kernel<Out, kChannelsLast, U, kC, true><<<grid, kThreads, 0, stream>>>(P);
       check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
       return;
     }
   }
-  encode_kernel<Out, kChannelsLast, U, kC, false, Loads::kDirect><<<grid, kThreads, 0, stream>>>(P);
+  encode_kernel<Out, kChannelsLast, U, kC, false><<<grid, kThreads, 0, stream>>>(P);
   check_cuda(cudaGetLastError(), "encode_cuda: kernel launch");
 }
 

@@ -440,7 +440,12 @@ void check_tables_by_row_id(const Case& original, std::mt19937_64& rng, int64_t&
   std::vector<int64_t> labels(static_cast<size_t>(n));
   for (auto& l : labels) l = uniform(rng, 0, classes - 1);
   std::vector<float> soft(static_cast<size_t>(a.rows * classes), -1.0f);
-  mix_labels_cpu(by_id, labels.data(), n, classes, soft.data());
+  auto class_ids = [&](int64_t count) {
+    LabelArgs l;
+    l.class_ids = labels.data(), l.label_count = count, l.classes = classes, l.out = soft.data();
+    return l;
+  };
+  mix_labels_cpu(by_id, class_ids(n));
   for (int64_t r = 0; r < a.rows; ++r) {
     std::vector<double> sums(static_cast<size_t>(classes), 0.0);
     for (int t = 0; t < a.private_terms; ++t)
@@ -455,10 +460,10 @@ void check_tables_by_row_id(const Case& original, std::mt19937_64& rng, int64_t&
   ids[size_t(uniform(rng, 0, a.rows - 1))] = table_rows;  // one past the tables
   past.row_id = ids.data();
   expect_invalid("row id past the tables", [&] { encode_cpu(past, 1); });
-  expect_invalid("labels: row id past the tables", [&] { mix_labels_cpu(past, labels.data(), n, classes, soft.data()); });
+  expect_invalid("labels: row id past the tables", [&] { mix_labels_cpu(past, class_ids(n)); });
   labels[size_t(c.index[0])] = classes;  // row 0, term 0 reads a class id out of range
-  expect_invalid("labels: class id out of range", [&] { mix_labels_cpu(a, labels.data(), n, classes, soft.data()); });
-  expect_invalid("labels: index past the labels", [&] { mix_labels_cpu(a, labels.data(), 0, classes, soft.data()); });
+  expect_invalid("labels: class id out of range", [&] { mix_labels_cpu(a, class_ids(n)); });
+  expect_invalid("labels: index past the labels", [&] { mix_labels_cpu(a, class_ids(0)); });
   checks += 4;
 }
 
@@ -471,9 +476,7 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < count; ++i) {
       Case c = make_case(rng);
       const int threads = int(i % 4);
-      if (i % 2) setenv("INSTAHIDE_CPU_KERNEL", "portable", 1);
-      else unsetenv("INSTAHIDE_CPU_KERNEL");
-      encode_cpu(c.args, threads);
+      encode_cpu(c.args, threads, nullptr, i % 2 ? CpuKernel::kPortable : CpuKernel::kAuto);
       check_case(c, "case " + std::to_string(i));
       if (i % 4 == 0) check_tables_by_row_id(c, rng, checks);
       ++cases;

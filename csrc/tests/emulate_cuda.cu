@@ -2,16 +2,13 @@
 // pixel type, output type, sign mode, channel count, packed pool and table lookup: runs the
 // kernel's own per-warp code (encode_chunks) on the CPU, a warp's 32 lanes as fibers that
 // switch at each warp sync, so that the kernel's index arithmetic and its warp
-// synchronization are checked on machines with nvcc but no GPU. Cases on the word-wide path
-// run with direct loads and with the other load paths (staged in blocks of 1, 2 and 4
-// passes, pipelined in blocks of 1 and 2, L2 prefetches 1 and 2 passes ahead), which must
-// agree bit for bit. Asynchronous copies land only at the wait that covers them, and their
-// destination holds the complement of their bytes until then, so that a read before its wait
-// (or a wait for the wrong group) gives other bits.
+// synchronization are checked on machines with nvcc but no GPU.
 //
 //   nvcc -std=c++17 -O1 -I csrc/core csrc/tests/emulate_cuda.cu csrc/core/encode_cpu.cpp \
 //        csrc/core/encode_cpu_avx512.cpp csrc/core/thread_pool.cpp -o emulate_cuda && ./emulate_cuda
 // (tests/test_cuda_emulation.py does this where nvcc is found.)
+[[maybe_unused]] static void lane_sync();
+#define INSTAHIDE_HOST_WARP_SYNC() lane_sync()  // the kernel's warp syncs switch lanes here
 #include "encode_cuda.cu"
 
 #include <ucontext.h>
@@ -28,13 +25,6 @@
 
 using namespace instahide;
 
-// A copy in flight: its bytes (read when issued: the images do not change while the kernel
-// runs) and where they land.
-struct AsyncCopy {
-  uint32_t* dst;
-  uint32_t words[4];
-};
-
 // A warp on the host: its 32 lanes run as fibers of one thread, in order, each up to its next
 // warp_sync() (or its end), round after round, so that code between two syncs runs lane by
 // lane, as the kernel's may, and a lane reading shared memory that another lane writes
@@ -46,52 +36,8 @@ struct HostWarp {
   bool done[32];
   int current = 0;
   std::function<void(int)> body;
-  // Per lane: copies issued since its last commit, and its committed groups, oldest first.
-  std::vector<AsyncCopy> open_group[32];
-  std::vector<std::vector<AsyncCopy>> groups[32];
 };
 static HostWarp g_warp;
-static int64_t g_copies_left = 0;  // copies issued and never waited for, all warps
-static const std::vector<uint8_t>* g_sources[2] = {nullptr, nullptr};  // the case's image buffers
-static int64_t g_prefetches = 0, g_stray_prefetches = 0;  // ... and prefetches outside both
-
-static void check_prefetch(const char* address) {
-  ++g_prefetches;
-  bool inside = false;
-  for (const auto* bytes : g_sources) {
-    const char* begin = reinterpret_cast<const char*>(bytes->data());
-    inside |= address >= begin && address < begin + bytes->size();
-  }
-  g_stray_prefetches += !inside;
-}
-
-static void lane_copy_async(uint32_t* dst, const uint32_t* src) {
-  AsyncCopy copy{dst, {}};
-  std::memcpy(copy.words, src, 16);
-  for (int i = 0; i < 4; ++i) dst[i] = ~copy.words[i];  // not yet there
-  g_warp.open_group[g_warp.current].push_back(copy);
-}
-
-static void lane_commit_copies() {
-  const int lane = g_warp.current;
-  g_warp.groups[lane].push_back(std::move(g_warp.open_group[lane]));
-  g_warp.open_group[lane].clear();
-}
-
-static void lane_wait_copies(int pending_groups) {
-  auto& groups = g_warp.groups[g_warp.current];
-  while (int(groups.size()) > pending_groups) {
-    for (const AsyncCopy& copy : groups.front()) std::memcpy(copy.dst, copy.words, 16);
-    groups.erase(groups.begin());
-  }
-}
-
-// Copies a lane issued and never waited for (or never committed).
-static int copies_left(int lane) {
-  size_t n = g_warp.open_group[lane].size();
-  for (const auto& group : g_warp.groups[lane]) n += group.size();
-  return int(n);
-}
 
 static void lane_main() {
   g_warp.body(g_warp.current);
@@ -112,14 +58,7 @@ static bool run_warp(std::function<void(int)> body) {
     g_warp.lane_context[lane].uc_link = &g_warp.scheduler;
     makecontext(&g_warp.lane_context[lane], lane_main, 0);
     g_warp.done[lane] = false;
-    g_warp.open_group[lane].clear();
-    g_warp.groups[lane].clear();
   }
-  host_warp_sync = lane_sync;
-  host_copy_async = lane_copy_async;
-  host_commit_copies = lane_commit_copies;
-  host_wait_copies = lane_wait_copies;
-  host_prefetch = check_prefetch;
   bool converged = true;
   for (;;) {
     for (int lane = 0; lane < 32; ++lane) {
@@ -133,47 +72,36 @@ static bool run_warp(std::function<void(int)> body) {
       break;
     }
   }
-  host_warp_sync = nullptr;
-  host_copy_async = nullptr;
-  host_commit_copies = nullptr;
-  host_wait_copies = nullptr;
-  host_prefetch = nullptr;
-  for (int lane = 0; lane < 32; ++lane) g_copies_left += copies_left(lane);
   return converged;
 }
 
 static Shared g_sh;
-static Staging g_stage;
 static int g_word_cases = 0;  // cases that took the word-wide path
 static int g_divergent = 0;   // warps whose lanes did not reach the same syncs
-static int g_staged_cases = 0;
-static int64_t g_pipelined_blocks = 0;  // of host_staged_blocks, those of pipelined loads
 
 // The kernel's own per-warp code (encode_chunks), with the warp's shared memory filled with
 // garbage (NaN floats) first to catch reads of unset entries: one warp per chunk (as the
 // kernel's grid has it), or every other call one warp for all chunks in turn (as where the
 // grid is capped), so that a chunk also starts from the previous chunk's state.
-template <typename Out, bool CL, typename U, int kC, bool kWords = false, Loads kLoads = Loads::kDirect>
+template <typename Out, bool CL, typename U, int kC, bool kWords = false>
 void emulate_kernel(const Params& P) {
   static int64_t calls = 0;
   const int64_t stride = ++calls % 2 ? P.items : 1;
   for (int64_t first = 0; first < stride && first < P.items; ++first) {
     std::memset(&g_sh, 0xFF, sizeof(g_sh));
-    std::memset(&g_stage, 0xFF, sizeof(g_stage));
-    const bool converged = run_warp([&](int lane) {
-      encode_chunks<Out, CL, U, kC, kWords, kLoads>(P, g_sh, &g_stage, lane, first, stride);
-    });
+    const bool converged =
+        run_warp([&](int lane) { encode_chunks<Out, CL, U, kC, kWords>(P, g_sh, lane, first, stride); });
     g_divergent += !converged;
   }
 }
 
-template <typename Out, bool CL, Loads kLoads>
+template <typename Out, bool CL>
 void emulate_words(const Params& P) {
   switch (P.C) {
-    case 1: return emulate_kernel<Out, CL, uint32_t, 1, true, kLoads>(P);
-    case 2: return emulate_kernel<Out, CL, uint32_t, 2, true, kLoads>(P);
-    case 3: return emulate_kernel<Out, CL, uint32_t, 3, true, kLoads>(P);
-    default: return emulate_kernel<Out, CL, uint32_t, 4, true, kLoads>(P);
+    case 1: return emulate_kernel<Out, CL, uint32_t, 1, true>(P);
+    case 2: return emulate_kernel<Out, CL, uint32_t, 2, true>(P);
+    case 3: return emulate_kernel<Out, CL, uint32_t, 3, true>(P);
+    default: return emulate_kernel<Out, CL, uint32_t, 4, true>(P);
   }
 }
 
@@ -181,12 +109,8 @@ template <typename Out, bool CL>
 void emulate_layout(const Params& P, bool wide) {
   if (wide) return emulate_kernel<Out, CL, uint64_t, 0>(P);
   if (P.words) {
-    switch (P.loads) {
-      case Loads::kStaged: return emulate_words<Out, CL, Loads::kStaged>(P);
-      case Loads::kPipelined: return emulate_words<Out, CL, Loads::kPipelined>(P);
-      case Loads::kPrefetch: return emulate_words<Out, CL, Loads::kPrefetch>(P);
-      default: ++g_word_cases; return emulate_words<Out, CL, Loads::kDirect>(P);
-    }
+    ++g_word_cases;
+    return emulate_words<Out, CL>(P);
   }
   switch (P.C) {
     case 1: return emulate_kernel<Out, CL, uint32_t, 1>(P);
@@ -196,15 +120,13 @@ void emulate_layout(const Params& P, bool wide) {
   }
 }
 
-// Returns whether the launch takes the word-wide path, which then loads as `path` says.
-bool emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels, LoadPath path = {Loads::kDirect, 0}) {
+// Returns whether the launch takes the word-wide path.
+bool emulate(const EncodeArgs& a, bool force_wide, const LabelArgs* labels) {
   bool wide = false;
   Params P = prepare(a, labels, wide);
   if (a.rows == 0) return false;
   wide |= force_wide;
   P.words &= !force_wide;
-  P.loads = path.loads;
-  P.stage_passes = path.passes;
   switch (a.out_type) {
     case OutType::kFloat32: a.out_channels_last ? emulate_layout<float, true>(P, wide) : emulate_layout<float, false>(P, wide); break;
     case OutType::kFloat16: a.out_channels_last ? emulate_layout<__half, true>(P, wide) : emulate_layout<__half, false>(P, wide); break;
@@ -298,56 +220,18 @@ ImageSet make_images(std::mt19937_64& rng, int64_t n, int64_t C, int64_t H, int6
 }
 
 // Soft labels the emulated kernel wrote (`gpu`, from the tables it got) against
-// mix_labels_cpu on the CPU's tables (`a`): bit-identical sums; renormalized ones divided by
-// the coefficient sum in float, in term order.
+// mix_labels_cpu on the CPU's tables (`a`): bit for bit.
 bool labels_match(const EncodeArgs& a, const LabelArgs& labels, const std::vector<float>& gpu) {
   std::vector<float> cpu(size_t(a.rows * labels.classes));
-  mix_labels_cpu(a, labels.labels, labels.label_count, labels.classes, cpu.data());
-  for (int64_t r = 0; r < a.rows; ++r) {
-    float lam_sum = 0.0f;
-    for (int t = 0; t < a.private_terms; ++t) lam_sum += a.lam[r * a.k + t];
-    for (int64_t c = 0; c < labels.classes; ++c) {
-      const size_t at = size_t(r * labels.classes + c);
-      const float want = labels.renormalize ? cpu[at] / lam_sum : cpu[at];
-      if (std::memcmp(&want, &gpu[at], 4) != 0) return false;
-    }
-  }
-  return true;
-}
-
-// INSTAHIDE_CUDA_LOADS as the launch reads it: each value's path, and a clear error for the
-// others. Returns the number of values read wrong.
-int check_load_path_choices() {
-  const std::pair<const char*, LoadPath> good[] = {
-      {"", {Loads::kDirect, 0}},          {"direct", {Loads::kDirect, 0}},       {"staged", {Loads::kStaged, 1}},
-      {"staged:4", {Loads::kStaged, 4}},  {"pipelined", {Loads::kPipelined, 1}}, {"pipelined:2", {Loads::kPipelined, 2}},
-      {"prefetch", {Loads::kPrefetch, 1}}, {"prefetch:2", {Loads::kPrefetch, 2}}};
-  int wrong = 0;
-  for (const auto& [value, want] : good) {
-    setenv("INSTAHIDE_CUDA_LOADS", value, 1);
-    const LoadPath got = load_path_chosen();
-    if (got.loads != want.loads || got.passes != want.passes) {
-      std::printf("INSTAHIDE_CUDA_LOADS=%s read as path %d, %d passes\n", value, int(got.loads), got.passes);
-      ++wrong;
-    }
-  }
-  for (const char* value : {"fast", "staged:3", "prefetch:8", "pipelined:", "Staged"}) {
-    setenv("INSTAHIDE_CUDA_LOADS", value, 1);
-    try {
-      load_path_chosen();
-      std::printf("INSTAHIDE_CUDA_LOADS=%s was taken\n", value);
-      ++wrong;
-    } catch (const std::invalid_argument& error) {
-      wrong += std::strstr(error.what(), "expected 'direct'") == nullptr;
-    }
-  }
-  unsetenv("INSTAHIDE_CUDA_LOADS");
-  return wrong;
+  LabelArgs on_cpu = labels;
+  on_cpu.out = cpu.data();
+  mix_labels_cpu(a, on_cpu);
+  return std::memcmp(cpu.data(), gpu.data(), cpu.size() * 4) == 0;
 }
 
 int main() {
   std::mt19937_64 rng(777);
-  int failures = check_load_path_choices(), cases = 0;
+  int failures = 0, cases = 0;
   for (int iter = 0; iter < 3000; ++iter) {
     const bool cifar = iter < 8;
     std::uniform_int_distribution<int> d(0, 1000000);
@@ -460,50 +344,24 @@ int main() {
       g.flip = epoch_flip.data();
     }
     const bool force_wide = pick(0, 3) == 0;
-    // Soft labels of random class ids, mixed in the same pass.
+    // Soft labels mixed in the same pass, from random class ids or (every third case) from
+    // random soft label rows.
     LabelArgs labels;
     std::vector<int64_t> class_ids(static_cast<size_t>(na + 1));
     labels.classes = pick(1, 40);  // sometimes more than one class per lane
     for (auto& id : class_ids) id = pick(0, int(labels.classes) - 1);
+    std::vector<float> soft_rows(size_t((na + 1) * labels.classes));
+    for (auto& y : soft_rows) y = pick(0, 3) ? std::uniform_real_distribution<float>(0.0f, 1.0f)(rng) : 0.0f;
     std::vector<float> soft(size_t(rows * labels.classes), -1.0f);
-    labels.labels = class_ids.data();
+    if (iter % 3 == 2)
+      labels.soft = soft_rows.data();
+    else
+      labels.class_ids = class_ids.data();
     labels.label_count = na + 1;
     labels.renormalize = pick(0, 1);
     labels.out = soft.data();
-    const bool words = emulate(g, force_wide, &labels);
+    emulate(g, force_wide, &labels);
     ++cases;
-    if (words) {
-      // The staged loads, in blocks of 1, 2 and 4 passes, pipelined in blocks of 1 and 2, and
-      // direct with L2 prefetches 1 and 2 passes ahead: the same words, so the same bits as
-      // the direct loads (and every prefetch inside the images' buffers).
-      ++g_staged_cases;
-      g_sources[0] = &A.bytes;
-      g_sources[1] = &B.bytes;
-      const LoadPath paths[] = {{Loads::kStaged, 1},    {Loads::kStaged, 2},   {Loads::kStaged, 4},
-                                {Loads::kPipelined, 1}, {Loads::kPipelined, 2}, {Loads::kPrefetch, 1},
-                                {Loads::kPrefetch, 2}};
-      for (const LoadPath& path : paths) {
-        const bool pipelined = path.loads == Loads::kPipelined;
-        const char* name = pipelined ? "pipelined" : path.loads == Loads::kStaged ? "staged" : "prefetch";
-        std::vector<uint8_t> out_staged(out_gpu.size(), 0xCD);
-        std::vector<float> soft_staged(soft.size(), -1.0f);
-        EncodeArgs gs = g;
-        gs.out = out_staged.data();
-        LabelArgs ls = labels;
-        ls.out = soft_staged.data();
-        host_stage_fault = false;
-        const int64_t blocks_before = host_staged_blocks;
-        emulate(gs, force_wide, &ls, path);
-        if (pipelined) g_pipelined_blocks += host_staged_blocks - blocks_before;
-        if (host_stage_fault || out_staged != out_gpu ||
-            std::memcmp(soft_staged.data(), soft.data(), soft.size() * 4) != 0) {
-          std::printf("case %d (C=%ld H=%ld W=%ld src %ldx%ld k=%d layout=%d/%d), %s:%d loads %s\n", iter, long(C),
-                      long(H), long(W), long(SH), long(SW), k, la, lb, name, path.passes,
-                      host_stage_fault ? "read outside the staged range" : "differ from the direct loads");
-          ++failures;
-        }
-      }
-    }
     if (std::memcmp(out_cpu.data() + elems * esz, out_gpu.data() + elems * esz, 16) != 0) {
       std::printf("case %d: wrote past the end\n", iter);
       ++failures;
@@ -534,18 +392,7 @@ int main() {
     std::printf("%d warps: the lanes did not all reach the same warp syncs\n", g_divergent);
     ++failures;
   }
-  if (g_copies_left) {
-    std::printf("%ld asynchronous copies were never waited for\n", long(g_copies_left));
-    ++failures;
-  }
-  if (g_stray_prefetches) {
-    std::printf("%ld prefetches outside the images\n", long(g_stray_prefetches));
-    ++failures;
-  }
-  std::printf("%d cases (%d on the word-wide path, %d of them also with staged loads: %ld blocks staged, %ld of them "
-              "pipelined; %ld prefetches), %d failed\n",
-              cases, g_word_cases, g_staged_cases, long(host_staged_blocks), long(g_pipelined_blocks),
-              long(g_prefetches), failures);
+  std::printf("%d cases (%d on the word-wide path), %d failed\n", cases, g_word_cases, failures);
   if (g_word_cases < cases / 10) {
     std::printf("too few cases took the word-wide path\n");
     return 1;

@@ -208,6 +208,8 @@ def check_labels(labels, n: int, num_classes: int | None, scan: bool = True):
     if labels.ndim == 2 and np.issubdtype(labels.dtype, np.floating):
         if num_classes is not None and labels.shape[1] != num_classes:
             raise ValueError(f"soft labels have {labels.shape[1]} classes, num_classes={num_classes}")
+        if labels.shape[1] < 1:
+            raise ValueError("soft labels need at least one class (shape (n, K) with K >= 1)")
         return labels, labels.shape[1], True
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise TypeError("labels must be class ids (n,) of an integer dtype or soft labels (n, K) of a float dtype")

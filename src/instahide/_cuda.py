@@ -191,12 +191,12 @@ def encode(encoder, images, labels, keys, rows):
                                           else (None, 0, False))
     if not rows_on_device:
         device_rows = lib.upload_rows(rows)
-    # Class ids on this device are mixed into soft labels by the kernel, in the same pass
-    # (float64 sums in term order, as the host's, so both agree bit for bit).
+    # Labels on this device (class ids or soft labels) are mixed by the kernel, in the same
+    # pass (float64 sums in term order, as the host's, so both agree bit for bit).
     soft, label_spec = None, None
-    if on_device and not soft_input:
+    if on_device:
         soft = lib.empty((count, classes), "float32")
-        label_spec = (lib.pointer(device_labels), keys.n, classes, encoder.renormalize_labels)
+        label_spec = (lib.pointer(device_labels), keys.n, classes, encoder.renormalize_labels, soft_input)
     # The kernel looks each row up in the epoch's tables by its row id: no per-batch gathers.
     _core.encode_cuda(sources, keys.private_terms, count, keys.k, lib.pointer(tables["index"]),
                       lib.pointer(tables["lam"]), lib.pointer(tables["offset"]), lib.pointer(tables["flip"]),
@@ -204,13 +204,6 @@ def encode(encoder, images, labels, keys, rows):
                       encoder._out_code, encoder.out_layout == "NHWC", height, width, lib.device, lib.stream(),
                       tables_by_row_id=True, labels=label_spec, soft=0 if soft is None else lib.pointer(soft))
     if soft is not None:
-        return out, soft
-    if on_device:  # soft input labels on the device: mixed there by torch ops
-        kp = keys.private_terms
-        index, lam = tables["index"][device_rows, :kp], tables["lam"][device_rows, :kp]
-        soft = (lam.double()[:, :, None] * device_labels[index].double()).sum(1).float()
-        if encoder.renormalize_labels:
-            soft /= lam.sum(1, keepdim=True)
         return out, soft
     if rows_on_device:  # labels on the host: mixed there, from the rows' host copy (a sync)
         rows = device_rows.cpu().numpy()
@@ -298,15 +291,17 @@ def _host_labels(labels):
 def _checked_device_labels(labels, n: int, num_classes):
     """(labels for the kernel, class count, soft input?) of a CUDA labels tensor, checked whole
     on the host once per tensor version (the kernel trusts the class ids); class ids as a
-    contiguous int64 tensor on their device."""
+    contiguous int64 tensor on their device, soft labels as a contiguous float32 one."""
     host = _label_cache.get(labels)
     cache_key = (n, num_classes)
     if cache_key not in _label_cache.derived:
         _, classes, soft_input = _arrays.check_labels(host, n, num_classes)
         import torch
 
-        ready = soft_input or (labels.dtype == torch.int64 and labels.is_contiguous())
+        dtype = torch.float32 if soft_input else torch.int64
+        ready = labels.dtype == dtype and labels.is_contiguous()
         # a converted copy is kept; the tensor itself is not (the cache must not keep it alive)
-        _label_cache.derived[cache_key] = (None if ready else labels.detach().long().contiguous(), classes, soft_input)
+        converted = None if ready else labels.detach().to(dtype).contiguous()
+        _label_cache.derived[cache_key] = (converted, classes, soft_input)
     converted, classes, soft_input = _label_cache.derived[cache_key]
     return (labels if converted is None else converted), classes, soft_input

@@ -34,13 +34,17 @@ class Encoder:
         num_classes: for class-id labels; None: max label + 1.
         renormalize_labels: divide soft labels by the private terms' coefficient sum.
         num_threads: CPU threads (0: the cores this process may use).
+        cpu_kernel: the CPU core's row kernel: "auto" (AVX-512 where the CPU, build and arguments
+            allow it, else portable) or "portable" (always; for comparisons). Both give the same
+            encodings within float rounding; GPU encoding ignores it.
     """
 
     def __init__(self, k: int = 4, upper: float = 0.65, sign: str = "flip", mean=None, std=None, pad: int = 0,
                  hflip: bool = False, out_dtype: str = "float32", key: bytes | None = None, *,
                  distinct: bool = False, layout: str | None = None, out_layout: str = "NCHW",
                  num_classes: int | None = None, renormalize_labels: bool = False, num_threads: int = 0,
-                 private_terms: int | None = None, public=None, patch_size=None, dom: float = 0.0) -> None:
+                 private_terms: int | None = None, public=None, patch_size=None, dom: float = 0.0,
+                 cpu_kernel: str = "auto") -> None:
         if not isinstance(k, (int, np.integer)) or not 1 <= k <= 16:
             raise ValueError(f"k must be an integer in [1, 16], got {k!r}")
         if k > 1 and not 1.0 / k < upper <= 1.0:
@@ -55,6 +59,8 @@ class Encoder:
             raise ValueError(f"out_layout must be 'NCHW' or 'NHWC', got {out_layout!r}")
         if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
             raise ValueError(f"num_threads must be an integer >= 0, got {num_threads!r}")
+        if cpu_kernel not in ("auto", "portable"):
+            raise ValueError(f"cpu_kernel must be 'auto' or 'portable', got {cpu_kernel!r}")
         if num_classes is not None and (not isinstance(num_classes, (int, np.integer)) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         for name, value in (("mean", mean), ("std", std)):
@@ -68,7 +74,7 @@ class Encoder:
         self.std = None if std is None else np.asarray(std, np.float32)
         self.distinct, self.layout, self.out_layout = bool(distinct), layout, out_layout
         self.num_classes, self.renormalize_labels = num_classes, bool(renormalize_labels)
-        self.num_threads = int(num_threads)
+        self.num_threads, self.cpu_kernel = int(num_threads), cpu_kernel
         self.public, self.dom = public, float(dom)
         if public is None:
             if private_terms not in (None, k):
@@ -146,20 +152,19 @@ class Encoder:
         out_shape = ((len(rows), height, width, channels) if self.out_layout == "NHWC"
                      else (len(rows), channels, height, width))
         out = _arrays.allocate(out_shape, _arrays.numpy_out_dtype(self.out_dtype), "the encoded batch")
-        labels, classes, soft_input = _arrays.check_labels(labels, keys.n, self.num_classes, scan=False)
-        soft = None
+        labels, classes = self._core_labels(labels, keys.n)
         if len(rows):  # an empty batch has nothing to check or compute (even for an empty set)
             # The core reads the epoch's tables at the batch's row ids and checks every entry it
             # reads (row ids, indices, coefficients, public patches inside their images, class
-            # ids); it mixes class-id labels in the same parallel call.
-            class_ids = None if soft_input else np.ascontiguousarray(labels, np.int64)
+            # ids); it mixes the labels in the same parallel call.
             soft = _core.encode(sources, keys.private_terms, keys.index, keys.lam, keys.offset, keys.flip, rows,
                                 keys.mask_key, keys.epoch, self._sign_code, out, self._out_code,
                                 self.out_layout == "NHWC", self.num_threads, tables_by_row_id=True,
-                                patches_inside=True, labels=class_ids, classes=classes,
-                                renormalize=self.renormalize_labels)
-        if soft is None:
-            soft = self._mix_labels(labels, keys, rows)
+                                patches_inside=True, labels=labels, classes=classes,
+                                renormalize=self.renormalize_labels, cpu_kernel=self.cpu_kernel)
+            assert soft is not None  # the core returns the soft labels whenever labels are given
+        else:
+            soft = np.zeros((0, classes), np.float32)
         if torch_input:
             return _to_torch(out, self.out_dtype), _to_torch(soft, "float32")
         return out, soft
@@ -194,22 +199,20 @@ class Encoder:
                                                    (pool.mean / pool.std).tolist())
         return self._normalization["public", pool]
 
+    def _core_labels(self, labels, n: int) -> tuple[np.ndarray, int]:
+        """(labels as the core reads them, class count): class ids as int64 (their range is
+        the core's to check, per batch), soft labels as float32, both C-contiguous."""
+        labels, classes, soft_input = _arrays.check_labels(labels, n, self.num_classes, scan=False)
+        return np.ascontiguousarray(labels, np.float32 if soft_input else np.int64), classes
+
     def _mix_labels(self, labels, keys: Keys, rows: np.ndarray) -> np.ndarray:
-        """sum over private terms of lam[i, t] * onehot(label of term t), as float32."""
-        labels, classes, soft_input = _arrays.check_labels(labels, keys.n, self.num_classes, scan=False)
-        kp = keys.private_terms
-        if soft_input:
-            index, lam = keys.index[rows, :kp], keys.lam[rows, :kp]
-            soft = np.einsum("bt,btc->bc", lam, labels[index].astype(np.float32))
-        elif len(rows):
-            # One weighted count per (row, class), summed in float64 in term order (as a
-            # weighted bincount); the core checks the class ids the batch reads.
-            soft = _core.mix_labels(keys.index, keys.lam, rows, kp, np.ascontiguousarray(labels, np.int64), classes)
-        else:
-            soft = np.zeros((0, classes), np.float32)
-        if self.renormalize_labels:
-            soft /= keys.lam[rows, :kp].sum(axis=1, keepdims=True)
-        return soft
+        """The soft labels of `rows` on the host: sum over private terms of lam[i, t] times the
+        one-hot class or the soft label of term t's image (float64 sums, one rounding)."""
+        labels, classes = self._core_labels(labels, keys.n)
+        if not len(rows):
+            return np.zeros((0, classes), np.float32)
+        return _core.mix_labels(keys.index, keys.lam, rows, keys.private_terms, labels, classes,
+                                renormalize=self.renormalize_labels)
 
 
 def _to_torch(array: np.ndarray, dtype: str):
