@@ -1,4 +1,4 @@
-"""Time to accuracy on CIFAR-10: the fast recipe (instahide.recipe) trained plainly and on
+"""Time to accuracy on CIFAR-10: the fast recipe (instahide.torch.recipe) trained plainly and on
 InstaHide encodings, test accuracy on the plain test images after every epoch.
 
 Writes benchmarks/results/accuracy/<device>-<date>.json (one entry per method: method, model,
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 import instahide
+from instahide.cli.train import random_subsets
 from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD, default_data_dir, load_cifar10
-from instahide.recipe import FastRecipe, train_fast
-from instahide.train import random_subsets
+from instahide.torch.recipe import FastRecipe, train_fast
 
 TARGETS = (50, 70, 80, 85, 90, 93, 94)
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy"
@@ -87,8 +87,8 @@ def train_dpsgd(train_x, train_y, test_x, test_y, recipe: FastRecipe, data_dir: 
 
     from opacus import PrivacyEngine
 
-    from instahide.models import FastNet, group_norm
-    from instahide.recipe import accuracy_on, learning_rate_factor, plain_inputs
+    from instahide.torch.models import FastNet, group_norm
+    from instahide.torch.recipe import accuracy_on, learning_rate_factor, plain_inputs
 
     torch.manual_seed(seed)
     augment = instahide.Encoder(k=1, sign="none", mean=CIFAR10_MEAN, std=CIFAR10_STD, pad=recipe.translate,

@@ -9,7 +9,7 @@ import numpy as np
 
 import instahide
 from instahide import reference
-from instahide.bench import copy_bandwidth  # noqa: F401  (shared with `instahide bench`)
+from instahide.cli.bench import copy_bandwidth  # noqa: F401  (shared with `instahide bench`)
 from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD
 
 CIFAR_MEAN = np.array(CIFAR10_MEAN, np.float32)

@@ -1,7 +1,8 @@
 """The package as installed: CI (.ci/run, cibuildwheel) installs the built wheel into a fresh
 environment and sets INSTAHIDE_EXPECT_INSTALLED=1; then the tests must have imported that
-wheel, not src/, and the wheel must hold every module of the source tree, the compiled core,
-its type stub and py.typed. The stub is checked against the compiled module everywhere."""
+wheel, not src/, and the wheel must hold every module of the source tree (the subpackages'
+too), the compiled core, its type stub and py.typed. The stub is checked against the compiled
+module everywhere."""
 
 import ast
 import os
@@ -30,8 +31,10 @@ def test_instahide_is_imported_from_site_packages():
 @installed
 @pytest.mark.skipif(not SOURCE.is_dir(), reason="needs the source tree")
 def test_the_wheel_holds_every_module_the_stub_and_py_typed():
-    files = {p.name for p in PACKAGE.iterdir()}
-    missing = ({p.name for p in SOURCE.glob("*.py")} | {"_core.pyi", "py.typed"}) - files
+    files = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*") if p.is_file()}
+    modules = {p.relative_to(SOURCE).as_posix() for p in SOURCE.rglob("*.py")}
+    assert {"torch/__init__.py", "attacks/__init__.py", "cli/__init__.py"} <= modules
+    missing = (modules | {"_core.pyi", "py.typed"}) - files
     assert not missing, f"not in the installed package: {sorted(missing)}"
     assert [name for name in files if name.startswith("_core.") and name.endswith((".so", ".pyd"))]
 

@@ -1,4 +1,4 @@
-"""The fast training recipe (instahide.recipe, `instahide train --recipe fast`): its parts, and a
+"""The fast training recipe (instahide.torch.recipe, `instahide train --recipe fast`): its parts, and a
 smoke run on scikit-learn's digits that checks learning happens (no accuracy target)."""
 
 import csv
@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 import instahide  # noqa: E402
 import instahide.torch  # noqa: E402
 from instahide import cli  # noqa: E402
-from instahide.models import FastNet  # noqa: E402
-from instahide.recipe import FastRecipe, learning_rate_factor, plain_inputs, smoothed, train_fast  # noqa: E402
+from instahide.torch.models import FastNet  # noqa: E402
+from instahide.torch.recipe import FastRecipe, learning_rate_factor, plain_inputs, smoothed, train_fast  # noqa: E402
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

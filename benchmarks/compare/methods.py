@@ -23,9 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import instahide
-from instahide.models import SmallCNN
+from instahide.cli.train import evaluate
 from instahide.torch import InstaHideLoader, soft_cross_entropy
-from instahide.train import evaluate
+from instahide.torch.models import SmallCNN
 
 LEARNING_RATE = 0.05
 MOMENTUM = 0.9

@@ -342,7 +342,7 @@ def main(argv=None) -> dict:
         "machine": machine(),
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "data": {"source": data.source, "train": len(data.train_x), "test": len(data.test_x)},
-        "model": "SmallCNN (instahide.models, width 32) with its BatchNorm layers removed; "
+        "model": "SmallCNN (instahide.torch.models, width 32) with its BatchNorm layers removed; "
                  "SGD lr 0.05, momentum 0.9 (TenSEAL: its own CKKS network, see the note)",
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "packages": found,

@@ -79,7 +79,7 @@ class ConvGroup(nn.Sequential):
 
 
 class FastNet(nn.Module):
-    """The fast recipe's network (instahide.recipe), after Jordan's fast CIFAR-10 nets (arXiv
+    """The fast recipe's network (instahide.torch.recipe), after Jordan's fast CIFAR-10 nets (arXiv
     2404.00498): a frozen 2x2 patch-whitening convolution, three conv groups (64/256/256 at full
     width), global max-pooling and a linear layer. `abs_input`: the net reads |x| (the sign
     mask is independent of the image, so |encoding| holds all the encoding's information).

@@ -1,29 +1,17 @@
-"""PyTorch integration (needs torch): epoch-keyed encoded batches for DataLoader workers, a
-batch transform in the style of timm's Mixup, soft-target cross-entropy, and InstaHide
-inference (the paper's section 3.3).
-
-Each epoch is re-keyed: fresh partners, coefficients, windows and masks (the paper's one-time
-use). Keys derive from the encoder's secret key and the epoch inside whichever process needs
-them, so DataLoader workers (fork or spawn) receive no keys, only the dataset object.
-"""
+"""Encoded batches for training: `EncodedBatches` (a map-style dataset whose item b is batch b
+of the current epoch, re-keyed per epoch and shared out over DDP ranks), `InstaHideLoader`
+(a DataLoader over it that starts the next epoch on every iteration) and `InstaHideMix` (a
+batch transform for pipelines that already produce batches)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.distributed
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .encoder import Encoder
-from .keys import row_order
-
-__all__ = ["EncodedBatches", "InstaHideLoader", "InstaHideMix", "soft_cross_entropy", "predict"]
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """mean over the batch of sum_c -targets[c] * log_softmax(logits)[c] (soft labels)."""
-    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+from ..encoder import Encoder
+from ..keys import row_order
 
 
 class EncodedBatches(Dataset):
@@ -134,28 +122,6 @@ class InstaHideMix:
         self.calls += 1
         x, y = self.encoder.encode(images, labels, keys)
         return _as_tensor(x), _as_tensor(y)
-
-
-@torch.no_grad()
-def predict(model, images, encoder: Encoder, num_classes: int, repeats: int = 1, own_at_least: float = 0.0,
-            batch_size: int = 256, start_epoch: int = 0) -> torch.Tensor:
-    """InstaHide inference (the paper's section 3.3): class probabilities (n, num_classes) of
-    `images`, each encoded `repeats` times with fresh keys (mixed with other images of the set
-    and masked, as in training) and the softmax outputs averaged. `own_at_least` (e.g. 0.5)
-    keeps each image's own coefficient at least that large. Give the encoder a key and epochs
-    of its own (not the training encoder's)."""
-    if repeats < 1:
-        raise ValueError("repeats must be >= 1")
-    device = next(model.parameters()).device
-    n = len(images)
-    probabilities = torch.zeros((n, num_classes), device=device)
-    no_labels = np.zeros(n, np.int64)
-    for r in range(repeats):
-        keys = encoder.keys(n, start_epoch + r, own_at_least=own_at_least)
-        for start in range(0, n, batch_size):
-            x, _ = encoder.encode(images, no_labels, keys, rows=np.arange(start, min(n, start + batch_size)))
-            probabilities[start:start + len(x)] += F.softmax(model(_as_tensor(x).to(device).float()), dim=-1)
-    return probabilities / repeats
 
 
 def _as_tensor(x) -> torch.Tensor:

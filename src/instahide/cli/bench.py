@@ -1,18 +1,47 @@
 """`instahide bench`: a quick encoder throughput measure on this machine: the fused encoder
 (C++ on CPU threads, or the CUDA kernel) against the plain-numpy reference, and against the
 memory-copy bandwidth measured in the same run. benchmarks/encode_throughput.py is the full
-comparison (authors' PyTorch ops, vectorized numpy, cross mode, real CIFAR-10)."""
+comparison (authors' PyTorch ops, vectorized numpy, cross mode, real CIFAR-10).
+
+`add_arguments` and `command` are the command's options and code; `run`, `format_report` and
+`copy_bandwidth` are the measures, for use from Python too."""
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
 
 import numpy as np
 
-from . import reference
-from .datasets import CIFAR10_MEAN, CIFAR10_STD
-from .encoder import Encoder
+from .. import reference
+from ..datasets import CIFAR10_MEAN, CIFAR10_STD
+from ..encoder import Encoder
+
+
+def add_arguments(bench) -> None:
+    bench.add_argument("--batch", type=int, default=512, help="rows per encode call")
+    bench.add_argument("--k", type=int, default=4, help="images mixed per encoding")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bench.add_argument("--images", type=int, default=16_384, help="random 32x32x3 uint8 images to encode")
+    bench.add_argument("--seconds", type=float, default=2.0, help="timing per implementation")
+    bench.add_argument("--threads", type=int, default=0, help="CPU threads (0: the cores this process may use)")
+    bench.add_argument("--json", help="write the results here")
+
+
+def command(args) -> int:
+    try:
+        report = run(batch=args.batch, k=args.k, device=args.device, images=args.images, seconds=args.seconds,
+                     threads=args.threads)
+    except RuntimeError as error:  # no usable CUDA device
+        print(f"instahide bench: error: {error}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
 
 
 def copy_bandwidth(threads: int = 2, megabytes: int = 256, repeats: int = 7) -> dict:
@@ -123,7 +152,7 @@ def run(batch: int = 512, k: int = 4, device: str = "cpu", images: int = 16_384,
 
 
 def _cores() -> int:
-    from . import _core
+    from .. import _core
 
     return _core.get_num_threads()
 

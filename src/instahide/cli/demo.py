@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import CIFAR10_MEAN, CIFAR10_STD, bundled_photos, load_cifar10, load_digits, load_image_folder
-from .encoder import Encoder
-from .models import SmallCNN
-from .pool import PublicPool
-from .torch import InstaHideLoader, soft_cross_entropy
+from ..datasets import CIFAR10_MEAN, CIFAR10_STD, bundled_photos, load_cifar10, load_digits, load_image_folder
+from ..encoder import Encoder
+from ..pool import PublicPool
+from ..torch import InstaHideLoader, soft_cross_entropy
+from ..torch.models import SmallCNN
 from .train import evaluate
 
 MODES = ("vanilla", "instahide", "cross")

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .encoder import Encoder
+from ..encoder import Encoder
+from ._progress import _progress
+from .loader import InstaHideLoader
+from .loss import soft_cross_entropy
 from .models import FastNet
-from .torch import InstaHideLoader, soft_cross_entropy
-from .train import _progress
 
 __all__ = ["FastRecipe", "learning_rate_factor", "smoothed", "train_fast", "plain_inputs"]
 

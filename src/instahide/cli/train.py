@@ -14,14 +14,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _files
-from .datasets import default_data_dir, load_split
-from .encoder import Encoder
-from .keys import new_secret_key
-from .models import MODELS
-from .pool import PublicPool
-from .shards import read_key_file
-from .torch import InstaHideLoader, soft_cross_entropy
+from .. import _files
+from ..datasets import default_data_dir, load_split
+from ..encoder import Encoder
+from ..keys import new_secret_key
+from ..pool import PublicPool
+from ..shards import read_key_file
+from ..torch import InstaHideLoader, soft_cross_entropy
+from ..torch._progress import _progress
+from ..torch.models import MODELS
 
 LOG_FIELDS = ["epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "encode_seconds", "lr"]
 
@@ -35,7 +36,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--test-limit", type=int, help="test on this many images (a random subset)")
     parser.add_argument("--recipe", choices=["paper", "fast"], default="paper",
                         help="paper: the authors' protocol (--model, step decay, 200 epochs); fast: FastNet with "
-                             "the fast schedule of instahide.recipe (--width, --raw-input; 10 epochs by default)")
+                             "the fast schedule of instahide.torch.recipe (--width, --raw-input; 10 epochs by default)")
     parser.add_argument("--model", choices=sorted(MODELS), default="preact_resnet18", help="paper recipe's network")
     parser.add_argument("--width", choices=["cpu", "full"],
                         help="fast recipe: FastNet widths, full (64/256/256) or cpu (32/128/128); default: full on "
@@ -265,10 +266,10 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> list[dict]
 
 
 def _train_fast(args) -> list[dict]:
-    """The fast recipe (instahide.recipe) on one device: the log as the paper recipe's, the
+    """The fast recipe (instahide.torch.recipe) on one device: the log as the paper recipe's, the
     model (the weight average) in model.pt, no checkpoints to resume from."""
-    from .datasets import CIFAR10_MEAN, CIFAR10_STD
-    from .recipe import FastRecipe, train_fast
+    from ..datasets import CIFAR10_MEAN, CIFAR10_STD
+    from ..torch.recipe import FastRecipe, train_fast
 
     if args.resume:
         raise ValueError("--resume: the fast recipe keeps no checkpoint (its runs take minutes); rerun instead")
@@ -309,13 +310,3 @@ def _train_fast(args) -> list[dict]:
                              seed=args.seed, on_epoch=log, progress=not args.quiet)
     torch.save({"model": model.state_dict(), "recipe": vars(recipe), "classes": classes}, out / "model.pt")
     return rows
-
-
-def _progress(total: int, desc: str, quiet: bool):
-    if quiet:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
