@@ -1,7 +1,7 @@
-"""Encoding arrays that live on a GPU: torch CUDA tensors and other objects exposing
-``__cuda_array_interface__`` (e.g. CuPy), read through their pointers, shapes and strides
-(no libtorch link, as faiss's contrib/torch_utils does). The kernel runs on the caller's
-current stream of the array's device, asynchronously.
+"""The CUDA backend: executes a Plan on arrays that live on a GPU: torch CUDA tensors and other
+objects exposing ``__cuda_array_interface__`` (e.g. CuPy), read through their pointers, shapes
+and strides (no libtorch link, as faiss's contrib/torch_utils does). The kernel runs on the
+caller's current stream of the array's device, asynchronously.
 
 Keys are uploaded once per epoch and device (cached on the Keys object); the kernel looks
 each batch row up in them by its row id. Row ids from the host are copied per batch; row ids
@@ -13,11 +13,13 @@ the same device by the array's own library.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import _arrays, _core
+from . import _arrays, _core, _cpu
+from ._plan import Images, Plan
 
 _PIXEL = {np.dtype(np.uint8): 0, np.dtype(np.float32): 1}
 _TORCH_PIXEL_DTYPES = {"torch.uint8": np.dtype(np.uint8), "torch.float32": np.dtype(np.float32)}
@@ -138,18 +140,29 @@ def _tables(keys, lib: _Library, pool=None, patch=None):
     return per_keys[lib.device]
 
 
-def _pool_source(pool, lib: _Library, scale_shift: tuple) -> tuple:
+def _pool_source(pool, lib: _Library, scale: tuple, shift: tuple) -> tuple:
     """The public pool on the device (uploaded once per device) as a packed source."""
     per_pool = _device_pools.setdefault(pool, {})
     if lib.device not in per_pool:
         per_pool[lib.device] = [lib.upload(a, wait=True) for a in (pool.pixels, pool.offsets, pool.sizes)]
     pixels, offsets, sizes = per_pool[lib.device]
     return (lib.pointer(pixels), 0, pool.channels, len(pool), lib.pointer(offsets), lib.pointer(sizes),
-            len(pool.pixels), *scale_shift)
+            len(pool.pixels), scale, shift)
 
 
-def encode(encoder, images, labels, keys, rows):
-    """Encoder.encode for CUDA images; returns arrays of the images' library on its device."""
+@dataclass(frozen=True)
+class DeviceImages:
+    """The caller's images on a GPU: their library (torch or CuPy) and device, base pointer
+    and element strides in (N, C, H, W) order."""
+
+    lib: _Library
+    pointer: int
+    strides: tuple[int, int, int, int]
+
+
+def intake(images, layout: str | None) -> tuple[DeviceImages, Images]:
+    """The images' pointer, strides and geometry (uint8 or float32, 4-d, on the device their
+    library names)."""
     lib = _Library(images)
     pointer, dtype, shape, strides = _interface(images, "images")
     if dtype not in _PIXEL:
@@ -159,35 +172,43 @@ def encode(encoder, images, labels, keys, rows):
     owner = _core.pointer_device(pointer) if shape[0] else lib.device
     if owner != lib.device:
         raise ValueError(f"images claim device {lib.device} but their memory is on device {owner}")
-    rows_on_device = is_cuda_array(rows)
-    channels_last = _arrays.channels_last(np.empty((0, *shape[1:]), dtype), encoder.layout)
+    channels_last = _arrays.channels_last(np.empty((0, *shape[1:]), dtype), layout)
     axes = (0, 3, 1, 2) if channels_last else (0, 1, 2, 3)
     n, channels, height, width = (shape[a] for a in axes)
-    encoder._check_keys(keys, n)
+    device_strides = (strides[axes[0]], strides[axes[1]], strides[axes[2]], strides[axes[3]])
+    return DeviceImages(lib, pointer, device_strides), Images(n, channels, height, width, channels_last, dtype)
+
+
+def encode(plan: Plan, images: DeviceImages, labels, rows):
+    """(encoded, soft labels) of `rows` of the epoch, as arrays of the images' library on
+    their device. Host data costs a round trip only where the caller passes it: row ids on the
+    host are uploaded per batch (on a side stream with torch); labels on the host are mixed
+    there by the CPU core and uploaded; row ids on the device with labels on the host are
+    copied to the host for that."""
+    lib, keys, geometry = images.lib, plan.keys, plan.images
+    n = geometry.n
+    rows_on_device = is_cuda_array(rows)
     if rows_on_device:
         device_rows = _device_row_ids(rows, n, lib)
         count = int(device_rows.shape[0])
     else:
         rows = _arrays.row_ids(rows, n)
         count = len(rows)
-    kp = keys.private_terms
-    sources = [(pointer, _PIXEL[dtype], (n, channels, height, width), tuple(strides[a] for a in axes),
-                *encoder._scale_shift(channels, dtype))]
-    if kp < keys.k:
-        sources.append(_pool_source(encoder.public, lib, encoder._public_scale_shift(height, width, channels)))
+    shape = (n, geometry.channels, geometry.height, geometry.width)
+    sources: list = [(images.pointer, _PIXEL[geometry.dtype], shape, images.strides, plan.scale, plan.shift)]
+    if plan.public is not None:
+        sources.append(_pool_source(plan.public, lib, plan.public_scale, plan.public_shift))
 
-    out_shape = ((count, height, width, channels) if encoder.out_layout == "NHWC"
-                 else (count, channels, height, width))
-    out = lib.empty(out_shape, encoder.out_dtype)
+    out = lib.empty(plan.out_shape(count), plan.out_dtype)
     if count == 0:
-        return out, lib.upload(encoder._mix_labels(_host_labels(labels), keys, np.empty(0, np.int64)))
-    tables, bounds = _tables(keys, lib, encoder.public if kp < keys.k else None, (height, width))
+        return out, lib.upload(_cpu.mix_labels(plan, _host_labels(labels), np.empty(0, np.int64)))
+    tables, bounds = _tables(keys, lib, plan.public, (geometry.height, geometry.width))
     if bounds["private"][0] < 0 or bounds["private"][1] >= n:
         raise ValueError(f"keys.index refers to images outside [0, {n})")
-    if kp < keys.k and (bounds["public"][0] < 0 or bounds["public"][1] >= len(encoder.public)):
-        raise ValueError(f"keys.index refers to public images outside [0, {len(encoder.public)})")
+    if plan.public is not None and (bounds["public"][0] < 0 or bounds["public"][1] >= len(plan.public)):
+        raise ValueError(f"keys.index refers to public images outside [0, {len(plan.public)})")
     on_device = lib.name == "torch" and _arrays.is_torch(labels) and labels.device == tables["lam"].device
-    device_labels, classes, soft_input = (_checked_device_labels(labels, keys.n, encoder.num_classes) if on_device
+    device_labels, classes, soft_input = (_checked_device_labels(labels, keys.n, plan.num_classes) if on_device
                                           else (None, 0, False))
     if not rows_on_device:
         device_rows = lib.upload_rows(rows)
@@ -196,18 +217,18 @@ def encode(encoder, images, labels, keys, rows):
     soft, label_spec = None, None
     if on_device:
         soft = lib.empty((count, classes), "float32")
-        label_spec = (lib.pointer(device_labels), keys.n, classes, encoder.renormalize_labels, soft_input)
+        label_spec = (lib.pointer(device_labels), keys.n, classes, plan.renormalize_labels, soft_input)
     # The kernel looks each row up in the epoch's tables by its row id: no per-batch gathers.
     _core.encode_cuda(sources, keys.private_terms, count, keys.k, lib.pointer(tables["index"]),
                       lib.pointer(tables["lam"]), lib.pointer(tables["offset"]), lib.pointer(tables["flip"]),
-                      lib.pointer(device_rows), keys.mask_key, keys.epoch, encoder._sign_code, lib.pointer(out),
-                      encoder._out_code, encoder.out_layout == "NHWC", height, width, lib.device, lib.stream(),
+                      lib.pointer(device_rows), keys.mask_key, keys.epoch, plan.sign, lib.pointer(out),
+                      plan.out_code, plan.out_channels_last, geometry.height, geometry.width, lib.device, lib.stream(),
                       tables_by_row_id=True, labels=label_spec, soft=0 if soft is None else lib.pointer(soft))
     if soft is not None:
         return out, soft
     if rows_on_device:  # labels on the host: mixed there, from the rows' host copy (a sync)
         rows = device_rows.cpu().numpy()
-    return out, lib.upload(encoder._mix_labels(_host_labels(labels), keys, rows))  # mixed on the host
+    return out, lib.upload(_cpu.mix_labels(plan, _host_labels(labels), rows))  # mixed on the host
 
 
 class _CheckedRows:

@@ -1,15 +1,15 @@
-"""The encoder: options, validation, and dispatch to the compiled core."""
+"""The encoder: options, and the plan of each encode call (validated once), executed by the
+CPU backend (_cpu) or, for arrays on a GPU, the CUDA backend (_cuda)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import _arrays, _core, _cuda
+from . import _arrays, _core, _cpu, _cuda
+from ._plan import SIGN_CODES, Images, Plan
 from .keys import Keys, check_secret_key, derive_keys, new_secret_key
 
-_SIGNS = {"flip": 0, "abs": 1, "none": 2}
 MAX_PAD = 2**30  # window offsets travel as int32
-_OUT_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
 
 
 class Encoder:
@@ -49,8 +49,8 @@ class Encoder:
             raise ValueError(f"k must be an integer in [1, 16], got {k!r}")
         if k > 1 and not 1.0 / k < upper <= 1.0:
             raise ValueError(f"upper must be in (1/k, 1] = ({1.0 / k:.4g}, 1], got {upper}")
-        if sign not in _SIGNS:
-            raise ValueError(f"sign must be one of {tuple(_SIGNS)}, got {sign!r}")
+        if sign not in SIGN_CODES:
+            raise ValueError(f"sign must be one of {tuple(SIGN_CODES)}, got {sign!r}")
         if not isinstance(pad, (int, np.integer)) or not 0 <= pad <= MAX_PAD:
             raise ValueError(f"pad must be an integer in [0, 2^30], got {pad!r}")
         if layout is not None and layout not in _arrays.LAYOUTS:
@@ -100,14 +100,6 @@ class Encoder:
         self._normalization: dict = {}
 
     @property
-    def _sign_code(self) -> int:
-        return _SIGNS[self.sign]
-
-    @property
-    def _out_code(self) -> int:
-        return _OUT_CODES[self.out_dtype]
-
-    @property
     def key(self) -> bytes:
         """The secret key: it derives every epoch's keys. Keep it secret."""
         return self._secret
@@ -134,40 +126,24 @@ class Encoder:
         asynchronously; the outputs are on the same device. With torch CUDA images, `rows` may
         be an int64 tensor on their device (slices of one tensor: its values are checked once).
         """
-        if _cuda.is_cuda_array(images):
-            return _cuda.encode(self, images, labels, keys, rows)
-        torch_input = _arrays.is_torch(images)
-        x = _arrays.as_numpy(images, "images")
-        channels_last = _arrays.channels_last(x, self.layout)
-        n = x.shape[0]
-        self._check_keys(keys, n)
-        rows = _arrays.row_ids(rows, n)
-        channels, height, width = (x.shape[3], x.shape[1], x.shape[2]) if channels_last else x.shape[1:]
-        sources = [(x, channels_last, *self._scale_shift(channels, x.dtype))]
-        if keys.private_terms < keys.k:
-            pool = self.public
-            sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes,
-                            *self._public_scale_shift(height, width, channels)))
+        backend = _cuda if _cuda.is_cuda_array(images) else _cpu
+        array, geometry = backend.intake(images, self.layout)
+        return backend.encode(self._plan(geometry, keys), array, labels, rows)
 
-        out_shape = ((len(rows), height, width, channels) if self.out_layout == "NHWC"
-                     else (len(rows), channels, height, width))
-        out = _arrays.allocate(out_shape, _arrays.numpy_out_dtype(self.out_dtype), "the encoded batch")
-        labels, classes = self._core_labels(labels, keys.n)
-        if len(rows):  # an empty batch has nothing to check or compute (even for an empty set)
-            # The core reads the epoch's tables at the batch's row ids and checks every entry it
-            # reads (row ids, indices, coefficients, public patches inside their images, class
-            # ids); it mixes the labels in the same parallel call.
-            soft = _core.encode(sources, keys.private_terms, keys.index, keys.lam, keys.offset, keys.flip, rows,
-                                keys.mask_key, keys.epoch, self._sign_code, out, self._out_code,
-                                self.out_layout == "NHWC", self.num_threads, tables_by_row_id=True,
-                                patches_inside=True, labels=labels, classes=classes,
-                                renormalize=self.renormalize_labels, cpu_kernel=self.cpu_kernel)
-            assert soft is not None  # the core returns the soft labels whenever labels are given
-        else:
-            soft = np.zeros((0, classes), np.float32)
-        if torch_input:
-            return _to_torch(out, self.out_dtype), _to_torch(soft, "float32")
-        return out, soft
+    def _plan(self, images: Images, keys: Keys) -> Plan:
+        """The plan of encoding `images` (their geometry) with `keys`: the keys checked against
+        this encoder's options and the images, each source's normalization, the output and label
+        options. The backends execute it."""
+        self._check_keys(keys, images.n)
+        scale, shift = self._scale_shift(images.channels, images.dtype)
+        public_scale = public_shift = ()
+        if self.public is not None:
+            public_scale, public_shift = self._public_scale_shift(images.height, images.width, images.channels)
+        return Plan(images=images, keys=keys, scale=scale, shift=shift, public=self.public,
+                    public_scale=public_scale, public_shift=public_shift, sign=SIGN_CODES[self.sign],
+                    out_dtype=self.out_dtype, out_channels_last=self.out_layout == "NHWC",
+                    num_classes=self.num_classes, renormalize_labels=self.renormalize_labels,
+                    num_threads=self.num_threads, cpu_kernel=self.cpu_kernel)
 
     def _check_keys(self, keys: Keys, n: int) -> None:
         """Keys made for this encoder's options and these n images (their index range is the
@@ -184,7 +160,7 @@ class Encoder:
         if cache_key not in self._normalization:
             mean, std = _arrays.normalization(self.mean, self.std, channels)
             unit = np.float32(1 / 255) if np.dtype(dtype) == np.uint8 else np.float32(1)
-            self._normalization[cache_key] = ((unit / std).tolist(), (mean / std).tolist())
+            self._normalization[cache_key] = (tuple((unit / std).tolist()), tuple((mean / std).tolist()))
         return self._normalization[cache_key]
 
     def _public_scale_shift(self, height: int, width: int, channels: int) -> tuple:
@@ -195,31 +171,9 @@ class Encoder:
             raise ValueError(f"the public pool has {self.public.channels} channels, the images {channels}")
         pool = self.public
         if ("public", pool) not in self._normalization:  # keyed by the pool object: a new pool, new values
-            self._normalization["public", pool] = ((np.float32(1 / 255) / pool.std).tolist(),
-                                                   (pool.mean / pool.std).tolist())
+            self._normalization["public", pool] = (tuple((np.float32(1 / 255) / pool.std).tolist()),
+                                                   tuple((pool.mean / pool.std).tolist()))
         return self._normalization["public", pool]
-
-    def _core_labels(self, labels, n: int) -> tuple[np.ndarray, int]:
-        """(labels as the core reads them, class count): class ids as int64 (their range is
-        the core's to check, per batch), soft labels as float32, both C-contiguous."""
-        labels, classes, soft_input = _arrays.check_labels(labels, n, self.num_classes, scan=False)
-        return np.ascontiguousarray(labels, np.float32 if soft_input else np.int64), classes
-
-    def _mix_labels(self, labels, keys: Keys, rows: np.ndarray) -> np.ndarray:
-        """The soft labels of `rows` on the host: sum over private terms of lam[i, t] times the
-        one-hot class or the soft label of term t's image (float64 sums, one rounding)."""
-        labels, classes = self._core_labels(labels, keys.n)
-        if not len(rows):
-            return np.zeros((0, classes), np.float32)
-        return _core.mix_labels(keys.index, keys.lam, rows, keys.private_terms, labels, classes,
-                                renormalize=self.renormalize_labels)
-
-
-def _to_torch(array: np.ndarray, dtype: str):
-    import torch
-
-    tensor = torch.from_numpy(array)
-    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
 
 
 def mask(key: bytes, epoch: int, rows, shape) -> np.ndarray:
