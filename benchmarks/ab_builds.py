@@ -33,6 +33,27 @@ def load_core(path: str):
     return module
 
 
+def encode_call(core, images, pool, scale, shift, pool_scale, pool_shift, labels, keys):
+    """encode(rows, out) through `core`: the keyword-only call with typed sources and labels,
+    or, for a build from before them, the positional call with tuple sources."""
+    if not hasattr(core, "ImageSource"):
+        sources: list = [(images, True, scale, shift)]
+        if pool is not None:
+            sources.append((pool.pixels, pool.channels, pool.offsets, pool.sizes, pool_scale, pool_shift))
+        return lambda rows, out: core.encode(sources, keys.private_terms, keys.index, keys.lam, keys.offset,
+                                             keys.flip, rows, keys.mask_key, 0, 0, out, 0, False, 0,
+                                             tables_by_row_id=True, patches_inside=True, labels=labels, classes=10)
+    sources = [core.ImageSource.host(images=images, channels_last=True, scale=scale, shift=shift)]
+    if pool is not None:
+        sources.append(core.ImageSource.host_packed(pixels=pool.pixels, channels=pool.channels, offsets=pool.offsets,
+                                                    sizes=pool.sizes, scale=pool_scale, shift=pool_shift))
+    class_ids = core.Labels.host(labels=labels, classes=10)
+    return lambda rows, out: core.encode(sources=sources, private_terms=keys.private_terms, index=keys.index,
+                                         lam=keys.lam, offset=keys.offset, flip=keys.flip, row_id=rows,
+                                         mask_key=keys.mask_key, epoch=0, sign=0, out=out, out_type=0,
+                                         out_channels_last=False, patches_inside=True, labels=class_ids)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("builds", nargs="+", help="paths of built _core*.so files; the first is the baseline")
@@ -56,10 +77,10 @@ def main(argv=None) -> None:
     batches = [np.ascontiguousarray(order[i:i + 512], np.int64) for i in range(0, len(images) - 512, 512)]
     scale, shift = (np.float32(1 / 255) / np.asarray(CIFAR10_STD, np.float32)).tolist(), (
         np.asarray(CIFAR10_MEAN, np.float32) / np.asarray(CIFAR10_STD, np.float32)).tolist()
-    source: list = [(images, True, scale, shift)]
-    if args.case == "cross":
-        source.append((pool.pixels, pool.channels, pool.offsets, pool.sizes,
-                       (np.float32(1 / 255) / pool.std).tolist(), (pool.mean / pool.std).tolist()))
+    pool_scale, pool_shift = ((np.float32(1 / 255) / pool.std).tolist(), (pool.mean / pool.std).tolist()
+                              if args.case == "cross" else ([], []))
+    calls = [encode_call(core, images, pool if args.case == "cross" else None, scale, shift, pool_scale, pool_shift,
+                         labels, keys) for core in cores]
     out = np.empty((512, 3, 32, 32), np.float32)
     seconds = np.zeros((args.rounds, len(cores)))
     for round_ in range(args.rounds):
@@ -67,9 +88,7 @@ def main(argv=None) -> None:
         for b in order_of_builds:
             start = time.perf_counter()
             for rows in batches:
-                cores[b].encode(source, keys.private_terms, keys.index, keys.lam, keys.offset, keys.flip, rows,
-                                keys.mask_key, 0, 0, out, 0, False, 0, tables_by_row_id=True, patches_inside=True,
-                                labels=labels, classes=10)
+                calls[b](rows, out)
             seconds[round_, b] = time.perf_counter() - start
     images_per_round = len(batches) * 512
     for b, path in enumerate(args.builds):

@@ -54,8 +54,11 @@ def test_build_info_reports_the_device_state():
 @pytest.mark.skipif(not INFO["cuda_compiled"] or INFO["cuda_devices"] > 0, reason="needs a CUDA build without a GPU")
 def test_cuda_errors_become_python_exceptions_without_a_device():
     with pytest.raises(RuntimeError, match="cuda"):
-        instahide._core.encode_cuda([(1, 0, (1, 3, 4, 4), (48, 16, 4, 1), [1.0] * 3, [0.0] * 3)], 1, 1, 1, 8, 8, 8,
-                                    8, 8, bytes(32), 0, 0, 8, 0, False, 4, 4, 0, 0)
+        source = instahide._core.ImageSource.device(pointer=1, pixel=0, shape=(1, 3, 4, 4), strides=(48, 16, 4, 1),
+                                                    scale=[1.0] * 3, shift=[0.0] * 3)
+        instahide._core.encode_cuda(sources=[source], private_terms=1, rows=1, k=1, index=8, lam=8, offset=8, flip=8,
+                                    row_id=8, mask_key=bytes(32), epoch=0, sign=0, out=8, out_type=0,
+                                    out_channels_last=False, out_height=4, out_width=4, device=0, stream=0)
 
 
 torch = pytest.importorskip("torch")

@@ -210,23 +210,6 @@ def test_property_core_equals_reference(n, channels, height, width, k, pad, hfli
     check_against_reference(images, rng.integers(0, 5, n), encoder, encoder.keys(n, epoch))
 
 
-def test_core_tables_by_row_id_match_gathered_tables(rng):
-    """The core reads a batch's keys straight from the epoch's tables: bit-identical to
-    gathering the batch's rows first, for private and public terms and pad/flip windows."""
-    images = make_images(rng, 40, 3, 9, 9, "uint8", "NHWC")
-    keys = instahide.Encoder(k=5, pad=2, hflip=True).keys(40, 3)
-    rows = rng.choice(40, 17, replace=False).astype(np.int64)
-    source = [(images, True, [1 / 255] * 3, [0.5] * 3)]
-    outputs = []
-    for by_row_id in (False, True):
-        tables = [t if by_row_id else t[rows] for t in (keys.index, keys.lam, keys.offset, keys.flip)]
-        out = np.empty((17, 3, 9, 9), np.float32)
-        instahide._core.encode(source, 5, *tables, rows, keys.mask_key, keys.epoch, 0, out, 0, False, 2,
-                               tables_by_row_id=by_row_id)
-        outputs.append(out)
-    assert np.array_equal(outputs[0].view(np.uint32), outputs[1].view(np.uint32))
-
-
 @pytest.mark.parametrize("k,private_terms,classes", [(1, 1, 2), (4, 4, 10), (6, 2, 100), (8, 5, 1000)])
 def test_core_label_mixing_equals_weighted_bincount(rng, k, private_terms, classes):
     """The core's soft labels are exactly numpy's float64 weighted bincount rounded to float32."""
@@ -235,7 +218,8 @@ def test_core_label_mixing_equals_weighted_bincount(rng, k, private_terms, class
     index = rng.integers(0, n, (n, k))
     lam = rng.dirichlet(np.ones(k), n).astype(np.float32)
     rows = rng.permutation(n)[:123].astype(np.int64)
-    soft = instahide._core.mix_labels(index, lam, rows, private_terms, labels, classes)
+    soft = instahide._core.mix_labels(index=index, lam=lam, row_id=rows, private_terms=private_terms,
+                                      labels=instahide._core.Labels.host(labels=labels, classes=classes))
     cells = np.arange(len(rows))[:, None] * classes + labels[index[rows, :private_terms]]
     expected = np.bincount(cells.reshape(-1), weights=lam[rows, :private_terms].reshape(-1),
                            minlength=len(rows) * classes).reshape(len(rows), classes).astype(np.float32)
@@ -252,7 +236,8 @@ def test_core_mixes_soft_input_labels_as_the_reference(rng, k, private_terms, cl
     index = rng.integers(0, n, (n, k))
     lam = rng.dirichlet(np.ones(k), n).astype(np.float32)
     rows = rng.permutation(n)[:77].astype(np.int64)
-    soft = instahide._core.mix_labels(index, lam, rows, private_terms, soft_in, classes)
+    soft = instahide._core.mix_labels(index=index, lam=lam, row_id=rows, private_terms=private_terms,
+                                      labels=instahide._core.Labels.host(labels=soft_in, classes=classes))
     expected = sum(lam[rows, t].astype(np.float64)[:, None] * soft_in[index[rows, t]].astype(np.float64)
                    for t in range(private_terms)).astype(np.float32)
     assert soft.dtype == np.float32 and np.array_equal(soft, expected)

@@ -71,13 +71,15 @@ def test_core_checks_indices_itself(setup):
     index = keys.index.copy()
     index[3, 1] = -1
     with pytest.raises(ValueError, match=r"keys.index\[3, 1\] = -1 is out of range"):
-        instahide._core.encode([(images, True, [1.0] * 3, [0.0] * 3)], 3, index, keys.lam, keys.offset, keys.flip,
-                               np.arange(20), keys.mask_key, 0, 0, np.empty((20, 3, 8, 8), np.float32), 0, False, 0)
+        instahide._core.encode(sources=[source(images)], private_terms=3, index=index, lam=keys.lam,
+                               offset=keys.offset, flip=keys.flip, row_id=np.arange(20), mask_key=keys.mask_key,
+                               epoch=0, sign=0, out=np.empty((20, 3, 8, 8), np.float32), out_type=0,
+                               out_channels_last=False)
 
 
 def test_core_rejects_wrong_buffers(setup):
     _, images, _, keys = setup
-    args = dict(sources=[(images, True, [1.0] * 3, [0.0] * 3)], private_terms=3, index=keys.index, lam=keys.lam,
+    args = dict(sources=[source(images)], private_terms=3, index=keys.index, lam=keys.lam,
                 offset=keys.offset, flip=keys.flip, row_id=np.arange(20), mask_key=keys.mask_key, epoch=0, sign=0,
                 out=np.empty((20, 3, 8, 8), np.float32), out_type=0, out_channels_last=False, num_threads=0)
     instahide._core.encode(**args)
@@ -156,12 +158,22 @@ def test_core_checks_row_ids_and_labels_of_epoch_tables(setup):
     out = np.empty((2, 3, 8, 8), np.float32)
     for rows in ([0, 20], [-1, 3]):
         with pytest.raises(ValueError, match="row id"):
-            instahide._core.encode([(images, True, [1.0] * 3, [0.0] * 3)], 3, keys.index, keys.lam, keys.offset,
-                                   keys.flip, np.array(rows, np.int64), keys.mask_key, 0, 0, out, 0, False, 0,
-                                   tables_by_row_id=True)
+            instahide._core.encode(sources=[source(images)], private_terms=3, index=keys.index, lam=keys.lam,
+                                   offset=keys.offset, flip=keys.flip, row_id=np.array(rows, np.int64),
+                                   mask_key=keys.mask_key, epoch=0, sign=0, out=out, out_type=0,
+                                   out_channels_last=False)
         with pytest.raises(ValueError, match="row id"):
-            instahide._core.mix_labels(keys.index, keys.lam, np.array(rows, np.int64), 3, labels.astype(np.int64), 10)
+            mix_labels(keys, np.array(rows, np.int64), labels.astype(np.int64))
     with pytest.raises(ValueError, match=r"labels\[\d+\] = 10 is out of range"):
-        instahide._core.mix_labels(keys.index, keys.lam, np.arange(20), 3, np.full(20, 10, np.int64), 10)
+        mix_labels(keys, np.arange(20), np.full(20, 10, np.int64))
     with pytest.raises(ValueError, match="out of range for 5 labels"):
-        instahide._core.mix_labels(keys.index, keys.lam, np.arange(20), 3, np.zeros(5, np.int64), 10)
+        mix_labels(keys, np.arange(20), np.zeros(5, np.int64))
+
+
+def source(images):
+    return instahide._core.ImageSource.host(images=images, channels_last=True, scale=[1.0] * 3, shift=[0.0] * 3)
+
+
+def mix_labels(keys, rows, class_ids):
+    return instahide._core.mix_labels(index=keys.index, lam=keys.lam, row_id=rows, private_terms=3,
+                                      labels=instahide._core.Labels.host(labels=class_ids, classes=10))

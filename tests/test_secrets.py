@@ -59,9 +59,12 @@ def test_exceptions_hide_the_keys(setup):
         lambda: encoder.encode(images, labels, forged(lam=bad_lam)),
         lambda: instahide.reference.encode(images, labels, forged(lam=bad_lam)),
         lambda: encoder.encode(images[:11], labels[:11], keys), lambda: encoder.encode(images, labels, keys, rows=[12]),
-        lambda: instahide._core.encode([(images, True, [1.0] * 3, [0.0] * 3)], 3, keys.index, keys.lam, keys.offset,
-                                       keys.flip, np.arange(12), keys.mask_key[:-1], 7, 0,
-                                       np.empty((12, 3, 6, 6), np.float32), 0, False, 0),
+        lambda: instahide._core.encode(sources=[instahide._core.ImageSource.host(images=images, channels_last=True,
+                                                                                 scale=[1.0] * 3, shift=[0.0] * 3)],
+                                       private_terms=3, index=keys.index, lam=keys.lam,
+                                       offset=keys.offset, flip=keys.flip, row_id=np.arange(12),
+                                       mask_key=keys.mask_key[:-1], epoch=7, sign=0,
+                                       out=np.empty((12, 3, 6, 6), np.float32), out_type=0, out_channels_last=False),
         lambda: instahide.derive_keys(secret, 7, 0, k=3), lambda: instahide.derive_keys(secret, 7, 12, k=3, upper=0.1),
     ]
     for attempt in attempts:

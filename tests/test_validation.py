@@ -280,18 +280,34 @@ def test_bad_keys_fields(changes, error, match):
 def test_core_rechecks_what_python_passes(setup):
     """The bindings and core reject what the Python layer would have: row ids, public offsets."""
     _, images, _, keys = setup
-    args = dict(sources=[(images, True, [1.0] * 3, [0.0] * 3)], private_terms=3, index=keys.index, lam=keys.lam,
+    def source(x, channels=3):
+        return _core.ImageSource.host(images=x, channels_last=True, scale=[1.0] * channels, shift=[0.0] * channels)
+
+    args = dict(sources=[source(images)], private_terms=3, index=keys.index, lam=keys.lam,
                 offset=keys.offset, flip=keys.flip, row_id=np.arange(20), mask_key=keys.mask_key, epoch=0, sign=0,
                 out=np.empty((20, 3, 8, 8), np.float32), out_type=0, out_channels_last=False, num_threads=0)
     for name, value, match in [
-        ("row_id", -np.arange(20), "row ids must be >= 0"), ("row_id", np.arange(20, dtype=np.int32), "row_id"),
-        ("sources", [(images.astype(np.float64), True, [1.0] * 3, [0.0] * 3)], "uint8 or float32"),
-        ("sources", [(images, True, [1.0] * 2, [0.0] * 2)], "one value per channel"),
-        ("sources", [(images[:0], True, [1.0] * 3, [0.0] * 3)], "the set is empty"),
-        ("sources", [], "one or two image sources"), ("out_type", 7, "out_type"),
+        ("row_id", lambda: -np.arange(20), "row ids must be >= 0"),
+        ("row_id", lambda: np.arange(20, dtype=np.int32), "row_id"),
+        ("sources", lambda: [source(images.astype(np.float64))], "uint8 or float32"),
+        ("sources", lambda: [source(images, channels=2)], "one value per channel"),
+        ("sources", lambda: [source(images[:0])], "the set is empty"),
+        ("sources", lambda: [], "one or two image sources"), ("out_type", lambda: 7, "out_type"),
+        ("sign", lambda: 3, "sign must be"),
+        ("labels", lambda: _core.Labels.device(pointer=8, count=20, classes=10, renormalize=False, soft=False),
+         "labels on a device"),
+        ("sources", lambda: [_core.ImageSource.device(pointer=8, pixel=0, shape=(20, 3, 8, 8), strides=(192, 1, 24, 3),
+                                                      scale=[1.0] * 3, shift=[0.0] * 3)], "must be on the host"),
     ]:
         with pytest.raises((ValueError, TypeError), match=match):
-            _core.encode(**{**args, name: value})
+            _core.encode(**{**args, name: value()})
+    with pytest.raises(ValueError, match="pixel type"):
+        _core.ImageSource.device(pointer=8, pixel=2, shape=(20, 3, 8, 8), strides=(192, 1, 24, 3), scale=[1.0] * 3,
+                                 shift=[0.0] * 3)
+    with pytest.raises(ValueError, match="classes must be >= 1"):
+        _core.Labels.host(labels=np.zeros(20, np.int64), classes=0)
+    with pytest.raises(TypeError):  # keyword arguments only
+        _core.encode(args["sources"], 3)
     with pytest.raises(ValueError, match="elements must be >= 0"):
         _core.mask(keys.mask_key, 0, np.arange(3), -1)
     with pytest.raises(ValueError, match="2\\^41 elements"):

@@ -1,13 +1,14 @@
 // Thin pybind11 bindings of the Python-free core: buffers in, EncodeArgs out, GIL released
-// around every kernel. Inputs are never converted or copied: a wrong dtype or layout is an
-// error here, and the Python layer decides what to accept.
+// around every kernel. Image sources and labels are typed objects (ImageSource, Labels) built
+// by keyword-only factories; the encode calls take keyword arguments only. Inputs are never
+// converted or copied: a wrong dtype or layout is an error here, and the Python layer decides
+// what to accept.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <array>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "../core/encode.h"
@@ -51,54 +52,80 @@ void read_key(const py::bytes& key, uint8_t out[32]) {
   std::copy(k.begin(), k.end(), out);
 }
 
-// scale[C] and shift[C] of v' = v * scale - shift, one value per channel of `s`.
-void read_normalization(ImageSource& s, const py::handle& scale_list, const py::handle& shift_list) {
-  if (s.channels < 1 || s.channels > kMaxChannels) fail("images must have 1 to 4 channels, got " + std::to_string(s.channels));
-  auto scale = scale_list.cast<std::vector<float>>();
-  auto shift = shift_list.cast<std::vector<float>>();
-  if (int64_t(scale.size()) != s.channels || int64_t(shift.size()) != s.channels)
-    fail("scale and shift need one value per channel");
-  for (int64_t c = 0; c < s.channels; ++c) s.scale[c] = scale[c], s.shift[c] = shift[c];
+// Sign and output codes from Python's ints: the one place the bindings convert them (the
+// core checks the enums it gets in validate_shape).
+SignMode sign_mode(int code) {
+  if (code < 0 || code > 2) fail("sign must be 0 (flip), 1 (abs) or 2 (none)");
+  return SignMode(code);
 }
 
-// (images, channels_last, scale[C], shift[C]) -> ImageSource, strides in elements.
-ImageSource read_source(const py::tuple& spec) {
-  if (spec.size() != 4) fail("a source is (images, channels_last, scale, shift)");
-  py::array images = spec[0].cast<py::array>();
-  bool channels_last = spec[1].cast<bool>();
-  ImageSource s;
-  if (same_dtype(images.dtype(), py::dtype::of<uint8_t>())) s.pixel = PixelType::kUint8;
-  else if (same_dtype(images.dtype(), py::dtype::of<float>())) s.pixel = PixelType::kFloat32;
-  else throw py::type_error("images must be uint8 or float32, got " + std::string(py::str(images.dtype())));
+OutType out_type_of(int code) {
+  if (code < 0 || code > 2) fail("out_type must be 0 (float32), 1 (float16) or 2 (bfloat16)");
+  return OutType(code);
+}
+
+PixelType pixel_type_of(int code) {
+  if (code != 0 && code != 1) fail("pixel type must be 0 (uint8) or 1 (float32)");
+  return PixelType(code);
+}
+
+// _core.ImageSource: a set of images the core reads, with its normalization; a host source
+// keeps the arrays it points into alive, a device source holds device pointers the caller
+// keeps alive until the kernel that reads them has run.
+struct Source {
+  ImageSource images;
+  py::object keep;  // the host arrays
+  bool on_device = false;
+};
+
+// scale[C] and shift[C] of v' = v * scale - shift, one value per channel.
+void set_normalization(ImageSource& s, const std::vector<float>& scale, const std::vector<float>& shift) {
+  if (s.channels < 1 || s.channels > kMaxChannels) fail("images must have 1 to 4 channels, got " + std::to_string(s.channels));
+  if (int64_t(scale.size()) != s.channels || int64_t(shift.size()) != s.channels)
+    fail("scale and shift need one value per channel");
+  for (int64_t c = 0; c < s.channels; ++c) s.scale[c] = scale[size_t(c)], s.shift[c] = shift[size_t(c)];
+}
+
+PixelType pixel_type_of(const py::array& a, const char* what) {
+  if (same_dtype(a.dtype(), py::dtype::of<uint8_t>())) return PixelType::kUint8;
+  if (same_dtype(a.dtype(), py::dtype::of<float>())) return PixelType::kFloat32;
+  throw py::type_error(std::string(what) + " must be uint8 or float32, got " + std::string(py::str(a.dtype())));
+}
+
+// Images (N, C, H, W) or (N, H, W, C) in any strides; element strides in the source.
+Source host_source(const py::array& images, bool channels_last, const std::vector<float>& scale,
+                   const std::vector<float>& shift) {
+  Source src;
+  ImageSource& s = src.images;
+  s.pixel = pixel_type_of(images, "images");
   if (images.ndim() != 4) fail("images must have 4 dimensions (N, C, H, W) or (N, H, W, C)");
   const py::ssize_t item = images.itemsize();
   std::array<int64_t, 4> shape{}, stride{};
   for (int i = 0; i < 4; ++i) {
     if (images.strides(i) % item) fail("image strides must be multiples of the pixel size");
-    shape[i] = images.shape(i);
-    stride[i] = images.strides(i) / item;
+    shape[size_t(i)] = images.shape(i);
+    stride[size_t(i)] = images.strides(i) / item;
   }
-  const std::array<int, 4> axes = channels_last ? std::array<int, 4>{0, 3, 1, 2} : std::array<int, 4>{0, 1, 2, 3};
+  const std::array<size_t, 4> axes = channels_last ? std::array<size_t, 4>{0, 3, 1, 2} : std::array<size_t, 4>{0, 1, 2, 3};
   s.data = images.data();
   s.count = shape[0];
   s.channels = shape[axes[1]], s.height = shape[axes[2]], s.width = shape[axes[3]];
   s.stride_n = stride[0], s.stride_c = stride[axes[1]], s.stride_h = stride[axes[2]], s.stride_w = stride[axes[3]];
-  read_normalization(s, spec[2], spec[3]);
-  return s;
+  set_normalization(s, scale, shift);
+  src.keep = images;
+  return src;
 }
 
-// (pixels (total,) uint8/float32, channels, offsets (m,) int64, sizes (m, 2) int32, scale[C],
-// shift[C]) -> a packed ImageSource of m channels-last images of their own sizes.
-ImageSource read_packed_source(const py::tuple& spec) {
-  py::array pixels = spec[0].cast<py::array>();
-  ImageSource s;
-  if (same_dtype(pixels.dtype(), py::dtype::of<uint8_t>())) s.pixel = PixelType::kUint8;
-  else if (same_dtype(pixels.dtype(), py::dtype::of<float>())) s.pixel = PixelType::kFloat32;
-  else throw py::type_error("packed images must be uint8 or float32");
+// m channels-last images of their own sizes packed in one buffer: pixels (total,), offsets
+// (m,) int64 in elements, sizes (m, 2) int32 (H, W).
+Source host_packed_source(const py::array& pixels, int64_t channels, const py::array& offsets, const py::array& sizes,
+                          const std::vector<float>& scale, const std::vector<float>& shift) {
+  Source src;
+  ImageSource& s = src.images;
+  s.pixel = pixel_type_of(pixels, "packed images");
   if (pixels.ndim() != 1 || !(pixels.flags() & py::array::c_style)) fail("packed images must be a contiguous 1-d buffer");
-  s.channels = spec[1].cast<int64_t>();
-  const py::array offsets = spec[2].cast<py::array>(), sizes = spec[3].cast<py::array>();
   if (offsets.ndim() != 1) fail("packed image offsets must be 1-d");
+  s.channels = channels;
   s.count = offsets.shape(0);
   s.image_offset = table<int64_t>(offsets, "offsets", {s.count});
   s.image_size = table<int32_t>(sizes, "sizes", {s.count, 2});
@@ -106,78 +133,146 @@ ImageSource read_packed_source(const py::tuple& spec) {
   s.data = pixels.data();
   s.stride_c = 1, s.stride_w = s.channels;
   s.height = s.width = 1;  // unused: every image has its own size
-  read_normalization(s, spec[4], spec[5]);
-  return s;
+  set_normalization(s, scale, shift);
+  src.keep = py::make_tuple(pixels, offsets, sizes);
+  return src;
 }
 
-// The key tables: (rows, k) for the rows of `row_id`, or, with `tables_by_row_id`, the whole
-// epoch's (n, k), looked up by row id (no gather per batch).
-void read_tables(EncodeArgs& a, const py::array& index, const py::array& lam, const py::array& row_id,
-                 bool tables_by_row_id) {
+// Images on a GPU: a device pointer, (N, C, H, W) and element strides in that order.
+Source device_source(uintptr_t pointer, int pixel, const std::array<int64_t, 4>& shape,
+                     const std::array<int64_t, 4>& strides, const std::vector<float>& scale,
+                     const std::vector<float>& shift) {
+  Source src;
+  ImageSource& s = src.images;
+  s.data = reinterpret_cast<const void*>(pointer);
+  s.pixel = pixel_type_of(pixel);
+  s.count = shape[0], s.channels = shape[1], s.height = shape[2], s.width = shape[3];
+  s.stride_n = strides[0], s.stride_c = strides[1], s.stride_h = strides[2], s.stride_w = strides[3];
+  set_normalization(s, scale, shift);
+  src.on_device = true;
+  return src;
+}
+
+// A packed pool on a GPU (the Python layer checked its offsets and sizes before uploading).
+Source device_packed_source(uintptr_t pointer, int pixel, int64_t channels, int64_t count, uintptr_t offsets,
+                            uintptr_t sizes, int64_t elements, const std::vector<float>& scale,
+                            const std::vector<float>& shift) {
+  Source src;
+  ImageSource& s = src.images;
+  s.data = reinterpret_cast<const void*>(pointer);
+  s.pixel = pixel_type_of(pixel);
+  s.channels = channels;
+  s.count = count;
+  s.image_offset = reinterpret_cast<const int64_t*>(offsets);
+  s.image_size = reinterpret_cast<const int32_t*>(sizes);
+  s.packed_elements = elements;
+  s.height = s.width = 1;  // unused: every image has its own size
+  s.stride_c = 1, s.stride_w = s.channels;
+  set_normalization(s, scale, shift);
+  src.on_device = true;
+  return src;
+}
+
+// EncodeArgs.sources from one or two sources, all on the host or all on a device.
+void set_sources(EncodeArgs& a, const std::vector<Source>& sources, bool on_device) {
+  if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
+  for (size_t i = 0; i < sources.size(); ++i) {
+    if (sources[i].on_device != on_device)
+      fail(on_device ? "encode_cuda: image sources must be on the device (ImageSource.device)"
+                     : "encode: image sources must be on the host (ImageSource.host)");
+    a.sources[i] = sources[i].images;
+  }
+}
+
+// The key tables: the whole epoch's (n, k), looked up by the batch's row ids (no gather per
+// batch).
+void read_tables(EncodeArgs& a, const py::array& index, const py::array& lam, const py::array& row_id) {
   if (index.ndim() != 2) fail("index: must have shape (rows, k)");
   if (row_id.ndim() != 1) fail("row_id: must be one-dimensional");
-  a.tables_by_row_id = tables_by_row_id;
+  a.tables_by_row_id = true;
   a.table_rows = index.shape(0);
-  a.rows = tables_by_row_id ? row_id.shape(0) : a.table_rows;
+  a.rows = row_id.shape(0);
   a.k = int(index.shape(1));
   a.index = table<int64_t>(index, "index", {a.table_rows, a.k});
   a.lam = table<float>(lam, "lam", {a.table_rows, a.k});
   a.row_id = table<int64_t>(row_id, "row_id", {a.rows});
 }
 
-// LabelArgs of host labels: class ids (n,) int64, or soft label rows (n, classes) float32,
-// C-contiguous; the output (rows, classes) float32 is allocated into `soft`.
-LabelArgs read_labels(const py::array& labels, int64_t classes, bool renormalize, int64_t rows, py::object& soft) {
-  LabelArgs l;
+// _core.Labels: the private images' labels the core mixes into the rows' soft labels (class
+// ids or soft label rows; LabelArgs without its output), on the host (kept alive) or a device.
+struct Labels {
+  LabelArgs args;
+  py::object keep;
+  bool on_device = false;
+};
+
+// Class ids (n,) int64, or soft label rows (n, classes) float32, C-contiguous.
+Labels host_labels(const py::array& labels, int64_t classes, bool renormalize) {
+  if (classes < 1) fail("classes must be >= 1");
+  Labels l;
   if (same_dtype(labels.dtype(), py::dtype::of<float>())) {
     if (labels.ndim() != 2) fail("soft labels: must have shape (n, classes)");
-    l.label_count = labels.shape(0);
+    l.args.label_count = labels.shape(0);
     if (labels.shape(1) != classes) fail("soft labels: must have `classes` columns");
-    l.soft = table<float>(labels, "soft labels", {l.label_count, classes});
+    l.args.soft = table<float>(labels, "soft labels", {l.args.label_count, classes});
   } else {
     if (labels.ndim() != 1) fail("labels: must be one-dimensional class ids or (n, classes) float32 soft labels");
-    l.label_count = labels.shape(0);
-    l.class_ids = table<int64_t>(labels, "labels", {l.label_count});
+    l.args.label_count = labels.shape(0);
+    l.args.class_ids = table<int64_t>(labels, "labels", {l.args.label_count});
   }
+  l.args.classes = classes;
+  l.args.renormalize = renormalize;
+  l.keep = labels;
+  return l;
+}
+
+// Labels on a GPU: `count` class ids (int64) or `count` soft label rows of `classes` float32.
+Labels device_labels(uintptr_t pointer, int64_t count, int64_t classes, bool renormalize, bool soft) {
   if (classes < 1) fail("classes must be >= 1");
-  l.classes = classes;
-  l.renormalize = renormalize;
-  py::array_t<float> out({rows, classes});
+  if (count < 0) fail("the label count must be >= 0");
+  Labels l;
+  if (soft)
+    l.args.soft = reinterpret_cast<const float*>(pointer);
+  else
+    l.args.class_ids = reinterpret_cast<const int64_t*>(pointer);
+  l.args.label_count = count, l.args.classes = classes, l.args.renormalize = renormalize;
+  l.on_device = true;
+  return l;
+}
+
+// The soft-label output (rows, classes) of `labels`, allocated into `soft`.
+LabelArgs with_output(const Labels& labels, int64_t rows, py::object& soft) {
+  if (labels.on_device) fail("labels on a device go with encode_cuda");
+  LabelArgs l = labels.args;
+  py::array_t<float> out({rows, l.classes});
   l.out = out.mutable_data();
   soft = out;
   return l;
 }
 
-// With `labels` (class ids (n,) int64 or soft labels (n, classes) float32 of the private
-// images) also returns the rows' soft labels (rows, classes) float32, mixed in the same
-// parallel call; else None.
-py::object encode(const py::list& sources, int private_terms, const py::array& index, const py::array& lam,
+// The CPU encode call: the rows `row_id` of the epoch's key tables into `out`, C-contiguous,
+// (rows, C, H, W) or (rows, H, W, C). With `labels`, also returns the rows' soft labels
+// (rows, classes) float32, mixed in the same parallel call; else None.
+py::object encode(const std::vector<Source>& sources, int private_terms, const py::array& index, const py::array& lam,
                   const py::array& offset, const py::array& flip, const py::array& row_id, const py::bytes& mask_key,
                   uint32_t epoch, int sign, py::array out, int out_type, bool out_channels_last, int num_threads,
-                  bool tables_by_row_id, bool patches_inside, const py::object& labels, int64_t classes,
-                  bool renormalize, const std::string& cpu_kernel) {
+                  bool patches_inside, const Labels* labels, const std::string& cpu_kernel) {
   if (cpu_kernel != "auto" && cpu_kernel != "portable") fail("cpu_kernel must be 'auto' or 'portable'");
   EncodeArgs a;
   a.patches_inside = patches_inside;
-  if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
-  for (size_t i = 0; i < sources.size(); ++i) {
-    const py::tuple spec = sources[i].cast<py::tuple>();
-    a.sources[i] = spec.size() == 6 ? read_packed_source(spec) : read_source(spec);
-  }
-  read_tables(a, index, lam, row_id, tables_by_row_id);
+  set_sources(a, sources, false);
+  read_tables(a, index, lam, row_id);
   a.private_terms = private_terms;
   if (private_terms < a.k && sources.size() < 2) fail("public terms need a public image source");
   a.offset = table<int32_t>(offset, "offset", {a.table_rows, a.k, 2});
   a.flip = reinterpret_cast<const uint8_t*>(table<bool>(flip, "flip", {a.table_rows, a.k}));
   read_key(mask_key, a.mask_key);
   a.epoch = epoch;
-  if (sign < 0 || sign > 2) fail("sign must be 0 (flip), 1 (abs) or 2 (none)");
-  a.sign = SignMode(sign);
-
-  if (out_type < 0 || out_type > 2) fail("out_type must be 0 (float32), 1 (float16) or 2 (bfloat16)");
-  a.out_type = OutType(out_type);
-  const py::dtype want = out_type == 0 ? py::dtype::of<float>()
-                         : out_type == 1 ? py::dtype("float16") : py::dtype::of<uint16_t>();
+  a.sign = sign_mode(sign);
+  a.out_type = out_type_of(out_type);
+  const py::dtype want = a.out_type == OutType::kFloat32   ? py::dtype::of<float>()
+                         : a.out_type == OutType::kFloat16 ? py::dtype("float16")
+                                                           : py::dtype::of<uint16_t>();
   if (!same_dtype(out.dtype(), want)) throw py::type_error("out: expected dtype " + std::string(py::str(want)));
   if (!(out.flags() & py::array::c_style) || !out.writeable()) fail("out: must be C-contiguous and writeable");
   if (out.ndim() != 4 || out.shape(0) != a.rows) fail("out: must have shape (rows, ...) with 4 dimensions");
@@ -190,24 +285,24 @@ py::object encode(const py::list& sources, int private_terms, const py::array& i
 
   LabelArgs label_args;
   py::object soft = py::none();
-  if (!labels.is_none()) label_args = read_labels(labels.cast<py::array>(), classes, renormalize, a.rows, soft);
+  if (labels) label_args = with_output(*labels, a.rows, soft);
   {
     py::gil_scoped_release release;
-    encode_cpu(a, num_threads, labels.is_none() ? nullptr : &label_args,
+    encode_cpu(a, num_threads, labels ? &label_args : nullptr,
                cpu_kernel == "portable" ? CpuKernel::kPortable : CpuKernel::kAuto);
   }
   return soft;
 }
 
-// Soft labels (rows, classes) float32 of the rows `row_id` from the private images' labels
-// (class ids (n,) int64 or soft labels (n, classes) float32), the tables looked up by row id.
+// Soft labels (rows, classes) float32 of the rows `row_id` from the private images' labels,
+// the tables looked up by row id.
 py::object mix_labels(const py::array& index, const py::array& lam, const py::array& row_id, int private_terms,
-                      const py::array& labels, int64_t classes, bool renormalize) {
+                      const Labels& labels) {
   EncodeArgs a;
-  read_tables(a, index, lam, row_id, true);
+  read_tables(a, index, lam, row_id);
   a.private_terms = private_terms;
   py::object soft;
-  const LabelArgs l = read_labels(labels, classes, renormalize, a.rows, soft);
+  const LabelArgs l = with_output(labels, a.rows, soft);
   {
     py::gil_scoped_release release;
     mix_labels_cpu(a, l);
@@ -262,89 +357,45 @@ py::array_t<uint8_t> chacha20(const py::bytes& key, const py::bytes& nonce, uint
   return out;
 }
 
-// A CUDA source: (pointer, pixel type 0 uint8 / 1 float32, (N, C, H, W), element strides in
-// that order, scale[C], shift[C]). The Python layer reads these off the tensor.
-ImageSource read_device_source(const py::tuple& spec) {
-  if (spec.size() == 9) {
-    // packed: (pointer, pixel, channels, count, offsets pointer, sizes pointer, buffer length,
-    // scale, shift); the Python layer checked the offsets and sizes before uploading them.
-    ImageSource s;
-    s.data = reinterpret_cast<const void*>(spec[0].cast<uintptr_t>());
-    const int pixel = spec[1].cast<int>();
-    if (pixel != 0 && pixel != 1) fail("pixel type must be 0 (uint8) or 1 (float32)");
-    s.pixel = PixelType(pixel);
-    s.channels = spec[2].cast<int64_t>();
-    s.count = spec[3].cast<int64_t>();
-    s.image_offset = reinterpret_cast<const int64_t*>(spec[4].cast<uintptr_t>());
-    s.image_size = reinterpret_cast<const int32_t*>(spec[5].cast<uintptr_t>());
-    s.packed_elements = spec[6].cast<int64_t>();
-    s.height = s.width = 1;  // unused: every image has its own size
-    s.stride_c = 1, s.stride_w = s.channels;
-    read_normalization(s, spec[7], spec[8]);
-    return s;
-  }
-  if (spec.size() != 6) fail("a device source is (pointer, pixel, shape, strides, scale, shift)");
-  ImageSource s;
-  s.data = reinterpret_cast<const void*>(spec[0].cast<uintptr_t>());
-  const int pixel = spec[1].cast<int>();
-  if (pixel != 0 && pixel != 1) fail("pixel type must be 0 (uint8) or 1 (float32)");
-  s.pixel = PixelType(pixel);
-  auto shape = spec[2].cast<std::array<int64_t, 4>>();
-  auto strides = spec[3].cast<std::array<int64_t, 4>>();
-  s.count = shape[0], s.channels = shape[1], s.height = shape[2], s.width = shape[3];
-  s.stride_n = strides[0], s.stride_c = strides[1], s.stride_h = strides[2], s.stride_w = strides[3];
-  read_normalization(s, spec[4], spec[5]);
-  return s;
-}
-
-// The CUDA kernel on device pointers (keys tables of `rows` rows, output C-contiguous),
-// queued on `stream` of `device`; returns before the kernel ends. With `soft` (not 0), it
-// also mixes the rows' soft labels into it from `labels`: (pointer to label_count int64 class
-// ids, or to label_count rows of `classes` float32 soft labels, label_count, classes,
-// renormalize, whether the pointer is to soft labels).
-void encode_on_cuda(const py::list& sources, int private_terms, int64_t rows, int k, uintptr_t index, uintptr_t lam,
-                 uintptr_t offset, uintptr_t flip, uintptr_t row_id, const py::bytes& mask_key, uint32_t epoch, int sign,
-                 uintptr_t out, int out_type, bool out_channels_last, int64_t out_height, int64_t out_width, int device,
-                 uintptr_t stream, bool tables_by_row_id, const py::object& labels, uintptr_t soft) {
+// The CUDA kernel on device pointers (the epoch's key tables, looked up by the `rows` row ids
+// at `row_id`; output C-contiguous), queued on `stream` of `device`; returns before the kernel
+// ends. With `labels` (on the device), it also mixes the rows' soft labels into `soft`, a
+// device pointer to (rows, classes) float32.
+void encode_on_cuda(const std::vector<Source>& sources, int private_terms, int64_t rows, int k, uintptr_t index,
+                    uintptr_t lam, uintptr_t offset, uintptr_t flip, uintptr_t row_id, const py::bytes& mask_key,
+                    uint32_t epoch, int sign, uintptr_t out, int out_type, bool out_channels_last, int64_t out_height,
+                    int64_t out_width, int device, uintptr_t stream, const Labels* labels, uintptr_t soft) {
 #if INSTAHIDE_WITH_CUDA
   EncodeArgs a;
-  if (sources.size() < 1 || sources.size() > 2) fail("one or two image sources");
-  for (size_t i = 0; i < sources.size(); ++i) a.sources[i] = read_device_source(sources[i].cast<py::tuple>());
+  set_sources(a, sources, true);
   a.private_terms = private_terms, a.rows = rows, a.k = k;
   a.index = reinterpret_cast<const int64_t*>(index);
   a.lam = reinterpret_cast<const float*>(lam);
   a.offset = reinterpret_cast<const int32_t*>(offset);
   a.flip = reinterpret_cast<const uint8_t*>(flip);
   a.row_id = reinterpret_cast<const int64_t*>(row_id);
-  a.tables_by_row_id = tables_by_row_id;
+  a.tables_by_row_id = true;
   read_key(mask_key, a.mask_key);
   a.epoch = epoch;
-  if (sign < 0 || sign > 2) fail("sign must be 0 (flip), 1 (abs) or 2 (none)");
-  a.sign = SignMode(sign);
-  if (out_type < 0 || out_type > 2) fail("out_type must be 0, 1 or 2");
+  a.sign = sign_mode(sign);
   a.out = reinterpret_cast<void*>(out);
-  a.out_type = OutType(out_type);
+  a.out_type = out_type_of(out_type);
   a.out_channels_last = out_channels_last;
   a.out_height = out_height, a.out_width = out_width;
   LabelArgs label_args;
-  if (soft) {
-    const auto spec = labels.cast<std::tuple<uintptr_t, int64_t, int64_t, bool, bool>>();
-    if (std::get<4>(spec))
-      label_args.soft = reinterpret_cast<const float*>(std::get<0>(spec));
-    else
-      label_args.class_ids = reinterpret_cast<const int64_t*>(std::get<0>(spec));
-    label_args.label_count = std::get<1>(spec);
-    label_args.classes = std::get<2>(spec);
-    label_args.renormalize = std::get<3>(spec);
+  if (labels) {
+    if (!labels->on_device) fail("encode_cuda: labels must be on the device (Labels.device)");
+    if (!soft) fail("encode_cuda: labels need a soft-label output");
+    label_args = labels->args;
     label_args.out = reinterpret_cast<float*>(soft);
   }
   py::gil_scoped_release release;
   CudaDeviceGuard guard(device);
-  encode_cuda(a, reinterpret_cast<void*>(stream), soft ? &label_args : nullptr);
+  encode_cuda(a, reinterpret_cast<void*>(stream), labels ? &label_args : nullptr);
 #else
   (void)sources, (void)private_terms, (void)rows, (void)k, (void)index, (void)lam, (void)offset, (void)flip;
   (void)row_id, (void)mask_key, (void)epoch, (void)sign, (void)out, (void)out_type, (void)out_channels_last;
-  (void)out_height, (void)out_width, (void)device, (void)stream, (void)tables_by_row_id, (void)labels, (void)soft;
+  (void)out_height, (void)out_width, (void)device, (void)stream, (void)labels, (void)soft;
   throw std::runtime_error("instahide was built without CUDA (no nvcc at build time, or INSTAHIDE_CUDA=off)");
 #endif
 }
@@ -383,13 +434,36 @@ int pointer_device(uintptr_t pointer) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "instahide's compiled core (private: use the instahide package)";
-  m.def("encode", &encode, py::arg("sources"), py::arg("private_terms"), py::arg("index"), py::arg("lam"),
-        py::arg("offset"), py::arg("flip"), py::arg("row_id"), py::arg("mask_key"), py::arg("epoch"),
-        py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"), py::arg("num_threads"),
-        py::arg("tables_by_row_id") = false, py::arg("patches_inside") = false, py::arg("labels") = py::none(),
-        py::arg("classes") = 0, py::arg("renormalize") = false, py::arg("cpu_kernel") = "auto");
-  m.def("mix_labels", &mix_labels, py::arg("index"), py::arg("lam"), py::arg("row_id"), py::arg("private_terms"),
-        py::arg("labels"), py::arg("classes"), py::arg("renormalize") = false);
+  py::class_<Source>(m, "ImageSource",
+                     "A set of images the core reads, with its per-channel normalization v * scale - shift.")
+      .def_static("host", &host_source, py::kw_only(), py::arg("images"), py::arg("channels_last"), py::arg("scale"),
+                  py::arg("shift"), "Images (N, C, H, W) or (N, H, W, C), uint8 or float32, any strides.")
+      .def_static("host_packed", &host_packed_source, py::kw_only(), py::arg("pixels"), py::arg("channels"),
+                  py::arg("offsets"), py::arg("sizes"), py::arg("scale"), py::arg("shift"),
+                  "Channels-last images of their own sizes in one buffer (a public pool).")
+      .def_static("device", &device_source, py::kw_only(), py::arg("pointer"), py::arg("pixel"), py::arg("shape"),
+                  py::arg("strides"), py::arg("scale"), py::arg("shift"),
+                  "Images on a GPU: (N, C, H, W) and element strides in that order; pixel 0 uint8, 1 float32.")
+      .def_static("device_packed", &device_packed_source, py::kw_only(), py::arg("pointer"), py::arg("pixel"),
+                  py::arg("channels"), py::arg("count"), py::arg("offsets"), py::arg("sizes"), py::arg("elements"),
+                  py::arg("scale"), py::arg("shift"), "A packed pool on a GPU.")
+      .def_property_readonly("count", [](const Source& s) { return s.images.count; })
+      .def_property_readonly("channels", [](const Source& s) { return s.images.channels; })
+      .def_property_readonly("on_device", [](const Source& s) { return s.on_device; });
+  py::class_<Labels>(m, "Labels", "The private images' labels, mixed into the rows' soft labels.")
+      .def_static("host", &host_labels, py::kw_only(), py::arg("labels"), py::arg("classes"),
+                  py::arg("renormalize") = false, "Class ids (n,) int64 or soft labels (n, classes) float32.")
+      .def_static("device", &device_labels, py::kw_only(), py::arg("pointer"), py::arg("count"), py::arg("classes"),
+                  py::arg("renormalize"), py::arg("soft"), "Labels on a GPU: class ids int64 or soft labels float32.")
+      .def_property_readonly("classes", [](const Labels& l) { return l.args.classes; })
+      .def_property_readonly("soft", [](const Labels& l) { return l.args.soft != nullptr; })
+      .def_property_readonly("on_device", [](const Labels& l) { return l.on_device; });
+  m.def("encode", &encode, py::kw_only(), py::arg("sources"), py::arg("private_terms"), py::arg("index"),
+        py::arg("lam"), py::arg("offset"), py::arg("flip"), py::arg("row_id"), py::arg("mask_key"), py::arg("epoch"),
+        py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"), py::arg("num_threads") = 0,
+        py::arg("patches_inside") = false, py::arg("labels") = nullptr, py::arg("cpu_kernel") = "auto");
+  m.def("mix_labels", &mix_labels, py::kw_only(), py::arg("index"), py::arg("lam"), py::arg("row_id"),
+        py::arg("private_terms"), py::arg("labels"));
   m.def("gather_sum", &gather_sum, py::arg("images"), py::arg("index"), py::arg("num_threads") = 0);
   m.def("mask", &mask, py::arg("key"), py::arg("epoch"), py::arg("row_id"), py::arg("elements"),
         py::arg("num_threads") = 0);
@@ -397,11 +471,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("available_cores", &available_cores);
   m.def("get_num_threads", &default_threads);
   m.def("set_num_threads", &set_default_threads, py::arg("n"));
-  m.def("encode_cuda", &encode_on_cuda, py::arg("sources"), py::arg("private_terms"), py::arg("rows"), py::arg("k"),
-        py::arg("index"), py::arg("lam"), py::arg("offset"), py::arg("flip"), py::arg("row_id"), py::arg("mask_key"),
-        py::arg("epoch"), py::arg("sign"), py::arg("out"), py::arg("out_type"), py::arg("out_channels_last"),
-        py::arg("out_height"), py::arg("out_width"), py::arg("device"), py::arg("stream"),
-        py::arg("tables_by_row_id") = false, py::arg("labels") = py::none(), py::arg("soft") = 0);
+  m.def("encode_cuda", &encode_on_cuda, py::kw_only(), py::arg("sources"), py::arg("private_terms"), py::arg("rows"),
+        py::arg("k"), py::arg("index"), py::arg("lam"), py::arg("offset"), py::arg("flip"), py::arg("row_id"),
+        py::arg("mask_key"), py::arg("epoch"), py::arg("sign"), py::arg("out"), py::arg("out_type"),
+        py::arg("out_channels_last"), py::arg("out_height"), py::arg("out_width"), py::arg("device"),
+        py::arg("stream"), py::arg("labels") = nullptr, py::arg("soft") = 0);
   m.def("build_info", &build_info);
   m.def("pointer_device", &pointer_device, py::arg("pointer"));
 }

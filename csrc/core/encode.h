@@ -84,7 +84,14 @@ inline int64_t mask_bytes_per_row(int64_t channels, int64_t height, int64_t widt
   return (channels * height * width + 7) / 8;
 }
 
-// Throws std::invalid_argument unless `args` is safe to run: shapes, strides, index ranges.
+// Throws std::invalid_argument unless the call's scalars are consistent: term counts, rows,
+// output window and size, sign and output codes, channel counts, each source's pixel type,
+// size and strides, non-null tables. Reads nothing behind the pointers: encode_cpu and
+// encode_cuda (on device pointers) both start with it.
+void validate_shape(const EncodeArgs& args);
+
+// Throws std::invalid_argument unless `args` is safe to run on the CPU: validate_shape, then
+// what lies behind the host pointers (packed image sizes; row ids, indices, coefficients).
 void validate(const EncodeArgs& args);
 
 // CPU kernel: encodes all rows of `args` on `num_threads` threads (0: the default count);

@@ -742,9 +742,10 @@ void encode_all(const EncodeArgs& args, int num_threads, const LabelArgs* labels
 
 // The core trusts nothing its caller passes: every index the kernel follows and every
 // coefficient is checked (O(rows * k), small next to the encoding), and every size product in
-// 64 bits. validate_call checks the call's shapes and sources, validate_rows each row's table
-// entries; encode_cpu runs the latter in each task, on the rows it is about to encode.
-void validate_call(const EncodeArgs& a) {
+// 64 bits. validate_shape checks the call's scalars and sources (encode_cuda too), validate_call
+// adds the packed images' sizes, validate_rows each row's table entries; encode_cpu runs the
+// latter in each task, on the rows it is about to encode.
+void validate_shape(const EncodeArgs& a) {
   check(a.k >= 1 && a.k <= kMaxTerms,
         [&] { return describe("k", a.k) + " must be in [1, " + std::to_string(kMaxTerms) + "]"; });
   check(a.private_terms >= 1 && a.private_terms <= a.k,
@@ -783,14 +784,6 @@ void validate_call(const EncodeArgs& a) {
       check(s.stride_c == 1 && s.stride_w == s.channels,
             [&] { return std::string(name) + ": packed images are channels-last"; });
       check(s.packed_elements >= 0, [&] { return std::string(name) + ": negative buffer length"; });
-      for (int64_t i = 0; i < s.count; ++i) {
-        const int64_t h = s.image_size[2 * i], w = s.image_size[2 * i + 1], first = s.image_offset[i];
-        // h, w < 2^31 (int32) and C <= 4: h * w * C fits 64 bits; `first` is checked before the sum.
-        if (h <= 0 || w <= 0 || first < 0 || first > s.packed_elements ||
-            h * w * s.channels > s.packed_elements - first)
-          throw std::invalid_argument(std::string(name) + ": image " + std::to_string(i) +
-                                      " lies outside the packed buffer or has no pixels");
-      }
     } else {
       // Element addresses i * stride_n + c * stride_c + y * stride_h + x * stride_w stay in 64 bits.
       int64_t span = add_span(0, s.stride_n, s.count - 1);
@@ -799,6 +792,24 @@ void validate_call(const EncodeArgs& a) {
       span = add_span(span, s.stride_w, s.width - 1);
       check(span < INT64_MAX / 4,
             [&] { return std::string(name) + ": strides address more than 2^61 bytes"; });
+    }
+  }
+}
+
+// validate_shape, and the packed images' sizes (host memory): every image inside the buffer.
+void validate_call(const EncodeArgs& a) {
+  validate_shape(a);
+  const int used = a.private_terms < a.k ? 2 : 1;
+  for (int i = 0; i < used; ++i) {
+    const ImageSource& s = a.sources[i];
+    const char* name = i == 0 ? "private images" : "public images";
+    if (!s.image_offset) continue;
+    for (int64_t j = 0; j < s.count; ++j) {
+      const int64_t h = s.image_size[2 * j], w = s.image_size[2 * j + 1], first = s.image_offset[j];
+      // h, w < 2^31 (int32) and C <= 4: h * w * C fits 64 bits; `first` is checked before the sum.
+      if (h <= 0 || w <= 0 || first < 0 || first > s.packed_elements || h * w * s.channels > s.packed_elements - first)
+        throw std::invalid_argument(std::string(name) + ": image " + std::to_string(j) +
+                                    " lies outside the packed buffer or has no pixels");
     }
   }
 }

@@ -721,19 +721,11 @@ void check_cuda(cudaError_t err, const char* what) {
 }
 
 
-// Host-side checks (no device memory is read) and the kernel's parameters.
+// Host-side checks (no device memory is read: validate_shape, the CPU's checks of the call's
+// scalars, and the kernel's 32-bit limits) and the kernel's parameters.
 Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
-  check_arg(a.k >= 1 && a.k <= kMaxTerms, "k = " + std::to_string(a.k) + " must be in [1, " +
-                                              std::to_string(kMaxTerms) + "]");
-  check_arg(a.private_terms >= 1 && a.private_terms <= a.k,
-            "private_terms = " + std::to_string(a.private_terms) + " must be in [1, k]");
-  check_arg(a.rows >= 0, "rows = " + std::to_string(a.rows) + " must be >= 0");
-  check_arg(a.out_height > 0 && a.out_width > 0, "the output window must have a positive size");
-  check_arg(a.sign == SignMode::kFlip || a.sign == SignMode::kAbs || a.sign == SignMode::kNone, "unknown sign mode");
-  check_arg(a.out_type == OutType::kFloat32 || a.out_type == OutType::kFloat16 || a.out_type == OutType::kBFloat16,
-            "unknown output type");
+  validate_shape(a);
   const int64_t C = a.sources[0].channels;
-  check_arg(C >= 1 && C <= kMaxChannels, "private images: channels = " + std::to_string(C) + " must be in [1, 4]");
   check_arg(a.out_height <= INT32_MAX && a.out_width <= INT32_MAX &&
                 a.out_height * a.out_width <= INT32_MAX / C,
             "the output window is too large for the CUDA kernel (C*H*W must be < 2^31)");
@@ -744,12 +736,7 @@ Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
   for (int i = 0; i < used; ++i) {
     const ImageSource& s = a.sources[i];
     const std::string name = i == 0 ? "private images" : "public images";
-    check_arg(s.count > 0, name + ": the set is empty");
-    check_arg(s.data != nullptr, name + ": no data");
-    check_arg(s.channels == C, "public and private images must have the same channel count");
-    check_arg(s.height > 0 && s.width > 0, name + ": images must have a positive size");
     check_arg(s.height <= INT32_MAX && s.width <= INT32_MAX, name + ": images are too large for the CUDA kernel");
-    check_arg(s.pixel == PixelType::kUint8 || s.pixel == PixelType::kFloat32, name + ": unknown pixel type");
     Source& d = P.src[i];
     d.data = static_cast<const char*>(s.data);
     d.count = s.count;
@@ -767,8 +754,6 @@ Params prepare(const EncodeArgs& a, const LabelArgs* labels, bool& wide) {
     if (s.image_offset || s.image_size) {
       // Packed images (sizes in device memory, checked by the caller): channels-last, and no
       // image extends past the buffer, so the buffer's length bounds every offset.
-      check_arg(s.image_offset && s.image_size, name + ": packed images need offsets and sizes");
-      check_arg(s.stride_c == 1 && s.stride_w == C, name + ": packed images are channels-last");
       wide |= s.packed_elements > INT32_MAX;
     } else {
       int64_t span = add_span(0, s.stride_c, C - 1);
@@ -865,9 +850,6 @@ void encode_cuda(const EncodeArgs& args, void* stream, const LabelArgs* labels) 
   bool wide = false;
   const Params P = prepare(args, labels, wide);
   if (args.rows == 0) return;
-  check_arg(args.index && args.lam && args.offset && args.flip && args.out, "encode_cuda: a null key or output pointer");
-  check_arg(args.sign != SignMode::kFlip || args.row_id, "encode_cuda: no row ids for the mask");
-  check_arg(!args.tables_by_row_id || args.row_id, "encode_cuda: no row ids to look the tables up by");
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (args.out_type) {
     case OutType::kFloat32: launch_out<float>(P, args.out_channels_last, wide, s); break;

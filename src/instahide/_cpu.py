@@ -29,19 +29,26 @@ def intake(images, layout: str | None) -> tuple[HostImages, Images]:
     return HostImages(x, _arrays.is_torch(images)), Images(x.shape[0], channels, height, width, channels_last, x.dtype)
 
 
-def labels_for_core(labels, plan: Plan) -> tuple[np.ndarray, int]:
-    """(labels as the core reads them, class count): class ids as int64 (their range is the
-    core's to check, for the rows a batch reads), soft labels as float32, both C-contiguous."""
+def labels_for_core(labels, plan: Plan) -> tuple[_core.Labels | None, int]:
+    """(the labels as the core reads them, class count): class ids as int64 (their range is
+    the core's to check, for the rows a batch reads), soft labels as float32, both
+    C-contiguous; None for an empty set of class ids without num_classes (no class)."""
     labels, classes, soft_input = _arrays.check_labels(labels, plan.keys.n, plan.num_classes, scan=False)
-    return np.ascontiguousarray(labels, np.float32 if soft_input else np.int64), classes
+    if classes < 1:
+        return None, 0
+    return _core.Labels.host(labels=np.ascontiguousarray(labels, np.float32 if soft_input else np.int64),
+                             classes=classes, renormalize=plan.renormalize_labels), classes
 
 
-def sources(plan: Plan, images: np.ndarray) -> list[tuple]:
+def sources(plan: Plan, images: np.ndarray) -> list[_core.ImageSource]:
     """The core's image sources: the private images, and the public pool in cross mode."""
-    listed: list[tuple] = [(images, plan.images.channels_last, plan.scale, plan.shift)]
+    listed = [_core.ImageSource.host(images=images, channels_last=plan.images.channels_last, scale=plan.scale,
+                                     shift=plan.shift)]
     if plan.public is not None:
         pool = plan.public
-        listed.append((pool.pixels, pool.channels, pool.offsets, pool.sizes, plan.public_scale, plan.public_shift))
+        listed.append(_core.ImageSource.host_packed(pixels=pool.pixels, channels=pool.channels, offsets=pool.offsets,
+                                                    sizes=pool.sizes, scale=plan.public_scale,
+                                                    shift=plan.public_shift))
     return listed
 
 
@@ -53,11 +60,11 @@ def encode(plan: Plan, images: HostImages, labels, rows) -> tuple:
     out = _arrays.allocate(plan.out_shape(len(rows)), _arrays.numpy_out_dtype(plan.out_dtype), "the encoded batch")
     core_labels, classes = labels_for_core(labels, plan)
     if len(rows):  # an empty batch has nothing to check or compute (even for an empty set)
-        soft = _core.encode(sources(plan, images.array), keys.private_terms, keys.index, keys.lam, keys.offset,
-                            keys.flip, rows, keys.mask_key, keys.epoch, plan.sign, out, plan.out_code,
-                            plan.out_channels_last, plan.num_threads, tables_by_row_id=True, patches_inside=True,
-                            labels=core_labels, classes=classes, renormalize=plan.renormalize_labels,
-                            cpu_kernel=plan.cpu_kernel)
+        soft = _core.encode(sources=sources(plan, images.array), private_terms=keys.private_terms, index=keys.index,
+                            lam=keys.lam, offset=keys.offset, flip=keys.flip, row_id=rows, mask_key=keys.mask_key,
+                            epoch=keys.epoch, sign=plan.sign, out=out, out_type=plan.out_code,
+                            out_channels_last=plan.out_channels_last, num_threads=plan.num_threads,
+                            patches_inside=True, labels=core_labels, cpu_kernel=plan.cpu_kernel)
         assert soft is not None  # the core returns the soft labels whenever labels are given
     else:
         soft = np.zeros((0, classes), np.float32)
@@ -71,11 +78,11 @@ def mix_labels(plan: Plan, labels, rows: np.ndarray) -> np.ndarray:
     lam[i, t] times the one-hot class or the soft label of term t's image (float64 sums, one
     rounding), as the encode call mixes them."""
     core_labels, classes = labels_for_core(labels, plan)
-    if not len(rows):
-        return np.zeros((0, classes), np.float32)
+    if not len(rows) or core_labels is None:
+        return np.zeros((len(rows), classes), np.float32)
     keys = plan.keys
-    return _core.mix_labels(keys.index, keys.lam, rows, keys.private_terms, core_labels, classes,
-                            renormalize=plan.renormalize_labels)
+    return _core.mix_labels(index=keys.index, lam=keys.lam, row_id=rows, private_terms=keys.private_terms,
+                            labels=core_labels)
 
 
 def _to_torch(array: np.ndarray, dtype: str):

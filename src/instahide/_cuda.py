@@ -140,14 +140,15 @@ def _tables(keys, lib: _Library, pool=None, patch=None):
     return per_keys[lib.device]
 
 
-def _pool_source(pool, lib: _Library, scale: tuple, shift: tuple) -> tuple:
+def _pool_source(pool, lib: _Library, scale: tuple, shift: tuple) -> _core.ImageSource:
     """The public pool on the device (uploaded once per device) as a packed source."""
     per_pool = _device_pools.setdefault(pool, {})
     if lib.device not in per_pool:
         per_pool[lib.device] = [lib.upload(a, wait=True) for a in (pool.pixels, pool.offsets, pool.sizes)]
     pixels, offsets, sizes = per_pool[lib.device]
-    return (lib.pointer(pixels), 0, pool.channels, len(pool), lib.pointer(offsets), lib.pointer(sizes),
-            len(pool.pixels), scale, shift)
+    return _core.ImageSource.device_packed(pointer=lib.pointer(pixels), pixel=0, channels=pool.channels,
+                                           count=len(pool), offsets=lib.pointer(offsets), sizes=lib.pointer(sizes),
+                                           elements=len(pool.pixels), scale=scale, shift=shift)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,8 @@ def encode(plan: Plan, images: DeviceImages, labels, rows):
         rows = _arrays.row_ids(rows, n)
         count = len(rows)
     shape = (n, geometry.channels, geometry.height, geometry.width)
-    sources: list = [(images.pointer, _PIXEL[geometry.dtype], shape, images.strides, plan.scale, plan.shift)]
+    sources = [_core.ImageSource.device(pointer=images.pointer, pixel=_PIXEL[geometry.dtype], shape=shape,
+                                        strides=images.strides, scale=plan.scale, shift=plan.shift)]
     if plan.public is not None:
         sources.append(_pool_source(plan.public, lib, plan.public_scale, plan.public_shift))
 
@@ -214,16 +216,19 @@ def encode(plan: Plan, images: DeviceImages, labels, rows):
         device_rows = lib.upload_rows(rows)
     # Labels on this device (class ids or soft labels) are mixed by the kernel, in the same
     # pass (float64 sums in term order, as the host's, so both agree bit for bit).
-    soft, label_spec = None, None
+    soft, kernel_labels = None, None
     if on_device:
         soft = lib.empty((count, classes), "float32")
-        label_spec = (lib.pointer(device_labels), keys.n, classes, plan.renormalize_labels, soft_input)
+        kernel_labels = _core.Labels.device(pointer=lib.pointer(device_labels), count=keys.n, classes=classes,
+                                            renormalize=plan.renormalize_labels, soft=soft_input)
     # The kernel looks each row up in the epoch's tables by its row id: no per-batch gathers.
-    _core.encode_cuda(sources, keys.private_terms, count, keys.k, lib.pointer(tables["index"]),
-                      lib.pointer(tables["lam"]), lib.pointer(tables["offset"]), lib.pointer(tables["flip"]),
-                      lib.pointer(device_rows), keys.mask_key, keys.epoch, plan.sign, lib.pointer(out),
-                      plan.out_code, plan.out_channels_last, geometry.height, geometry.width, lib.device, lib.stream(),
-                      tables_by_row_id=True, labels=label_spec, soft=0 if soft is None else lib.pointer(soft))
+    _core.encode_cuda(sources=sources, private_terms=keys.private_terms, rows=count, k=keys.k,
+                      index=lib.pointer(tables["index"]), lam=lib.pointer(tables["lam"]),
+                      offset=lib.pointer(tables["offset"]), flip=lib.pointer(tables["flip"]),
+                      row_id=lib.pointer(device_rows), mask_key=keys.mask_key, epoch=keys.epoch, sign=plan.sign,
+                      out=lib.pointer(out), out_type=plan.out_code, out_channels_last=plan.out_channels_last,
+                      out_height=geometry.height, out_width=geometry.width, device=lib.device, stream=lib.stream(),
+                      labels=kernel_labels, soft=0 if soft is None else lib.pointer(soft))
     if soft is not None:
         return out, soft
     if rows_on_device:  # labels on the host: mixed there, from the rows' host copy (a sync)
