@@ -11,7 +11,9 @@ copy bandwidth; also, because the machine's speed drifts between rounds, the med
 rounds of each round's own ratios (to that round's copy, and of fused_cpu to each
 implementation in that round), which cancels drift shared by both sides of a ratio.
 `gather_sum_bound` is not an encoder: the same reads and writes with one add per element,
-what the random-gather pattern alone reaches; fused_cpu's paired fraction of it is printed.
+what the random-gather pattern alone reaches; fused_cpu's paired fraction of it is printed. It
+comes from the benchmark module instahide._yardstick, which wheels do not carry: build it with
+`CMAKE_ARGS=-DINSTAHIDE_BENCH=ON pip install -e .` (skipped, with that hint, where absent).
 """
 
 from __future__ import annotations

@@ -57,12 +57,17 @@ def make_fused_cpu(w: Workload, threads: int = 0, **options):
 
 def make_gather_sum_bound(w: Workload, threads: int = 0):
     """Not an encoder: the encoder's memory traffic alone (each row sums k whole images picked
-    by the same keys, prefetched the same way, float32 streamed out), in the compiled core.
-    What this access pattern reaches on the machine, a tighter yardstick than a copy."""
-    from instahide import _core
+    by the same keys, prefetched the same way, float32 streamed out), in the compiled core's
+    benchmark module. What this access pattern reaches on the machine, a tighter yardstick than
+    a copy. The module is not shipped: build it with CMAKE_ARGS=-DINSTAHIDE_BENCH=ON."""
+    try:
+        from instahide import _yardstick
+    except ImportError as error:
+        raise ImportError("no instahide._yardstick: build it with CMAKE_ARGS=-DINSTAHIDE_BENCH=ON pip install -e . "
+                          "(or python setup.py build_ext --inplace)") from error
 
     index = instahide.Encoder(k=w.k).keys(w.n, 0).index
-    return lambda rows: _core.gather_sum(w.images, index[rows], threads)
+    return lambda rows: _yardstick.gather_sum(w.images, index[rows], threads)
 
 
 def load_public_pool(synthetic: bool = False):

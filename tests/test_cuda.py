@@ -371,12 +371,15 @@ def test_cuda_labels_on_the_device_follow_in_place_changes():
 @needs_gpu
 @pytest.mark.parametrize("k,private_terms,classes,dtype,renormalize", [
     (4, 4, 10, torch.int64, False), (8, 8, 1000, torch.int32, False), (6, 2, 10, torch.int64, False),
-    (3, 3, 7, torch.int16, True), (1, 1, 3, torch.int64, True)])
+    (3, 3, 7, torch.int16, True), (1, 1, 3, torch.int64, True),
+    (4, 4, 10, torch.float32, False), (6, 2, 100, torch.float64, False), (3, 3, 40, torch.float32, True)])
 def test_cuda_soft_labels_mixed_by_the_kernel_match_the_host_bit_for_bit(k, private_terms, classes, dtype, renormalize):
+    # class ids (integer dtypes) and soft input labels (float dtypes), both mixed by the kernel
     rng = np.random.default_rng(k * 1000 + classes)
     n = 500
     images = torch.from_numpy(rng.integers(0, 256, (n, 3, 8, 8), np.uint8))
-    labels = torch.from_numpy(rng.integers(0, classes, n)).to(dtype)
+    soft_input = dtype.is_floating_point
+    labels = torch.from_numpy(rng.dirichlet(np.ones(classes), n) if soft_input else rng.integers(0, classes, n))
     cross = {}
     if private_terms < k:
         pool = instahide.PublicPool.from_images(rng.integers(0, 256, (20, 10, 10, 3), np.uint8), short_side=None,
@@ -385,32 +388,9 @@ def test_cuda_soft_labels_mixed_by_the_kernel_match_the_host_bit_for_bit(k, priv
     encoder = instahide.Encoder(k=k, num_classes=classes, renormalize_labels=renormalize, **cross)
     keys = encoder.keys(n, 3)
     rows = rng.permutation(n)[:300]
-    _, gpu_soft = encoder.encode(images.cuda(), labels.cuda(), keys, rows=rows)
-    _, cpu_soft = encoder.encode(images, labels, keys, rows=rows)
+    _, gpu_soft = encoder.encode(images.cuda(), labels.to(dtype).cuda(), keys, rows=rows)
+    _, cpu_soft = encoder.encode(images, labels.to(dtype), keys, rows=rows)
     assert gpu_soft.is_cuda and gpu_soft.dtype == torch.float32 and gpu_soft.shape == (300, classes)
-    np.testing.assert_array_equal(gpu_soft.cpu().numpy(), cpu_soft.numpy())
-
-
-@needs_gpu
-@pytest.mark.parametrize("k,private_terms,classes,dtype,renormalize", [
-    (4, 4, 10, torch.float32, False), (6, 2, 100, torch.float64, False), (3, 3, 40, torch.float32, True)])
-def test_cuda_soft_input_labels_mixed_by_the_kernel_match_the_host_bit_for_bit(k, private_terms, classes, dtype,
-                                                                               renormalize):
-    rng = np.random.default_rng(k * 100 + classes)
-    n = 400
-    images = torch.from_numpy(rng.integers(0, 256, (n, 3, 8, 8), np.uint8))
-    soft_in = torch.from_numpy(rng.dirichlet(np.ones(classes), n)).to(dtype)
-    cross = {}
-    if private_terms < k:
-        pool = instahide.PublicPool.from_images(rng.integers(0, 256, (20, 10, 10, 3), np.uint8), short_side=None,
-                                                progress=False)
-        cross = {"private_terms": private_terms, "public": pool, "patch_size": 8}
-    encoder = instahide.Encoder(k=k, renormalize_labels=renormalize, **cross)
-    keys = encoder.keys(n, 4)
-    rows = rng.permutation(n)[:250]
-    _, gpu_soft = encoder.encode(images.cuda(), soft_in.cuda(), keys, rows=rows)
-    _, cpu_soft = encoder.encode(images, soft_in, keys, rows=rows)
-    assert gpu_soft.is_cuda and gpu_soft.dtype == torch.float32 and gpu_soft.shape == (250, classes)
     np.testing.assert_array_equal(gpu_soft.cpu().numpy(), cpu_soft.numpy())
 
 

@@ -254,14 +254,3 @@ def test_core_mixes_soft_input_labels_as_the_reference(rng, k, private_terms, cl
             assert np.array_equal(got, ref)
     with pytest.raises(ValueError, match="at least one class"):
         encoder.encode(images, np.zeros((n, 0), np.float32), keys)
-
-
-def test_gather_sum_yardstick_equals_numpy(rng):
-    """The benchmarks' access-pattern yardstick computes what it claims: sums of k images."""
-    images = rng.integers(0, 256, (30, 7, 5, 3), dtype=np.uint8)
-    index = rng.integers(0, 30, (41, 4))
-    out = instahide._core.gather_sum(images, index, 2)
-    expected = images.reshape(30, -1)[index].astype(np.float32).sum(axis=1)
-    assert out.shape == (41, 105) and np.array_equal(out, expected)
-    with pytest.raises(ValueError, match="out of range"):
-        instahide._core.gather_sum(images, np.full((2, 4), 30), 1)

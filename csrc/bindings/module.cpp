@@ -310,25 +310,6 @@ py::object mix_labels(const py::array& index, const py::array& lam, const py::ar
   return soft;
 }
 
-// The benchmarks' access-pattern yardstick (see gather_sum_cpu): images (N, ...) uint8,
-// index (rows, k) int64 -> (rows, bytes per image) float32.
-py::array_t<float> gather_sum(const py::array& images, const py::array& index, int num_threads) {
-  if (!same_dtype(images.dtype(), py::dtype::of<uint8_t>()) || !(images.flags() & py::array::c_style) ||
-      images.ndim() < 1)
-    fail("gather_sum: images must be a C-contiguous uint8 array (N, ...)");
-  if (index.ndim() != 2) fail("gather_sum: index must have shape (rows, k)");
-  const int64_t count = images.shape(0), rows = index.shape(0);
-  const int64_t bytes = count ? images.nbytes() / count : 1;
-  const int64_t* idx = table<int64_t>(index, "index", {rows, index.shape(1)});
-  const int k = int(index.shape(1));
-  py::array_t<float> out({rows, bytes});
-  float* o = out.mutable_data();
-  const auto* data = static_cast<const uint8_t*>(images.data());
-  py::gil_scoped_release release;
-  gather_sum_cpu(data, count, bytes, idx, k, rows, o, num_threads);
-  return out;
-}
-
 py::array_t<int8_t> mask(const py::bytes& key, uint32_t epoch, const py::array& row_id, int64_t elements,
                          int num_threads) {
   uint8_t k[32];
@@ -464,7 +445,6 @@ PYBIND11_MODULE(_core, m) {
         py::arg("patches_inside") = false, py::arg("labels") = nullptr, py::arg("cpu_kernel") = "auto");
   m.def("mix_labels", &mix_labels, py::kw_only(), py::arg("index"), py::arg("lam"), py::arg("row_id"),
         py::arg("private_terms"), py::arg("labels"));
-  m.def("gather_sum", &gather_sum, py::arg("images"), py::arg("index"), py::arg("num_threads") = 0);
   m.def("mask", &mask, py::arg("key"), py::arg("epoch"), py::arg("row_id"), py::arg("elements"),
         py::arg("num_threads") = 0);
   m.def("chacha20", &chacha20, py::arg("key"), py::arg("nonce"), py::arg("counter"), py::arg("blocks"));

@@ -109,12 +109,15 @@ void mix_labels_cpu(const EncodeArgs& args, const LabelArgs& labels);
 void mask_cpu(const uint8_t key[32], uint32_t epoch, const int64_t* row_id, int64_t rows,
               int64_t elements_per_row, int8_t* out, int num_threads);
 
-// A yardstick for the benchmarks, not part of the encoder: out[r, i] = sum_t images[index[r, t], i]
-// as float32 over images of `bytes` uint8 each, with the encoder's memory traffic (k whole
-// images read per row, prefetched a row ahead as the encoder does, float32 streamed out) and
-// one add per element, on `num_threads` threads: what this access pattern alone reaches.
+#if INSTAHIDE_BENCH
+// A yardstick for the benchmarks, not part of the encoder (compiled only into the benchmark
+// module, csrc/bindings/yardstick.cpp): out[r, i] = sum_t images[index[r, t], i] as float32
+// over images of `bytes` uint8 each, with the encoder's memory traffic (k whole images read
+// per row, prefetched a row ahead as the encoder does, float32 streamed out) and one add per
+// element, on `num_threads` threads: what this access pattern alone reaches.
 void gather_sum_cpu(const uint8_t* images, int64_t count, int64_t bytes, const int64_t* index, int k, int64_t rows,
                     float* out, int num_threads);
+#endif
 
 // Raw ChaCha20 keystream: `blocks` blocks from `counter` (the building block of key sampling).
 void chacha20_keystream(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter,

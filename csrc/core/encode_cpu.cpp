@@ -591,6 +591,7 @@ void encode_rows_bfloat16(const EncodeArgs& a, const Patterns& p, int64_t r0, in
   encode_rows<ToBFloat, uint16_t>(a, p, r0, r1, ks, stride, s);
 }
 
+#if INSTAHIDE_BENCH
 // Rows [r0, r1) of gather_sum_cpu: the encoder's reads (k whole images per row, prefetched a
 // row ahead the same way, mixed up to 4 at a time in one pass) and writes (streamed float32),
 // without its normalization, sign or change of layout.
@@ -616,6 +617,7 @@ void gather_sum_rows(const EncodeArgs& args, int64_t r0, int64_t r1, float* out,
     pf.finish();
   }
 }
+#endif
 
 // Row r's id checked against the tables it looks up; returns where its k entries start.
 int64_t checked_entry(const EncodeArgs& a, int64_t r) {
@@ -881,6 +883,7 @@ void mask_cpu(const uint8_t key[32], uint32_t epoch, const int64_t* row_id, int6
   });
 }
 
+#if INSTAHIDE_BENCH
 void gather_sum_cpu(const uint8_t* images, int64_t count, int64_t bytes, const int64_t* index, int k, int64_t rows,
                     float* out, int num_threads) {
   check(k >= 1 && k <= kMaxTerms && rows >= 0 && count >= 0 && bytes >= 1, "gather_sum: bad sizes");
@@ -900,6 +903,7 @@ void gather_sum_cpu(const uint8_t* images, int64_t count, int64_t bytes, const i
     gather_sum_rows(args, r0, std::min(rows, r0 + kRowsPerTask), out, acc.data());
   });
 }
+#endif
 
 void chacha20_keystream(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter, int64_t blocks,
                         uint8_t* out) {
