@@ -40,20 +40,58 @@ def test_the_wheel_holds_every_module_the_stub_and_py_typed():
 
 
 def _stub_functions() -> dict[str, list[str]]:
+    """name -> argument names (positional and keyword-only) of the stub's functions and of its
+    classes' static methods (as Class.method)."""
     stub = Path(_core.__file__).with_name("_core.pyi")
     if not stub.exists():
         stub = SOURCE / "_core.pyi"
-    tree = ast.parse(stub.read_text())
-    return {node.name: [a.arg for a in node.args.args] for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+    def arguments(node: ast.FunctionDef) -> list[str]:
+        return [a.arg for a in node.args.args + node.args.kwonlyargs]
+
+    functions = {}
+    for node in ast.parse(stub.read_text()).body:
+        if isinstance(node, ast.FunctionDef):
+            functions[node.name] = arguments(node)
+        elif isinstance(node, ast.ClassDef):
+            for method in node.body:
+                static = any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in method.decorator_list
+                             ) if isinstance(method, ast.FunctionDef) else False
+                if static:
+                    functions[f"{node.name}.{method.name}"] = arguments(method)
+    return functions
+
+
+def _compiled_functions() -> dict:
+    """name -> the compiled core's function (and Class.method for its classes' static methods)."""
+    functions = {}
+    for name in dir(_core):
+        if name.startswith("_"):
+            continue
+        member = getattr(_core, name)
+        if isinstance(member, type):
+            for method in dir(member):
+                if not method.startswith("_") and isinstance(member.__dict__.get(method), staticmethod):
+                    functions[f"{name}.{method}"] = getattr(member, method)
+        else:
+            functions[name] = member
+    return functions
 
 
 def test_the_stub_declares_every_function_of_the_compiled_core_with_its_arguments():
-    stub = _stub_functions()
-    compiled = sorted(name for name in dir(_core) if not name.startswith("_"))
-    assert sorted(stub) == compiled
-    for name in compiled:
-        # pybind11 signature line: name(arg: type, arg: type = default) -> result
-        signature = (getattr(_core, name).__doc__ or "").splitlines()[0]
+    stub, compiled = _stub_functions(), _compiled_functions()
+    assert sorted(stub) == sorted(compiled)
+    for name, function in compiled.items():
+        # pybind11 signature line: name(*, arg: type, arg: type = default) -> result
+        signature = (function.__doc__ or "").splitlines()[0]
         inside = signature[signature.index("(") + 1:signature.rindex(") ->")]
-        arguments = [part.split(":")[0].strip() for part in inside.split(", ") if ":" in part]
+        depth, parts, part = 0, [], ""
+        for char in inside:  # split at the top level's commas (types have brackets)
+            depth += char in "[(" and 1 or char in "])" and -1 or 0
+            if char == "," and depth == 0:
+                parts.append(part)
+                part = ""
+            else:
+                part += char
+        arguments = [p.split(":")[0].strip() for p in [*parts, part] if ":" in p]
         assert stub[name] == arguments, name
