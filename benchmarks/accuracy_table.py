@@ -46,7 +46,7 @@ def table(entries: list[dict], targets=TARGETS) -> str:
             if base and entry is not plain:
                 text += f", {hit['seconds'] / base['seconds']:.1f}x"
             cells.append(text + ")")
-        name = entry["method"] + (" (extrapolated)" if entry.get("extrapolated") else "")
+        name = entry.get("label", entry["method"]) + (" (extrapolated)" if entry.get("extrapolated") else "")
         best = f"{100 * entry['best_accuracy']:.1f}% ({entry['epochs']})"
         lines.append(f"| {name} | {best} | " + " | ".join(cells) + f" | {entry['privacy']} |")
     return "\n".join(lines)

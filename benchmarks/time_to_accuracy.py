@@ -5,7 +5,8 @@ Writes benchmarks/results/accuracy/<device>-<date>.json (one entry per method: m
 device, epochs, seconds, best_accuracy, curve, reached, privacy, settings, load) after every
 epoch, so an interrupted run keeps what it measured, and a plot of test accuracy against
 wall-clock training seconds (log scale) beside it. Rows already in the file for other methods
-are kept, so methods may be run in separate invocations (and sessions).
+are kept, so methods may be run in separate invocations (and sessions); `--label` names a
+row, so that one method's runs with different schedules (36 and 200 epochs) sit side by side.
 
     python benchmarks/time_to_accuracy.py --methods plain,inside4-abs --epochs 16,40
     python benchmarks/time_to_accuracy.py --methods plain --epochs 2 --limit 2000 --out /tmp/smoke.json
@@ -177,6 +178,11 @@ def reached(curve: list[dict]) -> dict:
     return out
 
 
+def row_name(entry: dict) -> str:
+    """A row's name in the file, the table and the plot: its label, else its method."""
+    return entry.get("label", entry["method"])
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -202,7 +208,7 @@ def plot(path: Path, entries: dict) -> None:
         extrapolated = entry.get("extrapolated", False)
         axes.plot([row["seconds"] for row in curve], [100 * row["test_accuracy"] for row in curve], marker=".",
                   linestyle="--" if extrapolated else "-",
-                  label=f"{entry['method']}{' (extrapolated)' if extrapolated else ''} "
+                  label=f"{row_name(entry)}{' (extrapolated)' if extrapolated else ''} "
                         f"(best {100 * entry['best_accuracy']:.1f}%)")
     for target in (85, 90, 94):
         axes.axhline(target, color="gray", linewidth=0.5, linestyle=":")
@@ -235,6 +241,8 @@ def main(argv=None) -> int:
     parser.add_argument("--predict-repeats", type=int, default=4,
                         help="InstaHide methods: also the accuracy of the paper's inference with this many "
                              "encodings per test image (0: skip)")
+    parser.add_argument("--label", help="the row's name in the file (default: the method), so that runs of one "
+                                        "method with other schedules sit side by side; one method only")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -244,6 +252,8 @@ def main(argv=None) -> int:
     epochs = epochs * len(methods) if len(epochs) == 1 else epochs
     if len(epochs) != len(methods):
         parser.error("--epochs: one number, or one per method")
+    if args.label and len(methods) != 1:
+        parser.error("--label names the row of one method")
     size = args.size or ("full" if device.type == "cuda" else "cpu")
     data_dir = Path(args.data)
     train_x, train_y, test_x, test_y = random_subsets(load_cifar10("train", data_dir=data_dir),
@@ -258,7 +268,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else RESULTS / f"{slug.lower()}-{date}.json"
     entries = {}
     if out.exists():
-        entries = {e["method"]: e for e in json.loads(out.read_text())["methods"]}
+        entries = {row_name(e): e for e in json.loads(out.read_text())["methods"]}
     for method, method_epochs in zip(methods, epochs, strict=True):
         if method == "mpc":
             if "plain" not in entries:
@@ -282,7 +292,9 @@ def main(argv=None) -> int:
                               "threads": torch.get_num_threads(), "torch": torch.__version__,
                               "data": "CIFAR-10 (JPEG q75 copy)"},
                  "load": []}
-        entries[method] = entry
+        if args.label:
+            entry["label"] = args.label
+        entries[row_name(entry)] = entry
 
         def on_epoch(row, entry=entry):
             row = {**row, "seconds": round(row["seconds"], 2), "train_loss": round(row["train_loss"], 4)}
