@@ -77,7 +77,7 @@ def main(argv=None) -> None:
     batches = [np.ascontiguousarray(order[i:i + 512], np.int64) for i in range(0, len(images) - 512, 512)]
     scale, shift = (np.float32(1 / 255) / np.asarray(CIFAR10_STD, np.float32)).tolist(), (
         np.asarray(CIFAR10_MEAN, np.float32) / np.asarray(CIFAR10_STD, np.float32)).tolist()
-    pool_scale, pool_shift = ((np.float32(1 / 255) / pool.std).tolist(), (pool.mean / pool.std).tolist()
+    pool_scale, pool_shift = (((np.float32(1 / 255) / pool.std).tolist(), (pool.mean / pool.std).tolist())
                               if args.case == "cross" else ([], []))
     calls = [encode_call(core, images, pool if args.case == "cross" else None, scale, shift, pool_scale, pool_shift,
                          labels, keys) for core in cores]
