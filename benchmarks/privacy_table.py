@@ -2,6 +2,11 @@
 CIFAR-10 test images, for inside k=4, inside k=6 and cross 2+4 (Tiny-ImageNet public patches).
 
     python benchmarks/privacy_table.py OUT.json [--tier1-images 50] [--tier2-images 100] [--grid docs/x.png]
+    python benchmarks/privacy_table.py --challenge results/privacy-challenge-DATE.json [...]
+
+The second form runs nothing: it prints the challenge-metric tables of docs/privacy.md from the
+rows of benchmarks/privacy_challenge.py (per setting and T: the number of keys, median and worst
+challenge Max_SSIM and images above SSIM 0.5, chance, seconds).
 
 Tier 1 (mixing known): 50 images, T in (1, 3, 5, 10, 20, 50), every setting. Tier 2 (encodings
 and labels only): 100 images, the rows of TIER2 below. Each row's encoder key derives from the
@@ -39,7 +44,9 @@ def encoder(setting, pool, name):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("out")
+    parser.add_argument("out", nargs="?")
+    parser.add_argument("--challenge", nargs="+", metavar="JSON",
+                        help="print the challenge tables from benchmarks/privacy_challenge.py rows and exit")
     parser.add_argument("--tier1-images", type=int, default=50)
     parser.add_argument("--tier2-images", type=int, default=100)
     parser.add_argument("--tiers", default="1,2")
@@ -47,6 +54,12 @@ def main():
     parser.add_argument("--tier2-rows", help="comma-separated indices into TIER2 (default: all)")
     parser.add_argument("--grid", help="PNG grid of the first Tier 2 row (8 images)")
     args = parser.parse_args()
+    if args.challenge:
+        rows = [row for path in args.challenge for row in json.loads(open(path).read())]
+        print(challenge_markdown(rows))
+        return
+    if args.out is None:
+        parser.error("OUT.json is required unless --challenge is given")
     torch.set_num_threads(1)  # on the shared 2-core VM, 2 torch threads ran 10x slower than 1
     tiers = {int(t) for t in args.tiers.split(",")}
     images, labels = load_cifar10("test")
@@ -101,6 +114,27 @@ def markdown(rows):
                       f"{r['fraction_above_0.9']:.2f}", f"{r['mean_psnr']:.1f}", f"{r['chance_ssim']:.2f}",
                       f"{r['seconds']:.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def challenge_markdown(rows):
+    """Per (setting, T), in the order first seen: median and worst over keys."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["setting"], r["T"]), []).append(r)
+    lines = ["| setting | T | keys | challenge Max_SSIM, median (worst) | Mean_SSIM, median | images above SSIM 0.5 "
+             "of 100, median (worst) | chance SSIM | cluster purity (chance) | seconds, median | device |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for (setting, t), group in groups.items():
+        def median(key, group=group):
+            return float(np.median([r[key] for r in group]))
+
+        worst_ssim = min(r["challenge_max_ssim"] for r in group)
+        worst_images = min(r["images_above_0_5"] for r in group)
+        lines.append(f"| {setting} | {t} | {len(group)} | {median('challenge_max_ssim'):.2f} ({worst_ssim:.2f}) | "
+                     f"{median('challenge_mean_ssim'):.2f} | {median('images_above_0_5'):.0f} ({worst_images}) | "
+                     f"{median('chance_ssim'):.2f} | {median('cluster_purity'):.2f} ({median('chance_purity'):.2f}) | "
+                     f"{median('seconds'):.0f} | {group[0]['device']} |")
     return "\n".join(lines)
 
 

@@ -8,8 +8,8 @@ retrieval problem |A x| = |e| with A shared by all pixels.
 Tier 2 (`recover_encodings_only`): the attacker sees only |encodings| (the sign flip hides
 nothing else) and the released soft labels, as in Carlini et al. (IEEE S&P 2021): a similarity
 between encodings (hand-made, or a small network trained on encodings the attacker makes from
-public data), greedy cluster growth, assignment of encodings to clusters with the labels, and
-joint reconstruction by gradient descent.
+public data), greedy cluster growth, assignment of encodings to clusters with the labels, then
+reconstruction by EM under a noise model alternating with reassignment by likelihood.
 
 Modules: `challenge` (the encodings attacked, with the ground truth), `audit` (Tier 0),
 `known_mixing` (Tier 1), `encodings_only` (Tier 2), `metrics` (scores of a recovery, and its
@@ -17,7 +17,15 @@ picture); every public name is importable from `instahide.attacks` itself.
 """
 
 from .audit import audit
-from .challenge import Challenge, dominant_members, make_challenge, private_members
+from .challenge import (
+    SETTINGS,
+    Challenge,
+    challenge_encoder,
+    challenge_pool,
+    dominant_members,
+    make_challenge,
+    private_members,
+)
 from .encodings_only import (
     EncodingsOnlyRecovery,
     Publication,
@@ -30,9 +38,11 @@ from .encodings_only import (
     network_features,
     public_crops,
     publish,
-    reconstruct_jointly,
+    reassign_by_likelihood,
+    reconstruct_em,
     recover_encodings_only,
     run_encodings_only,
+    shared_class,
     similarity_network,
     train_similarity_network,
 )
@@ -50,15 +60,18 @@ from .metrics import (
 
 __all__ = [
     # the attacked setting
-    "Challenge", "make_challenge", "dominant_members", "private_members",
+    "SETTINGS", "Challenge", "challenge_encoder", "challenge_pool", "make_challenge", "dominant_members",
+    "private_members",
     # Tier 0
     "audit",
     # Tier 1
     "mixing_matrix", "public_part", "recover_known_mixing", "run_known_mixing",
     # Tier 2
     "Publication", "publish", "edge_maps", "handmade_features", "similarity_network", "attacker_encoder",
-    "train_similarity_network", "network_features", "grow_clusters", "assign_with_labels", "mixing_estimate",
-    "reconstruct_jointly", "EncodingsOnlyRecovery", "recover_encodings_only", "public_crops", "run_encodings_only",
+    "train_similarity_network", "network_features", "shared_class", "grow_clusters", "assign_with_labels",
+    "mixing_estimate",
+    "reconstruct_em", "reassign_by_likelihood", "EncodingsOnlyRecovery", "recover_encodings_only", "public_crops",
+    "run_encodings_only",
     # scores
     "Scores", "ssim_matrix", "ssim_pairs", "challenge_scores", "match_recoveries", "score", "cluster_purity",
     "save_grid",

@@ -1,7 +1,8 @@
 """The attacked setting: `Challenge` (the encodings an attacker sees, with the ground truth
 kept apart) and `make_challenge`, which encodes every private image for T epochs with our own
 encoder; `dominant_members` and `private_members` read the ground truth (which private images
-each encoding mixes) from the keys, for scoring."""
+each encoding mixes) from the keys, for scoring. `SETTINGS`, `challenge_encoder` and
+`challenge_pool` make the settings of the InstaHide Challenge and its inside-mode relatives."""
 
 from __future__ import annotations
 
@@ -10,6 +11,39 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..encoder import Encoder
+
+# The settings attacked in docs/privacy.md. "cross 2+4" is the InstaHide Challenge's: k = 6, two
+# private images and four public patches, the private coefficients summing to at least 0.3.
+SETTINGS = {"inside k=4": dict(k=4), "inside k=6": dict(k=6), "cross 2+4": dict(k=6, private_terms=2, dom=0.3)}
+PATCH_SIZE = 32
+MIN_KEYPOINTS = 40
+
+
+def challenge_pool(data_dir=None, min_keypoints: int | None = MIN_KEYPOINTS, limit: int | None = None):
+    """The public pool of the challenge setting: Tiny-ImageNet validation images with more than
+    `min_keypoints` OpenCV SIFT keypoints (the challenge's filter of flat images), counted at
+    their own 64x64 size (where 45% pass; at 40x40 under 1% would), then scaled to a short side
+    of 40 pixels, from which the encoder cuts random 32x32 patches."""
+    from pathlib import Path
+
+    from ..datasets import default_data_dir
+    from ..pool import PublicPool
+
+    return PublicPool.from_tar(Path(data_dir or default_data_dir()) / "tiny-imagenet-val.tar", short_side=40,
+                               limit=limit, min_keypoints=min_keypoints, progress=False)
+
+
+def challenge_encoder(setting: str, mean, std, pool=None, key: bytes | None = None) -> Encoder:
+    """The encoder of one of `SETTINGS` (no crop or flip, as the challenge's encodings), with
+    `key` (None: a fresh one from the OS); cross mode needs the public `pool`."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {setting!r}")
+    options = dict(SETTINGS[setting])
+    if "private_terms" in options:
+        if pool is None:
+            raise ValueError(f"{setting} mixes public patches: pass the public pool (challenge_pool())")
+        options.update(public=pool, patch_size=PATCH_SIZE)
+    return Encoder(mean=mean, std=std, key=key, **options)
 
 
 @dataclass

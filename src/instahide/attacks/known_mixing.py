@@ -127,15 +127,22 @@ def _sign_by_channels_and_sky(normalized: np.ndarray, std) -> np.ndarray:
     over all images. Then one sign is left, and the pixel range (the sign that puts more
     unnormalized values inside [0, 1]) cannot tell it on approximate values: photos are
     brighter at the top than at the bottom (sky, light from above; on every random subset of
-    CIFAR-10 test we tried, and an attacker can check it on public data), so the sign whose
-    upper halves are brighter wins."""
+    CIFAR-10 test we tried, and an attacker can check it on public data), so the sign under
+    which most images have the brighter upper half wins (72% of 2000 CIFAR-10 test images do,
+    so 100 images vote rightly with near certainty; a handful of images may not)."""
     normalized = normalized.copy()
     for c in range(1, normalized.shape[1]):
         if np.sum(normalized[:, c] * normalized[:, 0]) < 0:
             normalized[:, c] = -normalized[:, c]
-    brightness = normalized * np.asarray(std, np.float64)[None, :, None, None]
+    brightness = (normalized * np.asarray(std, np.float64)[None, :, None, None]).mean(axis=1)
     half = normalized.shape[2] // 2
-    return normalized if brightness[:, :, :half].mean() >= brightness[:, :, half:].mean() else -normalized
+    # one vote per image, on its own scale: approximate recoveries differ in scale, and a
+    # mean over the set let one image with a large norm decide for all
+    difference = brightness[:, :half].mean(axis=(1, 2)) - brightness[:, half:].mean(axis=(1, 2))
+    votes = np.sign(difference).sum()
+    if votes == 0:
+        votes = (difference / (brightness.std(axis=(1, 2)) + 1e-12)).sum()
+    return normalized if votes >= 0 else -normalized
 
 
 def run_known_mixing(images, labels, encoder: Encoder, encodings_per_image: int, **options) -> Scores:

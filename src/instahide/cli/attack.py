@@ -14,11 +14,16 @@ def add_arguments(attack) -> None:
     attack.add_argument("--k", type=int, default=4, help="images mixed per encoding (private and public)")
     attack.add_argument("--cross", type=int, metavar="PRIVATE", default=None,
                         help="cross mode: PRIVATE of the k terms are private, the rest Tiny-ImageNet patches "
-                             "(e.g. --k 6 --cross 2, dom 0.3)")
+                             "(e.g. --k 6 --cross 2, dom 0.3: the InstaHide Challenge's setting)")
+    attack.add_argument("--min-keypoints", type=int, default=40,
+                        help="cross mode: public images need more than this many SIFT keypoints (the challenge's "
+                             "filter; 0: none)")
     attack.add_argument("--encodings-per-image", "-T", type=int, default=10)
     attack.add_argument("--similarity", choices=["handmade", "network"], default="handmade",
                         help="Tier 2: hand-made edge correlation, or a small network trained on public encodings")
     attack.add_argument("--train-seconds", type=float, default=90.0, help="Tier 2 network: training time")
+    attack.add_argument("--rounds", type=int, default=2,
+                        help="Tier 2: rounds of reassignment by likelihood and reconstruction")
     attack.add_argument("--seed", type=int, default=0, help="picks the images (the keys stay secret)")
     attack.add_argument("--json", help="write the scores here")
     attack.add_argument("--grid", help="write a PNG: originals, one encoding each, recoveries")
@@ -42,7 +47,7 @@ def run(args) -> int:
     else:
         scores = attacks.run_encodings_only(images[keep], labels[keep], encoder, args.encodings_per_image,
                                             similarity=args.similarity, train_seconds=args.train_seconds,
-                                            seed=args.seed)
+                                            rounds=args.rounds, seed=args.seed)
     summary = scores.summary()
     summary.update(tier=args.tier, images=len(keep), k=args.k, private_terms=encoder.private_terms,
                    encodings_per_image=args.encodings_per_image)
@@ -58,14 +63,12 @@ def run(args) -> int:
 
 
 def _attack_encoder(args):
+    from ..attacks import challenge_pool
     from ..datasets import CIFAR10_MEAN, CIFAR10_STD
     from ..encoder import Encoder
 
     if args.cross is None:
         return Encoder(k=args.k, mean=CIFAR10_MEAN, std=CIFAR10_STD)
-    from ..datasets import default_data_dir
-    from ..pool import PublicPool
-
-    pool = PublicPool.from_tar(default_data_dir() / "tiny-imagenet-val.tar", progress=False)
+    pool = challenge_pool(min_keypoints=args.min_keypoints or None)
     return Encoder(k=args.k, mean=CIFAR10_MEAN, std=CIFAR10_STD, private_terms=args.cross, public=pool, patch_size=32,
                    dom=0.3)
