@@ -14,7 +14,8 @@ from ..encoder import Encoder
 
 # The settings attacked in docs/privacy.md. "cross 2+4" is the InstaHide Challenge's: k = 6, two
 # private images and four public patches, the private coefficients summing to at least 0.3.
-SETTINGS = {"inside k=4": dict(k=4), "inside k=6": dict(k=6), "cross 2+4": dict(k=6, private_terms=2, dom=0.3)}
+SETTINGS: dict[str, dict] = {"inside k=4": dict(k=4), "inside k=6": dict(k=6),
+                             "cross 2+4": dict(k=6, private_terms=2, dom=0.3)}
 PATCH_SIZE = 32
 MIN_KEYPOINTS = 40
 
