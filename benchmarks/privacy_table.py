@@ -1,18 +1,17 @@
-"""The tables of docs/privacy.md: what each attack tier recovers from our own encodings of
-CIFAR-10 test images, for inside k=4, inside k=6 and cross 2+4 (Tiny-ImageNet public patches).
+"""The tables of docs/privacy.md.
 
-    python benchmarks/privacy_table.py OUT.json [--tier1-images 50] [--tier2-images 100] [--grid docs/x.png]
+    python benchmarks/privacy_table.py OUT.json [--tier1-images 50]
     python benchmarks/privacy_table.py --challenge results/privacy-challenge-DATE.json [...]
 
-The second form runs nothing: it prints the challenge-metric tables of docs/privacy.md from the
-rows of benchmarks/privacy_challenge.py (per setting and T: the number of keys, median and worst
-challenge Max_SSIM and images above SSIM 0.5, chance, seconds).
+The first form runs Tier 1 (mixing known) on CIFAR-10 test images, for inside k=4, inside k=6
+and cross 2+4 (Tiny-ImageNet public patches), T in (1, 3, 5, 10, 20, 50); each row's encoder key
+derives from the row's name, so a rerun attacks the same encodings. It prints one JSON line per
+row, writes all rows to OUT.json, and prints the markdown table (about 80 s on 2 cores).
 
-Tier 1 (mixing known): 50 images, T in (1, 3, 5, 10, 20, 50), every setting. Tier 2 (encodings
-and labels only): 100 images, the rows of TIER2 below. Each row's encoder key derives from the
-row's name, so a rerun attacks the same encodings. Prints one JSON line per row, writes all rows
-to OUT.json, and prints the markdown tables. About 17 minutes on a shared 2-core VM
-(Tier 1 80 s, Tier 2 15 min; `--tier2-rows 0,2` picks rows).
+The second runs nothing: it prints the Tier 2 tables (encodings and labels only, scored as the
+InstaHide Challenge scores) from the rows of benchmarks/privacy_challenge.py: per setting and T,
+the number of keys, median and worst challenge Max_SSIM and images above SSIM 0.5, chance,
+seconds.
 """
 import argparse
 import hashlib
@@ -28,18 +27,11 @@ from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD, default_data_dir, load
 
 MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
 TS = (1, 3, 5, 10, 20, 50)
-SETTINGS = {"inside k=4": dict(k=4), "inside k=6": dict(k=6), "cross 2+4": dict(k=6, private_terms=2, dom=0.3)}
-TIER2 = [("inside k=4", 50, "handmade"), ("inside k=4", 50, "network"), ("inside k=4", 20, "handmade"),
-         ("inside k=6", 50, "handmade"), ("cross 2+4", 50, "handmade"), ("inside k=4", 10, "handmade"),
-         ("inside k=4", 5, "handmade")]
 
 
 def encoder(setting, pool, name):
     key = hashlib.sha256(name.encode()).digest()  # reproducible rows; real users' keys are random
-    options = dict(SETTINGS[setting])
-    if "private_terms" in options:
-        options.update(public=pool, patch_size=32)
-    return instahide.Encoder(mean=MEAN, std=STD, key=key, **options)
+    return attacks.challenge_encoder(setting, MEAN, STD, pool=pool, key=key)
 
 
 def main():
@@ -48,11 +40,6 @@ def main():
     parser.add_argument("--challenge", nargs="+", metavar="JSON",
                         help="print the challenge tables from benchmarks/privacy_challenge.py rows and exit")
     parser.add_argument("--tier1-images", type=int, default=50)
-    parser.add_argument("--tier2-images", type=int, default=100)
-    parser.add_argument("--tiers", default="1,2")
-    parser.add_argument("--train-seconds", type=float, default=100.0)
-    parser.add_argument("--tier2-rows", help="comma-separated indices into TIER2 (default: all)")
-    parser.add_argument("--grid", help="PNG grid of the first Tier 2 row (8 images)")
     args = parser.parse_args()
     if args.challenge:
         rows = [row for path in args.challenge for row in json.loads(open(path).read())]
@@ -61,7 +48,6 @@ def main():
     if args.out is None:
         parser.error("OUT.json is required unless --challenge is given")
     torch.set_num_threads(1)  # on the shared 2-core VM, 2 torch threads ran 10x slower than 1
-    tiers = {int(t) for t in args.tiers.split(",")}
     images, labels = load_cifar10("test")
     order = np.random.default_rng(0).permutation(len(images))
     pool = instahide.PublicPool.from_tar(default_data_dir() / "tiny-imagenet-val.tar", progress=False)
@@ -72,24 +58,12 @@ def main():
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    if 1 in tiers:
-        keep = order[:args.tier1_images]
-        for setting in SETTINGS:
-            for t in TS:
-                name = f"tier 1 {setting} T={t}"
-                scores = attacks.run_known_mixing(images[keep], labels[keep], encoder(setting, pool, name), t)
-                record(dict(tier=1, setting=setting, T=t, images=len(keep), **scores.summary()))
-    if 2 in tiers:
-        keep = order[:args.tier2_images]
-        chosen = range(len(TIER2)) if args.tier2_rows is None else [int(i) for i in args.tier2_rows.split(",")]
-        for i in chosen:
-            setting, t, similarity = TIER2[i]
-            name = f"tier 2 {setting} T={t}"  # both similarities attack the same encodings
-            scores = attacks.run_encodings_only(images[keep], labels[keep], encoder(setting, pool, name), t,
-                                                similarity=similarity, train_seconds=args.train_seconds)
-            record(dict(tier=2, setting=setting, T=t, images=len(keep), similarity=similarity, **scores.summary()))
-            if i == 0 and args.grid:
-                attacks.save_grid(args.grid, scores)
+    keep = order[:args.tier1_images]
+    for setting in attacks.SETTINGS:
+        for t in TS:
+            name = f"tier 1 {setting} T={t}"
+            scores = attacks.run_known_mixing(images[keep], labels[keep], encoder(setting, pool, name), t)
+            record(dict(tier=1, setting=setting, T=t, images=len(keep), **scores.summary()))
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
     print(markdown(rows))
@@ -97,23 +71,14 @@ def main():
 
 
 def markdown(rows):
-    lines = []
-    for tier in (1, 2):
-        chosen = [r for r in rows if r["tier"] == tier]
-        if not chosen:
-            continue
-        extra = " similarity | cluster purity (chance) |" if tier == 2 else ""
-        lines += ["", f"| setting | T |{extra} mean SSIM | max SSIM | SSIM > 0.5 | SSIM > 0.9 | mean PSNR (dB) | "
-                      "chance SSIM | seconds |",
-                  "|---|---:|" + ("---|---:|" if tier == 2 else "") + "---:|---:|---:|---:|---:|---:|---:|"]
-        for r in chosen:
-            cells = [r["setting"], str(r["T"])]
-            if tier == 2:
-                cells += [r["similarity"], f"{r['cluster_purity']:.2f} ({r['chance_purity']:.2f})"]
-            cells += [f"{r['mean_ssim']:.2f}", f"{r['max_ssim']:.2f}", f"{r['fraction_above_0.5']:.2f}",
-                      f"{r['fraction_above_0.9']:.2f}", f"{r['mean_psnr']:.1f}", f"{r['chance_ssim']:.2f}",
-                      f"{r['seconds']:.0f}"]
-            lines.append("| " + " | ".join(cells) + " |")
+    lines = ["", "| setting | T | mean SSIM | max SSIM | SSIM > 0.5 | SSIM > 0.9 | mean PSNR (dB) | chance SSIM | "
+                 "seconds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [r["setting"], str(r["T"]), f"{r['mean_ssim']:.2f}", f"{r['max_ssim']:.2f}",
+                 f"{r['fraction_above_0.5']:.2f}", f"{r['fraction_above_0.9']:.2f}", f"{r['mean_psnr']:.1f}",
+                 f"{r['chance_ssim']:.2f}", f"{r['seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
