@@ -18,7 +18,7 @@ import numpy as np
 
 from ..encoder import Encoder
 from .challenge import Challenge, make_challenge, private_members
-from .known_mixing import _sign_by_channels_and_sky, _to_pixels
+from .known_mixing import _align_channels, _sign_by_sky, _to_pixels
 from .metrics import Scores, challenge_scores, cluster_purity, score
 
 if TYPE_CHECKING:
@@ -452,8 +452,9 @@ def reassign_by_likelihood(magnitudes: np.ndarray, solved: np.ndarray, noise: np
             candidates = np.flatnonzero(cluster_classes == label_class)
             if label_class < 0 or candidates.size < 2:
                 continue
-            for rows in np.array_split(np.flatnonzero(slot_class[:, slot] == label_class),
-                                       max(1, int(np.ceil(np.sum(slot_class[:, slot] == label_class) / chunk)))):
+            of_class = np.flatnonzero(slot_class[:, slot] == label_class)
+            for start in range(0, len(of_class), chunk):
+                rows = of_class[start:start + chunk]
                 current = torch.from_numpy(ids[rows, slot])
                 own = torch.where(current[:, None] >= 0, w[rows, slot][:, None] * x[current.clamp_min(0)], 0.0)
                 rest = mixture[rows] - own                                       # (r, P)
@@ -513,9 +514,10 @@ def public_crops(count: int, size: int = 32, data_dir=None, seed: int = 0, pool=
         pool = PublicPool.from_tar(Path(data_dir or default_data_dir()) / "tiny-imagenet-val.tar", short_side=40,
                                    limit=count, progress=False)
     rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pool))  # every image once before any repeats
     crops = []
     for i in range(count):
-        image = pool.image(int(rng.integers(len(pool))) if len(pool) < count else i)
+        image = pool.image(int(order[i % len(pool)]))
         y, x = rng.integers(0, image.shape[0] - size + 1), rng.integers(0, image.shape[1] - size + 1)
         crops.append(image[y:y + size, x:x + size])
     return np.stack(crops)
@@ -550,14 +552,13 @@ def fit_sign_prior(public_images: np.ndarray, mean, std) -> np.ndarray:
 
 
 def _apply_sign_prior(normalized: np.ndarray, std, prior: np.ndarray | None) -> np.ndarray:
-    """Channel signs from colour correlation and the global sign from "brighter at the top"
-    (`_sign_by_channels_and_sky`); then, with a learned prior (`fit_sign_prior`), the global
-    sign its per-image votes choose."""
-    normalized = _sign_by_channels_and_sky(normalized, std)
-    if prior is None:
-        return normalized
-    votes = np.sign(_odd_features(normalized) @ prior).sum()
-    return normalized if votes >= 0 else -normalized
+    """Channel signs from colour correlation; the global sign from the per-image votes of a
+    learned prior (`fit_sign_prior`), else (no prior, or a tied vote) "brighter at the top"."""
+    aligned = _align_channels(normalized)
+    votes = 0.0 if prior is None else np.sign(_odd_features(aligned) @ prior).sum()
+    if votes == 0:
+        return _sign_by_sky(aligned, std)
+    return aligned if votes > 0 else -aligned
 
 
 def _default_public_images(encoder: Encoder, size: int, seed: int):

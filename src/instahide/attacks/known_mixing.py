@@ -122,18 +122,27 @@ def _to_pixels(normalized: np.ndarray, mean, std) -> np.ndarray:
 
 
 def _sign_by_channels_and_sky(normalized: np.ndarray, std) -> np.ndarray:
-    """Signs of an approximate recovery (n, C, H, W): the channels decouple, so each has its
-    own sign. Colour channels correlate: each takes the sign that correlates with channel 0
-    over all images. Then one sign is left, and the pixel range (the sign that puts more
+    """Signs of an approximate recovery (n, C, H, W): `_align_channels`, then `_sign_by_sky`."""
+    return _sign_by_sky(_align_channels(normalized), std)
+
+
+def _align_channels(normalized: np.ndarray) -> np.ndarray:
+    """The channels decouple, so each has its own sign. Colour channels correlate: each takes
+    the sign that correlates with channel 0 over all images. One global sign is left."""
+    normalized = normalized.copy()
+    for c in range(1, normalized.shape[1]):
+        if np.sum(normalized[:, c] * normalized[:, 0]) < 0:
+            normalized[:, c] = -normalized[:, c]
+    return normalized
+
+
+def _sign_by_sky(normalized: np.ndarray, std) -> np.ndarray:
+    """The global sign of channel-aligned recoveries. The pixel range (the sign that puts more
     unnormalized values inside [0, 1]) cannot tell it on approximate values: photos are
     brighter at the top than at the bottom (sky, light from above; on every random subset of
     CIFAR-10 test we tried, and an attacker can check it on public data), so the sign under
     which most images have the brighter upper half wins (72% of 2000 CIFAR-10 test images do,
     so 100 images vote rightly with near certainty; a handful of images may not)."""
-    normalized = normalized.copy()
-    for c in range(1, normalized.shape[1]):
-        if np.sum(normalized[:, c] * normalized[:, 0]) < 0:
-            normalized[:, c] = -normalized[:, c]
     brightness = (normalized * np.asarray(std, np.float64)[None, :, None, None]).mean(axis=1)
     half = normalized.shape[2] // 2
     # one vote per image, on its own scale: approximate recoveries differ in scale, and a
