@@ -230,6 +230,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", default="16,40", help="epochs per method (one number, or one per method)")
     parser.add_argument("--size", choices=["cpu", "full"], default=None,
                         help="network width: cpu (half widths) or full (default: full on a GPU, cpu on a CPU)")
+    parser.add_argument("--widths", help="the conv groups' widths, e.g. 64,256,256 (the full widths) with the "
+                                         "size's batch and schedule (default: the size's widths)")
+    parser.add_argument("--save-model", help="write the evaluated model's state_dict here (one method only)")
     parser.add_argument("--limit", type=int, help="train on this many images (a smoke run)")
     parser.add_argument("--test-limit", type=int, help="test on this many images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -254,6 +257,8 @@ def main(argv=None) -> int:
         parser.error("--epochs: one number, or one per method")
     if args.label and len(methods) != 1:
         parser.error("--label names the row of one method")
+    if args.save_model and len(methods) != 1:
+        parser.error("--save-model writes the model of one method")
     size = args.size or ("full" if device.type == "cuda" else "cpu")
     data_dir = Path(args.data)
     train_x, train_y, test_x, test_y = random_subsets(load_cifar10("train", data_dir=data_dir),
@@ -277,6 +282,8 @@ def main(argv=None) -> int:
             save(out, entries)
             continue
         base = FastRecipe() if size == "full" else FastRecipe.cpu()
+        if args.widths:
+            base = base.replace(widths=tuple(int(w) for w in args.widths.split(",")))
         # mixtures (all but plain) are divided by their RMS (FastNet.transform); the net reads
         # |x| where a mask flips signs, except for the signed-input row
         recipe = base.replace(epochs=method_epochs, abs_input=method in ("inside4-abs", "cross-abs"),
@@ -319,6 +326,8 @@ def main(argv=None) -> int:
         else:
             model, _ = train_fast(train_x, train_y, encoder, test_x, test_y, recipe, device=device, num_classes=10,
                                   seed=args.seed, on_epoch=on_epoch, progress=not args.quiet and sys.stderr.isatty())
+            if args.save_model:
+                torch.save(model.state_dict(), args.save_model)
             if encoder.k > 1 and args.predict_repeats > 0:
                 entry["predict"] = instahide_inference(model, encoder, test_x, test_y, args.predict_repeats)
         entry["wall_seconds"] = round(time.perf_counter() - started, 1)  # with evaluation and setup
