@@ -54,8 +54,8 @@ def recover_known_mixing(encodings: np.ndarray, a: np.ndarray, mean, std, iterat
     pixel from its solved left (or upper) neighbour, whose sign pattern is nearly right, plus a
     few random starts; keep the best fit. |A x| = |A (-x)|: each pixel takes the sign that agrees
     with its solved neighbour (neighbouring pixels of photos correlate), and the remaining signs
-    come from `_sign_by_channels_and_sky` (channels agree with channel 0, and photos are brighter
-    at the top). That rule held on approximate recoveries too, where the pixel range (the sign
+    come from `_align_channels` (channels agree with channel 0) and `_sign_by_sky` (photos are
+    brighter at the top). That rule held on approximate recoveries too, where the pixel range (the sign
     that puts more unnormalized values inside [0, 1]) chose the negated images (inside k=6,
     T=5: mean SSIM -0.35 with the pixel range, 0.75 with this rule, docs/privacy.md).
 
@@ -64,7 +64,7 @@ def recover_known_mixing(encodings: np.ndarray, a: np.ndarray, mean, std, iterat
     n, (_, channels, height, width) = a.shape[1], encodings.shape
     solved = _retrieve_signs(encodings, a, iterations, restarts, seed, public).reshape(n, channels, height, width)
     if public is None:
-        solved = _sign_by_channels_and_sky(solved, std)
+        solved = _sign_by_sky(_align_channels(solved), std)
     return _to_pixels(solved, mean, std)
 
 
@@ -119,11 +119,6 @@ def _to_pixels(normalized: np.ndarray, mean, std) -> np.ndarray:
     mean = np.asarray(mean, np.float64)[:, None, None]
     std = np.asarray(std, np.float64)[:, None, None]
     return np.clip((normalized * std + mean).transpose(0, 2, 3, 1), 0, 1)
-
-
-def _sign_by_channels_and_sky(normalized: np.ndarray, std) -> np.ndarray:
-    """Signs of an approximate recovery (n, C, H, W): `_align_channels`, then `_sign_by_sky`."""
-    return _sign_by_sky(_align_channels(normalized), std)
 
 
 def _align_channels(normalized: np.ndarray) -> np.ndarray:
