@@ -203,10 +203,12 @@ def plot(path: Path, entries: dict) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for entry in entries.values():
+    # one colour per row: the default cycle of 10 repeats on files with more rows
+    colors = plt.get_cmap("tab10" if len(entries) <= 10 else "tab20").colors
+    for color, entry in zip(colors * (1 + len(entries) // len(colors)), entries.values()):
         curve = entry["curve"]
         extrapolated = entry.get("extrapolated", False)
-        axes.plot([row["seconds"] for row in curve], [100 * row["test_accuracy"] for row in curve], marker=".",
+        axes.plot([row["seconds"] for row in curve], [100 * row["test_accuracy"] for row in curve], marker=".", color=color,
                   linestyle="--" if extrapolated else "-",
                   label=f"{row_name(entry)}{' (extrapolated)' if extrapolated else ''} "
                         f"(best {100 * entry['best_accuracy']:.1f}%)")
