@@ -205,11 +205,12 @@ def plot(path: Path, entries: dict) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     # one colour per row: the default cycle of 10 repeats on files with more rows
     colors = plt.get_cmap("tab10" if len(entries) <= 10 else "tab20").colors
-    for color, entry in zip(colors * (1 + len(entries) // len(colors)), entries.values()):
+    for index, entry in enumerate(entries.values()):
+        color = colors[index % len(colors)]
         curve = entry["curve"]
         extrapolated = entry.get("extrapolated", False)
-        axes.plot([row["seconds"] for row in curve], [100 * row["test_accuracy"] for row in curve], marker=".", color=color,
-                  linestyle="--" if extrapolated else "-",
+        axes.plot([row["seconds"] for row in curve], [100 * row["test_accuracy"] for row in curve], marker=".",
+                  color=color, linestyle="--" if extrapolated else "-",
                   label=f"{row_name(entry)}{' (extrapolated)' if extrapolated else ''} "
                         f"(best {100 * entry['best_accuracy']:.1f}%)")
     for target in (85, 90, 94):
