@@ -18,6 +18,7 @@ picture); every public name is importable from `instahide.attacks` itself.
 
 from .audit import audit
 from .challenge import (
+    AUGMENTATIONS,
     SETTINGS,
     Challenge,
     challenge_encoder,
@@ -60,8 +61,8 @@ from .metrics import (
 
 __all__ = [
     # the attacked setting
-    "SETTINGS", "Challenge", "challenge_encoder", "challenge_pool", "make_challenge", "dominant_members",
-    "private_members",
+    "SETTINGS", "AUGMENTATIONS", "Challenge", "challenge_encoder", "challenge_pool", "make_challenge",
+    "dominant_members", "private_members",
     # Tier 0
     "audit",
     # Tier 1

@@ -18,6 +18,12 @@ SETTINGS: dict[str, dict] = {"inside k=4": dict(k=4), "inside k=6": dict(k=6),
                              "cross 2+4": dict(k=6, private_terms=2, dom=0.3)}
 PATCH_SIZE = 32
 MIN_KEYPOINTS = 40
+# The crop and flip that training fuses into the encoder (each term of an encoding gets its own
+# window offset in [-pad, pad] and flip bit): "translate 2 + flip" is the fast recipe's
+# (`instahide train --recipe fast`, benchmarks/time_to_accuracy.py), "pad 4 + flip" the paper
+# recipe's (`instahide train`).
+AUGMENTATIONS: dict[str, dict] = {"none": dict(pad=0, hflip=False), "translate 2 + flip": dict(pad=2, hflip=True),
+                                  "pad 4 + flip": dict(pad=4, hflip=True)}
 
 
 def challenge_pool(data_dir=None, min_keypoints: int | None = MIN_KEYPOINTS, limit: int | None = None):
@@ -34,12 +40,16 @@ def challenge_pool(data_dir=None, min_keypoints: int | None = MIN_KEYPOINTS, lim
                                limit=limit, min_keypoints=min_keypoints, progress=False)
 
 
-def challenge_encoder(setting: str, mean, std, pool=None, key: bytes | None = None) -> Encoder:
-    """The encoder of one of `SETTINGS` (no crop or flip, as the challenge's encodings), with
-    `key` (None: a fresh one from the OS); cross mode needs the public `pool`."""
+def challenge_encoder(setting: str, mean, std, pool=None, key: bytes | None = None,
+                      augmentation: str = "none") -> Encoder:
+    """The encoder of one of `SETTINGS` with `key` (None: a fresh one from the OS); cross mode
+    needs the public `pool`. `augmentation`, one of `AUGMENTATIONS`: "none" as the challenge's
+    encodings, or the crop and flip of a training recipe."""
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {setting!r}")
-    options = dict(SETTINGS[setting])
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {sorted(AUGMENTATIONS)}, got {augmentation!r}")
+    options = dict(SETTINGS[setting], **AUGMENTATIONS[augmentation])
     if "private_terms" in options:
         if pool is None:
             raise ValueError(f"{setting} mixes public patches: pass the public pool (challenge_pool())")

@@ -1,0 +1,73 @@
+"""Which code measured a results row, and whether that code has changed since.
+
+Every results row (privacy, time to accuracy, throughput) records `provenance()`: the commit
+checked out when it was measured and the tracked files that differed from it. A row is stale
+when the code behind its kind of figure (`CODE`) changed after the row's commit, or when that
+code had uncommitted changes while it ran (the row then belongs to no commit).
+`benchmarks/doc_tables.py` prints the docs' tables from the rows and marks stale ones.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from functools import cache
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The code behind each kind of figure: a change to any of it after a row's commit makes the row stale.
+CODE = {
+    "privacy": ("src/instahide/attacks",),
+    "accuracy": ("src/instahide/torch/recipe.py", "src/instahide/torch/models.py", "src/instahide/encoder.py",
+                 "src/instahide/keys.py", "benchmarks/time_to_accuracy.py"),
+    "throughput": ("csrc",),
+}
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def provenance() -> dict:
+    """{"commit": HEAD's full hash, "dirty": tracked files with uncommitted changes} of this
+    checkout; {"commit": None, ...} outside a git checkout (an unpacked sdist)."""
+    try:
+        commit = _git("rev-parse", "HEAD")
+        dirty = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": []}
+    return {"commit": commit, "dirty": dirty}
+
+
+@cache
+def changes_since(commit: str, kind: str) -> tuple[str, ...] | None:
+    """Short hashes of the commits after `commit` (up to HEAD) that touched the code of `kind`;
+    None where `commit` is not in this checkout's history (a shallow clone, or no git)."""
+    try:
+        _git("cat-file", "-e", f"{commit}^{{commit}}")
+        log = _git("log", "--format=%h", f"{commit}..HEAD", "--", *CODE[kind])
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return tuple(log.split())
+
+
+def staleness(row: dict, kind: str) -> str | None:
+    """Why the row no longer describes the code at HEAD (None when it does): its code changed
+    after its commit, or was uncommitted when it ran, or the row names no commit."""
+    commit = row.get("commit")
+    if not commit:
+        return "no commit recorded"
+    dirty = [path for path in row.get("dirty", []) if path.startswith(CODE[kind])]
+    if dirty:
+        return f"measured with uncommitted changes to {', '.join(dirty)}"
+    changes = changes_since(commit, kind)
+    if changes is None:
+        return f"commit {commit[:7]} is not in this checkout's history"
+    if changes:
+        return f"{' '.join(CODE[kind])} changed after {commit[:7]} ({len(changes)} commits)"
+    return None
+
+
+def history_available(rows: list[dict]) -> bool:
+    """Whether every row's commit is in this checkout's history (staleness can be decided)."""
+    return all(row.get("commit") and changes_since(row["commit"], "privacy") is not None for row in rows)
