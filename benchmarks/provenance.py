@@ -16,23 +16,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # The code behind each kind of figure: a change to any of it after a row's commit makes the row stale.
+# Privacy rows of the aligned attack (no crop or flip) do not run the crop-and-flip attack's
+# module (attacks/augmented.py) or the package's re-exports; rows with augmentation run all of it.
 CODE = {
-    "privacy": ("src/instahide/attacks",),
+    "privacy": ("src/instahide/attacks", ":(exclude)src/instahide/attacks/augmented.py",
+                ":(exclude)src/instahide/attacks/__init__.py"),
+    "privacy-augmented": ("src/instahide/attacks",),
     "accuracy": ("src/instahide/torch/recipe.py", "src/instahide/torch/models.py", "src/instahide/encoder.py",
-                 "src/instahide/keys.py", "benchmarks/time_to_accuracy.py"),
+                 "src/instahide/_plan.py", "src/instahide/keys.py"),
     "throughput": ("csrc",),
 }
 
 
 def _git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(REPO), *args], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["git", "-C", str(REPO), *args], check=True, capture_output=True, text=True).stdout
 
 
 def provenance() -> dict:
     """{"commit": HEAD's full hash, "dirty": tracked files with uncommitted changes} of this
     checkout; {"commit": None, ...} outside a git checkout (an unpacked sdist)."""
     try:
-        commit = _git("rev-parse", "HEAD")
+        commit = _git("rev-parse", "HEAD").strip()
         dirty = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": []}
@@ -57,14 +61,15 @@ def staleness(row: dict, kind: str) -> str | None:
     commit = row.get("commit")
     if not commit:
         return "no commit recorded"
-    dirty = [path for path in row.get("dirty", []) if path.startswith(CODE[kind])]
+    folders = tuple(path for path in CODE[kind] if not path.startswith(":"))
+    dirty = [path for path in row.get("dirty", []) if path.startswith(folders)]
     if dirty:
         return f"measured with uncommitted changes to {', '.join(dirty)}"
     changes = changes_since(commit, kind)
     if changes is None:
         return f"commit {commit[:7]} is not in this checkout's history"
     if changes:
-        return f"{' '.join(CODE[kind])} changed after {commit[:7]} ({len(changes)} commits)"
+        return f"{', '.join(folders)} changed after {commit[:7]} ({', '.join(changes)})"
     return None
 
 
