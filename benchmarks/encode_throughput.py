@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import instahide  # noqa: E402
 
 import workloads  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 
 def time_pass(encode, batches) -> float:
@@ -144,6 +145,7 @@ def main(argv=None) -> dict:
         "keys_seconds_per_epoch": key_seconds,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cores": instahide.available_cores()},
+        **provenance(),
     }
     if args.json:
         with open(args.json, "w") as f:

@@ -85,7 +85,7 @@ def run_row(setting: str, augmentation: str, t: int, images, labels, pool, count
         replay = replay_command(setting, augmentation, t, count, int(subset_seed), path)
     return {"setting": setting, "augmentation": augmentation, "T": t, "key_id": key_id,
             "challenge_max_ssim": summary["challenge_max_ssim"], "challenge_mean_ssim": summary["challenge_mean_ssim"],
-            "challenge_max_l2": summary["challenge_max_l2"], "challenge_mean_l2": summary["challenge_mean_l2"],
+            "challenge_min_l2": summary["challenge_min_l2"], "challenge_mean_l2": summary["challenge_mean_l2"],
             "images_above_0_5": int(round(summary["fraction_above_0.5"] * count)), "images": count,
             "mean_ssim": summary["mean_ssim"], "chance_ssim": summary["chance_ssim"],
             "cluster_purity": summary["cluster_purity"], "chance_purity": summary["chance_purity"],

@@ -25,6 +25,8 @@ import instahide
 from instahide import attacks
 from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD, default_data_dir, load_cifar10
 
+from provenance import provenance
+
 MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
 TS = (1, 3, 5, 10, 20, 50)
 
@@ -59,15 +61,40 @@ def main():
         print(json.dumps(row), flush=True)
 
     keep = order[:args.tier1_images]
+    code = provenance()
     for setting in attacks.SETTINGS:
         for t in TS:
             name = f"tier 1 {setting} T={t}"
             scores = attacks.run_known_mixing(images[keep], labels[keep], encoder(setting, pool, name), t)
-            record(dict(tier=1, setting=setting, T=t, images=len(keep), **scores.summary()))
+            record(dict(tier=1, setting=setting, T=t, images=len(keep), **scores.summary(), **code))
+    # the noise-model reconstruction of Tier 2 given the true private mixing (public patches
+    # unknown, treated as noise): reconstruct_em's own upper bound, cross 2+4, 100 images, T = 50
+    keep = order[:100]
+    name = "em cross 2+4 T=50"
+    record(dict(tier=1, setting="cross 2+4", T=50, images=len(keep), method="reconstruct_em, private mixing known",
+                **em_known_private_mixing(images[keep], labels[keep], encoder("cross 2+4", pool, name), 50).summary(),
+                **code))
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
     print(markdown(rows))
     print(f"total {time.perf_counter() - start:.0f} s")
+
+
+def em_known_private_mixing(images, labels, encoder, t):
+    """`reconstruct_em` with each encoding's private images and coefficients known and the rest
+    (cross mode's public patches) left to its noise model; the global sign from the public
+    sign prior, as Tier 2 chooses it."""
+    from instahide.attacks.encodings_only import _apply_sign_prior, fit_sign_prior, public_crops, reconstruct_em
+    from instahide.attacks.known_mixing import _to_pixels
+
+    challenge = attacks.make_challenge(images, labels, encoder, t)
+    start = time.perf_counter()
+    ids = np.concatenate([k.index[:, :k.private_terms] for k in challenge.keys])
+    weights = np.concatenate([k.lam[:, :k.private_terms] for k in challenge.keys]).astype(np.float32)
+    solved, _ = reconstruct_em(np.abs(challenge.encodings), ids, weights, len(images), 1.0 - weights.sum(axis=1))
+    prior = fit_sign_prior(public_crops(2000, pool=encoder.public), challenge.mean, challenge.std)
+    recovered = _to_pixels(_apply_sign_prior(solved, challenge.std, prior), challenge.mean, challenge.std)
+    return attacks.score(recovered, challenge.images, time.perf_counter() - start)
 
 
 def markdown(rows):

@@ -40,6 +40,8 @@ from instahide.cli.train import random_subsets
 from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD, default_data_dir, load_cifar10
 from instahide.torch.recipe import FastRecipe, train_fast
 
+from provenance import provenance
+
 TARGETS = (50, 70, 80, 85, 90, 93, 94)
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy"
 
@@ -145,6 +147,7 @@ def mpc_entry(plain: dict, compare_path: Path) -> dict:
     slowdown = float(row["slowdown_vs_plain"])
     curve = [{**r, "seconds": round(r["seconds"] * slowdown, 1)} for r in plain["curve"]]
     return {"method": "mpc", "model": plain["model"], "device": plain["device"], "date": plain["date"],
+            "commit": plain.get("commit"), "dirty": plain.get("dirty", []),
             "epochs": plain["epochs"], "seconds": curve[-1]["seconds"] if curve else 0.0,
             "best_accuracy": plain["best_accuracy"], "curve": curve, "reached": reached(curve),
             "privacy": "MPC, 2 parties (CrypTen): cryptographic, semi-honest parties", "extrapolated": True,
@@ -301,7 +304,7 @@ def main(argv=None) -> int:
                               "train_images": len(train_x), "test_images": len(test_x),
                               "threads": torch.get_num_threads(), "torch": torch.__version__,
                               "data": "CIFAR-10 (JPEG q75 copy)"},
-                 "load": []}
+                 "load": [], **provenance()}
         if args.label:
             entry["label"] = args.label
         entries[row_name(entry)] = entry

@@ -30,6 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # methods, crypten_compat and report sit beside this file
+sys.path.insert(1, str(HERE.parent))  # provenance
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -38,6 +39,7 @@ import instahide  # noqa: E402
 
 import methods  # noqa: E402
 import report  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 FAST = ["plain", "instahide_inside_k4", "instahide_cross_2+4", "instahide_torch_ops_k4", "dpsgd_opacus"]
 SLOW = ["crypten_1process", "crypten_2party", "plain_infer_he_model", "tenseal_ckks_infer"]
@@ -349,6 +351,7 @@ def main(argv=None) -> dict:
         "missing": missing,
         "seconds": time.perf_counter() - STARTED,
         "results": rows,
+        **provenance(),
     }
     with open(out / "results.json", "w") as f:
         json.dump(results, f, indent=2)

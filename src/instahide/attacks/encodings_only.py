@@ -392,8 +392,9 @@ def reconstruct_em(magnitudes: np.ndarray, ids: np.ndarray, weights: np.ndarray,
     Start: the spectral estimate from the cross terms of |e|^2 (`_spectral_start`). Then EM:
     the signed mixture's posterior mean given |e| and the current x is |e| tanh(|e| m / s^2);
     x is its least-squares fit. Without noise this is alternating sign retrieval; with it,
-    uncertain signs weigh less instead of being guessed (cross 2+4 with the mixing known, 100
-    images, T = 50: mean SSIM 0.91; sign retrieval that ignores the noise reached 0.07). One
+    uncertain signs weigh less instead of being guessed (cross 2+4 with the private mixing
+    known and the public patches left to the noise: the reconstruct_em row of
+    benchmarks/results/privacy/tier1.json). One
     sign per pixel and channel is left (`_synchronize_pixel_signs`) and one for the set.
     Returns (normalized (n, C, H, W), noise variance (m, C*H*W))."""
     import torch
