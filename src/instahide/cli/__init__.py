@@ -22,7 +22,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     """Epilogs keep their line breaks (the examples); options show their defaults, if any."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False:
+        # a switch's default says nothing a reader can use ("--no-augment ... (default: True)")
+        if action.default is None or action.default is False or action.nargs == 0:
             return action.help
         return super()._get_help_string(action)
 

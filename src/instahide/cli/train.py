@@ -29,9 +29,12 @@ LOG_FIELDS = ["epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "e
 
 def add_arguments(parser) -> None:
     data = default_data_dir()
-    parser.add_argument("--train", default=str(data / "cifar10-train.tar"),
-                        help="training set: a class tar file, a folder of class subfolders, or CIFAR-10 python batches")
-    parser.add_argument("--test", default=str(data / "cifar10-test.tar"), help="test set, in the same forms")
+    # the defaults print resolved: $INSTAHIDE_DATA, else ../shared/data of the working folder or the checkout
+    where = "$INSTAHIDE_DATA" if "INSTAHIDE_DATA" in os.environ else "../shared/data, resolved from here"
+    parser.add_argument("--train", default=str(data.resolve() / "cifar10-train.tar"),
+                        help="training set: a class tar file, a folder of class subfolders, or CIFAR-10 python batches "
+                             f"(default from {where})")
+    parser.add_argument("--test", default=str(data.resolve() / "cifar10-test.tar"), help="test set, in the same forms")
     parser.add_argument("--limit", type=int, help="train on this many images (a random subset), for quick runs")
     parser.add_argument("--test-limit", type=int, help="test on this many images (a random subset)")
     parser.add_argument("--recipe", choices=["paper", "fast"], default="paper",
@@ -48,11 +51,13 @@ def add_arguments(parser) -> None:
                              "cross: private + public terms")
     parser.add_argument("--k", type=int, default=4, help="terms per encoding (cross: 6 in the paper)")
     parser.add_argument("--private-terms", type=int, default=2, help="cross mode: private terms per encoding")
-    parser.add_argument("--public", default=str(data / "tiny-imagenet-val.tar"),
+    parser.add_argument("--public", default=str(data.resolve() / "tiny-imagenet-val.tar"),
                         help="cross mode: public images (tar, folder, or a saved PublicPool .npz)")
     parser.add_argument("--dom", type=float, default=0.3, help="cross mode: least total weight of private terms")
     parser.add_argument("--upper", type=float, default=0.65, help="largest coefficient")
-    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no pad-4 crop and flip")
+    parser.add_argument("--no-augment", dest="augment", action="store_false",
+                        help="no crop and flip fused into the encoder (paper recipe: pad 4 + flip; fast: translate 2 + "
+                             "flip)")
     parser.add_argument("--epochs", type=int, help="default: 200 (paper), 10 (fast)")
     parser.add_argument("--batch-size", type=int, help="default: 128 (paper), 512 or 256 on a CPU (fast)")
     parser.add_argument("--lr", type=float, help="peak learning rate; default: 0.1 (paper), 0.4 (fast)")

@@ -1,0 +1,93 @@
+"""Command-line options are checked before any work: a bad value fails fast with the option's
+name in the message, and an output path that cannot be written fails before the attack runs."""
+
+import pytest
+
+from instahide import cli
+
+# (options, the option named in the error): at or just past each bound of `instahide attack`
+ATTACK_BAD = [
+    (["--images", "1"], "--images"), (["--images", "10001"], "--images"),
+    (["--k", "1"], "--k"), (["--k", "17"], "--k"),
+    (["-T", "0"], "-T"), (["-T", "1001"], "-T"),
+    (["--k", "6", "--cross", "0"], "--cross"), (["--k", "6", "--cross", "6"], "--cross"),
+    (["--pad", "-1"], "--pad"), (["--pad", "17"], "--pad"),
+    (["--rounds", "-1"], "--rounds"), (["--rounds", "21"], "--rounds"),
+    (["--min-keypoints", "-1"], "--min-keypoints"),
+    (["--train-seconds", "0"], "--train-seconds"),
+    (["--tier", "1", "--augment", "fast"], "--tier 1"),
+    (["--tier", "1", "--hflip"], "--tier 1"),
+]
+
+
+@pytest.fixture
+def no_attack_runs(monkeypatch):
+    """Any attack or data loading fails the test: the checks must come first."""
+    from instahide import attacks, datasets
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("work started before the options were checked")
+
+    for module, name in ((attacks, "run_encodings_only"), (attacks, "run_known_mixing"), (attacks, "challenge_pool"),
+                         (datasets, "load_cifar10")):
+        monkeypatch.setattr(module, name, must_not_run)
+
+
+@pytest.mark.parametrize(("options", "named"), ATTACK_BAD)
+def test_attack_rejects_each_bad_option_by_name(options, named, capsys, no_attack_runs):
+    assert cli.main(["attack", "--tier", "2", *options]) == 1
+    error = capsys.readouterr().err
+    assert named in error and "instahide attack: error:" in error
+
+
+def test_attack_refuses_what_would_not_fit_in_memory(capsys):
+    assert cli.main(["attack", "--tier", "2", "--images", "10000", "-T", "1000"]) == 1
+    error = capsys.readouterr().err
+    assert "GiB" in error and "--images 10000 x -T 1000" in error
+
+
+@pytest.mark.parametrize("option", ["--json", "--grid", "--key-file"])
+def test_attack_output_in_a_missing_folder_fails_before_any_work(option, tmp_path, capsys, no_attack_runs):
+    assert cli.main(["attack", "--tier", "2", option, str(tmp_path / "missing" / "out")]) == 1
+    assert option in capsys.readouterr().err
+
+
+def test_attack_bounds_themselves_pass_the_check():
+    from instahide.cli import attack
+
+    parser, *_ = cli.build_parser()
+    for options in (["--images", "2", "-T", "1", "--k", "2"], ["--k", "16", "--cross", "15", "--pad", "16"],
+                    ["--rounds", "0"], ["--rounds", "20", "--augment", "paper"]):
+        args = parser.parse_args(["attack", "--tier", "2", *options])
+        attack.check_arguments(args)  # raises on a bad value
+
+
+def test_attack_augment_follows_the_training_recipes():
+    from instahide.cli import attack
+
+    parser, *_ = cli.build_parser()
+    assert attack._augmentation(parser.parse_args(["attack"])) == (0, False)
+    assert attack._augmentation(parser.parse_args(["attack", "--augment", "paper"])) == (4, True)
+    assert attack._augmentation(parser.parse_args(["attack", "--augment", "fast"])) == (2, True)
+    assert attack._augmentation(parser.parse_args(["attack", "--augment", "fast", "--no-hflip"])) == (2, False)
+    assert attack._augmentation(parser.parse_args(["attack", "--pad", "3"])) == (3, False)
+
+
+def test_attack_key_file_is_written_then_reused(tmp_path):
+    from instahide.cli import attack
+
+    parser, *_ = cli.build_parser()
+    path = tmp_path / "run.key"
+    first = attack._attack_encoder(parser.parse_args(["attack", "--tier", "0", "--key-file", str(path)]))
+    assert path.exists() and path.stat().st_mode & 0o077 == 0
+    again = attack._attack_encoder(parser.parse_args(["attack", "--tier", "0", "--key-file", str(path)]))
+    assert first.key == again.key == path.read_bytes()
+
+
+def test_train_help_prints_no_default_for_switches(capsys):
+    pytest.importorskip("torch")
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: True)" not in text and "(default: False)" not in text
+    assert "resolved from here" in text or "$INSTAHIDE_DATA" in text
