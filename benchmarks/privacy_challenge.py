@@ -12,9 +12,8 @@ with SIFT-filtered Tiny-ImageNet patches: instahide.attacks.challenge_pool), pub
 |encodings| and soft labels in a random order, and runs the hand-made-similarity attack
 (instahide.attacks.run_encodings_only). Rows are appended to
 benchmarks/results/privacy-challenge-<date>.json (or --out) after each run, so an interrupted
-run keeps what it measured; `python benchmarks/privacy_table.py --challenge FILE` prints the
-tables (median and worst per setting and T); `python benchmarks/doc_tables.py` puts them in the
-docs.
+run keeps what it measured; `python benchmarks/doc_tables.py` prints the docs' tables from them
+(median and worst per setting and T).
 
 Each row records the commit it was measured at (`provenance`), so that a table can mark rows
 whose attack code changed since. The key of a row that scores below --keep-keys-below is kept
@@ -91,6 +90,7 @@ def run_row(setting: str, augmentation: str, t: int, images, labels, pool, count
             "cluster_purity": summary["cluster_purity"], "chance_purity": summary["chance_purity"],
             "seconds": summary["seconds"], "device": device(), "date": datetime.date.today().isoformat(),
             "load": round(load, 2), "subset_seed": int(subset_seed), "rounds": rounds, "similarity": "handmade",
+            "attack": "encodings_only",
             "commit": code["commit"], "dirty": code["dirty"], "replay": replay}
 
 
@@ -135,7 +135,7 @@ def main() -> None:
         parser.error(f"--images must be at least 2, got {args.images}")
     if args.rounds < 0:
         parser.error(f"--rounds must be at least 0, got {args.rounds}")
-    torch.set_num_threads(1)  # see privacy_table.py
+    torch.set_num_threads(1)  # on the shared 2-core VM, 2 torch threads ran 10x slower than 1
     out = Path(args.out or RESULTS / f"privacy-challenge-{datetime.date.today().isoformat()}.json")
     for option, path in (("--out", out), ("--grid", args.grid)):
         if path and not Path(path).resolve().parent.is_dir():

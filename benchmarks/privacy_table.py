@@ -1,22 +1,19 @@
-"""The tables of docs/privacy.md.
+"""The Tier 1 rows of docs/privacy.md (mixing known).
 
-    python benchmarks/privacy_table.py OUT.json [--tier1-images 50]
-    python benchmarks/privacy_table.py --challenge results/privacy-challenge-DATE.json [...]
+    python benchmarks/privacy_table.py benchmarks/results/privacy/tier1.json [--tier1-images 50]
 
-The first form runs Tier 1 (mixing known) on CIFAR-10 test images, for inside k=4, inside k=6
-and cross 2+4 (Tiny-ImageNet public patches), T in (1, 3, 5, 10, 20, 50); each row's encoder key
-derives from the row's name, so a rerun attacks the same encodings. It prints one JSON line per
-row, writes all rows to OUT.json, and prints the markdown table (about 80 s on 2 cores).
-
-The second runs nothing: it prints the Tier 2 tables (encodings and labels only, scored as the
-InstaHide Challenge scores) from the rows of benchmarks/privacy_challenge.py: per setting and T,
-the number of keys, median and worst challenge Max_SSIM and images above SSIM 0.5, chance,
-seconds.
+Runs Tier 1 on CIFAR-10 test images, for inside k=4, inside k=6 and cross 2+4 (the challenge
+pool's public patches), T in (1, 3, 5, 10, 20, 50), and Tier 2's reconstruction given the true
+private mixing (cross 2+4, 100 images, T = 50); each row's encoder key derives from the row's
+name, so a rerun attacks the same encodings. It prints one JSON line per row and writes all rows,
+each with its commit, to OUT.json (about 3 minutes on 2 cores); `python benchmarks/doc_tables.py`
+puts the table in the docs.
 """
 import argparse
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,17 +35,13 @@ def encoder(setting, pool, name):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("out", nargs="?")
-    parser.add_argument("--challenge", nargs="+", metavar="JSON",
-                        help="print the challenge tables from benchmarks/privacy_challenge.py rows and exit")
-    parser.add_argument("--tier1-images", type=int, default=50)
+    parser.add_argument("out", help="the JSON file of the rows")
+    parser.add_argument("--tier1-images", type=int, default=50, help="private images per row (2 to 10000)")
     args = parser.parse_args()
-    if args.challenge:
-        rows = [row for path in args.challenge for row in json.loads(open(path).read())]
-        print(challenge_markdown(rows))
-        return
-    if args.out is None:
-        parser.error("OUT.json is required unless --challenge is given")
+    if not 2 <= args.tier1_images <= 10_000:
+        parser.error(f"--tier1-images {args.tier1_images}: must be 2 to 10000")
+    if not Path(args.out).resolve().parent.is_dir():
+        parser.error(f"out {args.out}: its folder does not exist")
     torch.set_num_threads(1)  # on the shared 2-core VM, 2 torch threads ran 10x slower than 1
     images, labels = load_cifar10("test")
     order = np.random.default_rng(0).permutation(len(images))
@@ -67,6 +60,15 @@ def main():
             name = f"tier 1 {setting} T={t}"
             scores = attacks.run_known_mixing(images[keep], labels[keep], encoder(setting, pool, name), t)
             record(dict(tier=1, setting=setting, T=t, images=len(keep), **scores.summary(), **code))
+    # Tier 1 with the training recipes' crop and flip fused in, the windows known too (inside k = 4)
+    for augmentation in ("translate 2 + flip", "pad 4 + flip"):
+        for t in (3, 5, 10, 20):
+            name = f"tier 1 inside k=4 {augmentation} T={t}"
+            windowed = attacks.challenge_encoder("inside k=4", MEAN, STD, key=hashlib.sha256(name.encode()).digest(),
+                                                 augmentation=augmentation)
+            scores = attacks.run_known_windows(images[keep], labels[keep], windowed, t)
+            record(dict(tier=1, setting="inside k=4", T=t, images=len(keep), method=f"{augmentation}, windows known",
+                        attack="known_windows", **scores.summary(), **code))
     # the noise-model reconstruction of Tier 2 given the true private mixing (public patches
     # unknown, treated as noise): reconstruct_em's own upper bound, cross 2+4, 100 images, T = 50
     keep = order[:100]
@@ -76,7 +78,6 @@ def main():
                 **code))
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
-    print(markdown(rows))
     print(f"total {time.perf_counter() - start:.0f} s")
 
 
@@ -95,39 +96,6 @@ def em_known_private_mixing(images, labels, encoder, t):
     prior = fit_sign_prior(public_crops(2000, pool=encoder.public), challenge.mean, challenge.std)
     recovered = _to_pixels(_apply_sign_prior(solved, challenge.std, prior), challenge.mean, challenge.std)
     return attacks.score(recovered, challenge.images, time.perf_counter() - start)
-
-
-def markdown(rows):
-    lines = ["", "| setting | T | mean SSIM | max SSIM | SSIM > 0.5 | SSIM > 0.9 | mean PSNR (dB) | chance SSIM | "
-                 "seconds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        cells = [r["setting"], str(r["T"]), f"{r['mean_ssim']:.2f}", f"{r['max_ssim']:.2f}",
-                 f"{r['fraction_above_0.5']:.2f}", f"{r['fraction_above_0.9']:.2f}", f"{r['mean_psnr']:.1f}",
-                 f"{r['chance_ssim']:.2f}", f"{r['seconds']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def challenge_markdown(rows):
-    """Per (setting, T), in the order first seen: median and worst over keys."""
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["setting"], r["T"]), []).append(r)
-    lines = ["| setting | T | keys | challenge Max_SSIM, median (worst) | Mean_SSIM, median | images above SSIM 0.5 "
-             "of 100, median (worst) | chance SSIM | cluster purity (chance) | seconds, median | device |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for (setting, t), group in groups.items():
-        def median(key, group=group):
-            return float(np.median([r[key] for r in group]))
-
-        worst_ssim = min(r["challenge_max_ssim"] for r in group)
-        worst_images = min(r["images_above_0_5"] for r in group)
-        lines.append(f"| {setting} | {t} | {len(group)} | {median('challenge_max_ssim'):.2f} ({worst_ssim:.2f}) | "
-                     f"{median('challenge_mean_ssim'):.2f} | {median('images_above_0_5'):.0f} ({worst_images}) | "
-                     f"{median('chance_ssim'):.2f} | {median('cluster_purity'):.2f} ({median('chance_purity'):.2f}) | "
-                     f"{median('seconds'):.0f} | {group[0]['device']} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # The code behind each kind of figure: a change to any of it after a row's commit makes the row stale.
-# Privacy rows of the aligned attack (no crop or flip) do not run the crop-and-flip attack's
-# module (attacks/augmented.py) or the package's re-exports; rows with augmentation run all of it.
+# Privacy rows of `run_encodings_only` and Tier 1 do not run the crop-and-flip attack's module
+# (attacks/augmented.py) or the package's re-exports; rows of that attack run all of it.
 CODE = {
     "privacy": ("src/instahide/attacks", ":(exclude)src/instahide/attacks/augmented.py",
                 ":(exclude)src/instahide/attacks/__init__.py"),
@@ -62,7 +62,9 @@ def staleness(row: dict, kind: str) -> str | None:
     if not commit:
         return "no commit recorded"
     folders = tuple(path for path in CODE[kind] if not path.startswith(":"))
-    dirty = [path for path in row.get("dirty", []) if path.startswith(folders)]
+    excluded = tuple(path.split(")", 1)[1] for path in CODE[kind] if path.startswith(":(exclude)"))
+    dirty = [path for path in row.get("dirty", [])
+             if path.startswith(folders) and not (excluded and path.startswith(excluded))]
     if dirty:
         return f"measured with uncommitted changes to {', '.join(dirty)}"
     changes = changes_since(commit, kind)

@@ -15,8 +15,8 @@ ATTACK_BAD = [
     (["--rounds", "-1"], "--rounds"), (["--rounds", "21"], "--rounds"),
     (["--min-keypoints", "-1"], "--min-keypoints"),
     (["--train-seconds", "0"], "--train-seconds"),
-    (["--tier", "1", "--augment", "fast"], "--tier 1"),
-    (["--tier", "1", "--hflip"], "--tier 1"),
+    (["--tier", "1", "--k", "6", "--cross", "2", "--augment", "fast"], "--tier 1 --cross"),
+    (["--tier", "1", "--k", "6", "--cross", "2", "--hflip"], "--tier 1 --cross"),
 ]
 
 
@@ -35,7 +35,8 @@ def no_attack_runs(monkeypatch):
 
 @pytest.mark.parametrize(("options", "named"), ATTACK_BAD)
 def test_attack_rejects_each_bad_option_by_name(options, named, capsys, no_attack_runs):
-    assert cli.main(["attack", "--tier", "2", *options]) == 1
+    tier = [] if "--tier" in options else ["--tier", "2"]
+    assert cli.main(["attack", *tier, *options]) == 1
     error = capsys.readouterr().err
     assert named in error and "instahide attack: error:" in error
 

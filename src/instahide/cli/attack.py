@@ -90,9 +90,9 @@ def check_arguments(args) -> None:
     need(0 <= args.rounds <= 20, "--rounds", args.rounds, "0 to 20")
     need(0 < args.train_seconds <= 24 * 3600, "--train-seconds", args.train_seconds, "above 0, at most a day")
     pad, hflip = _augmentation(args)
-    if args.tier == 1 and (pad or hflip):
-        raise ValueError(f"--tier 1 with --augment {args.augment} (pad {pad}, flip {hflip}): the known-mixing attack "
-                         "needs unshifted, unflipped windows; use --augment none, or --tier 2")
+    if args.tier == 1 and (pad or hflip) and args.cross is not None:
+        raise ValueError(f"--tier 1 --cross with --augment {args.augment} (pad {pad}, flip {hflip}): the known-mixing "
+                         "attack with windows handles inside mode only; use --augment none, or leave out --cross")
     for option, path in (("--json", args.json), ("--grid", args.grid), ("--key-file", args.key_file)):
         if path is None:
             continue
@@ -130,7 +130,9 @@ def run(args) -> int:
         return 0
     images, labels = load_cifar10("test")
     keep = np.random.default_rng(args.seed).permutation(len(images))[:args.images]
-    if args.tier == 1:
+    if args.tier == 1 and (encoder.pad or encoder.hflip):
+        scores = attacks.run_known_windows(images[keep], labels[keep], encoder, args.encodings_per_image)
+    elif args.tier == 1:
         scores = attacks.run_known_mixing(images[keep], labels[keep], encoder, args.encodings_per_image)
     else:
         scores = attacks.run_encodings_only(images[keep], labels[keep], encoder, args.encodings_per_image,
