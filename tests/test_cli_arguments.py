@@ -92,3 +92,35 @@ def test_train_help_prints_no_default_for_switches(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: True)" not in text and "(default: False)" not in text
     assert "resolved from here" in text or "$INSTAHIDE_DATA" in text
+
+
+TRAIN_BAD = [
+    (["--epochs", "0"], "--epochs"), (["--batch-size", "0"], "--batch-size"), (["--limit", "0"], "--limit"),
+    (["--test-limit", "0"], "--test-limit"), (["--lr", "0"], "--lr"), (["--momentum", "1"], "--momentum"),
+    (["--weight-decay", "-1"], "--weight-decay"), (["--workers", "-1"], "--workers"), (["--k", "1"], "--k"),
+    (["--k", "17"], "--k"), (["--upper", "0"], "--upper"),
+    (["--mode", "cross", "--k", "6", "--private-terms", "6"], "--private-terms"),
+    (["--mode", "cross", "--dom", "1.5"], "--dom"),
+    (["--recipe", "fast", "--epochs", "0"], "--epochs"),
+]
+
+
+@pytest.mark.parametrize(("options", "named"), TRAIN_BAD)
+def test_train_rejects_each_bad_option_by_name(options, named, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from instahide.cli import train
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("training data was read before the options were checked")
+
+    monkeypatch.setattr(train, "load_split", must_not_run)
+    assert cli.main(["train", "--out", str(tmp_path / "run"), *options]) == 1
+    assert named in capsys.readouterr().err
+
+
+def test_train_refuses_an_output_it_cannot_write(tmp_path, capsys):
+    pytest.importorskip("torch")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert cli.main(["train", "--out", str(blocker / "run"), "--epochs", "1"]) == 1
+    assert "--out" in capsys.readouterr().err

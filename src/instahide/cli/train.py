@@ -157,8 +157,35 @@ def _shared_secret(key: bytes | None, world_size: int) -> bytes | None:
     return box[0]
 
 
+def check_arguments(args) -> None:
+    """Every numeric option in range and the output folder writable, before any data is read:
+    a ValueError names the option, its value and what it may be."""
+    def need(ok: bool, option: str, value, allowed: str) -> None:
+        if not ok:
+            raise ValueError(f"{option} {value}: must be {allowed}")
+
+    for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--limit", args.limit),
+                          ("--test-limit", args.test_limit)):
+        need(value is None or value >= 1, option, value, "at least 1")
+    need(args.lr is None or args.lr > 0, "--lr", args.lr, "above 0")
+    need(0 <= args.momentum < 1, "--momentum", args.momentum, "in [0, 1)")
+    need(args.weight_decay >= 0, "--weight-decay", args.weight_decay, "0 or more")
+    need(args.workers >= 0, "--workers", args.workers, "0 or more")
+    if args.mode != "vanilla":
+        need(2 <= args.k <= 16, "--k", args.k, "2 to 16")
+        need(0 < args.upper <= 1, "--upper", args.upper, "in (0, 1]")
+    if args.mode == "cross":
+        need(1 <= args.private_terms < args.k, "--private-terms", args.private_terms, f"1 to k - 1 = {args.k - 1}")
+        need(0 <= args.dom <= 1, "--dom", args.dom, "in [0, 1]")
+    out = Path(args.out).resolve()
+    existing = next(folder for folder in (out, *out.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ValueError(f"--out {args.out}: {existing} is not a writable folder")
+
+
 def run(args) -> list[dict]:
     """Trains; returns the rows of the log (rank 0's; other ranks return [])."""
+    check_arguments(args)
     if args.recipe == "fast":
         return _train_fast(args)
     args.epochs = 200 if args.epochs is None else args.epochs
