@@ -16,12 +16,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # The code behind each kind of figure: a change to any of it after a row's commit makes the row stale.
-# Privacy rows of `run_encodings_only` and Tier 1 do not run the crop-and-flip attack's module
-# (attacks/augmented.py) or the package's re-exports; rows of that attack run all of it.
+# No privacy row runs Tier 0 (attacks/audit.py: findings as text) or depends on the package's
+# re-exports; rows of `run_encodings_only` and Tier 1 do not run the crop-and-flip attack's
+# module (attacks/augmented.py); rows of that module run the rest.
 CODE = {
     "privacy": ("src/instahide/attacks", ":(exclude)src/instahide/attacks/augmented.py",
-                ":(exclude)src/instahide/attacks/__init__.py"),
-    "privacy-augmented": ("src/instahide/attacks",),
+                ":(exclude)src/instahide/attacks/__init__.py", ":(exclude)src/instahide/attacks/audit.py"),
+    "privacy-augmented": ("src/instahide/attacks", ":(exclude)src/instahide/attacks/__init__.py",
+                          ":(exclude)src/instahide/attacks/audit.py"),
     "accuracy": ("src/instahide/torch/recipe.py", "src/instahide/torch/models.py", "src/instahide/encoder.py",
                  "src/instahide/_plan.py", "src/instahide/keys.py"),
     "throughput": ("csrc",),
@@ -75,6 +77,12 @@ def staleness(row: dict, kind: str) -> str | None:
     return None
 
 
-def history_available(rows: list[dict]) -> bool:
-    """Whether every row's commit is in this checkout's history (staleness can be decided)."""
-    return all(row.get("commit") and changes_since(row["commit"], "privacy") is not None for row in rows)
+def history_available(commits) -> bool:
+    """Whether every one of `commits` is in this checkout's history (a shallow clone lacks the
+    older ones, and then staleness cannot be decided)."""
+    try:
+        for commit in commits:
+            _git("cat-file", "-e", f"{commit}^{{commit}}")
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return True

@@ -8,7 +8,8 @@ from ..encoder import Encoder
 def audit(encoder: Encoder, encodings_per_image: int, labels_released: bool = True) -> list[str]:
     """Tier 0: findings that need no computation."""
     findings = ["Randomness comes from a 32-byte secret key (the OS's cryptographic source by default) through "
-                "ChaCha20: no seed search is possible, unlike the InstaHide Challenge's 32-bit PRNG seeds."]
+                "ChaCha20: attacks on the generator do not apply (the InstaHide Challenge's PRNG attack exploited an "
+                "implementation bug of the challenge set's generation, not InstaHide itself)."]
     if encoder.sign == "flip" or encoder.sign == "abs":
         findings.append("The sign flip hides only signs: publishing sign * mixture reveals |mixture| exactly, "
                         "the same as sign='abs'.")
