@@ -73,7 +73,8 @@ def staleness(row: dict, kind: str) -> str | None:
     if changes is None:
         return f"commit {commit[:7]} is not in this checkout's history"
     if changes:
-        return f"{', '.join(folders)} changed after {commit[:7]} ({', '.join(changes)})"
+        count = f"{len(changes)} commit{'s' if len(changes) > 1 else ''}"
+        return f"{', '.join(folders)} changed in {count} after {commit[:7]} (the latest {changes[0]})"
     return None
 
 
