@@ -124,3 +124,64 @@ def test_train_refuses_an_output_it_cannot_write(tmp_path, capsys):
     blocker.write_text("not a folder")
     assert cli.main(["train", "--out", str(blocker / "run"), "--epochs", "1"]) == 1
     assert "--out" in capsys.readouterr().err
+
+
+ENCODE_BAD = [
+    (["--k", "1"], "--k"), (["--k", "17"], "--k"), (["--upper", "0"], "--upper"), (["--pad", "-1"], "--pad"),
+    (["--pad", "65"], "--pad"), (["--size", "0"], "--size"), (["--epochs", "0"], "--epochs"),
+    (["--shard-size", "0"], "--shard-size"), (["--threads", "-1"], "--threads"),
+    (["--mode", "cross", "--k", "6", "--private-terms", "6"], "--private-terms"),
+    (["--mode", "cross", "--dom", "-0.1"], "--dom"),
+]
+
+
+@pytest.mark.parametrize(("options", "named"), ENCODE_BAD)
+def test_encode_rejects_each_bad_option_by_name(options, named, tmp_path, capsys, monkeypatch):
+    from instahide import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *a, **k: pytest.fail("data read before the options were checked"))
+    assert cli.main(["encode", "digits", "--out", str(tmp_path / "out"), *options]) == 1
+    assert named in capsys.readouterr().err
+
+
+def test_encode_refuses_unwritable_outputs(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert cli.main(["encode", "digits", "--out", str(blocker / "out")]) == 1
+    assert "--out" in capsys.readouterr().err
+    assert cli.main(["encode", "digits", "--out", str(tmp_path / "out"), "--key-file", str(tmp_path / "no" / "k")]) == 1
+    assert "--key-file" in capsys.readouterr().err
+
+
+BENCH_BAD = [(["--batch", "0"], "--batch"), (["--images", "10", "--batch", "11"], "--images"), (["--k", "1"], "--k"),
+             (["--seconds", "0"], "--seconds"), (["--threads", "-1"], "--threads")]
+
+
+@pytest.mark.parametrize(("options", "named"), BENCH_BAD)
+def test_bench_rejects_each_bad_option_by_name(options, named, tmp_path, capsys):
+    assert cli.main(["bench", *options]) == 1
+    assert named in capsys.readouterr().err
+
+
+def test_bench_output_in_a_missing_folder_fails_before_timing(tmp_path, capsys, monkeypatch):
+    from instahide.cli import bench
+
+    monkeypatch.setattr(bench, "run", lambda **k: pytest.fail("timed before the output path was checked"))
+    assert cli.main(["bench", "--json", str(tmp_path / "missing" / "b.json")]) == 1
+    assert "--json" in capsys.readouterr().err
+
+
+DEMO_BAD = [(["--seconds", "0"], "--seconds"), (["--k", "1"], "--k"), (["--cross-k", "17"], "--cross-k"),
+            (["--private-terms", "6"], "--private-terms"), (["--train-size", "0"], "--train-size"),
+            (["--batch-size", "0"], "--batch-size"), (["--epochs", "0"], "--epochs"), (["--lr", "0"], "--lr")]
+
+
+@pytest.mark.parametrize(("options", "named"), DEMO_BAD)
+def test_demo_rejects_each_bad_option_by_name(options, named, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from instahide.cli import demo
+
+    monkeypatch.setattr(demo, "load_data", lambda *a, **k: pytest.fail("data read before the options were checked"))
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), *options]) == 1
+    assert named in capsys.readouterr().err

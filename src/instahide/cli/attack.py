@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
+
+from ._checks import need, writable_file
 
 # the crop and flip each `instahide train` recipe fuses into the encoder (attacks.AUGMENTATIONS)
 RECIPE_AUGMENTATIONS = {"none": "none", "paper": "pad 4 + flip", "fast": "translate 2 + flip"}
@@ -76,10 +76,6 @@ def _available_memory() -> int | None:
 def check_arguments(args) -> None:
     """Every option in range, and the outputs writable, before any work: a ValueError names the
     option, its value and what it may be."""
-    def need(ok: bool, option: str, value, allowed: str) -> None:
-        if not ok:
-            raise ValueError(f"{option} {value}: must be {allowed}")
-
     need(2 <= args.images <= 10_000, "--images", args.images, "2 to 10000 (CIFAR-10 has 10,000 test images)")
     need(2 <= args.k <= 16, "--k", args.k, "2 to 16")
     need(1 <= args.encodings_per_image <= 1000, "-T/--encodings-per-image", args.encodings_per_image, "1 to 1000")
@@ -94,13 +90,7 @@ def check_arguments(args) -> None:
         raise ValueError(f"--tier 1 --cross with --augment {args.augment} (pad {pad}, flip {hflip}): the known-mixing "
                          "attack with windows handles inside mode only; use --augment none, or leave out --cross")
     for option, path in (("--json", args.json), ("--grid", args.grid), ("--key-file", args.key_file)):
-        if path is None:
-            continue
-        folder = Path(path).resolve().parent
-        if not folder.is_dir():
-            raise ValueError(f"{option} {path}: the folder {folder} does not exist")
-        if not os.access(folder, os.W_OK) and not (option == "--key-file" and Path(path).exists()):
-            raise ValueError(f"{option} {path}: the folder {folder} is not writable")
+        writable_file(option, path)
     if args.tier == 2:
         encodings = args.images * args.encodings_per_image
         need_bytes = TIER2_BYTES_PER_PAIR * encodings ** 2

@@ -18,6 +18,7 @@ import numpy as np
 from .. import reference
 from ..datasets import CIFAR10_MEAN, CIFAR10_STD
 from ..encoder import Encoder
+from ._checks import need, writable_file
 
 
 def add_arguments(bench) -> None:
@@ -30,7 +31,18 @@ def add_arguments(bench) -> None:
     bench.add_argument("--json", help="write the results here")
 
 
+def check_arguments(args) -> None:
+    """Every option in range and the output writable, before any work."""
+    need(args.batch >= 1, "--batch", args.batch, "at least 1")
+    need(args.images >= args.batch, "--images", args.images, f"at least --batch ({args.batch})")
+    need(2 <= args.k <= 16, "--k", args.k, "2 to 16")
+    need(0 < args.seconds <= 3600, "--seconds", args.seconds, "above 0, at most 3600")
+    need(args.threads >= 0, "--threads", args.threads, "0 (the cores this process may use) or more")
+    writable_file("--json", args.json)
+
+
 def command(args) -> int:
+    check_arguments(args)
     try:
         report = run(batch=args.batch, k=args.k, device=args.device, images=args.images, seconds=args.seconds,
                      threads=args.threads)

@@ -21,6 +21,7 @@ from ..encoder import Encoder
 from ..pool import PublicPool
 from ..torch import InstaHideLoader, soft_cross_entropy
 from ..torch.models import SmallCNN
+from ._checks import need, writable_folder
 from .train import evaluate
 
 MODES = ("vanilla", "instahide", "cross")
@@ -153,8 +154,17 @@ def run(args) -> dict:
     unknown = sorted(set(modes) - set(MODES))
     if unknown or not modes:
         raise ValueError(f"--modes takes {', '.join(MODES)}; got {args.modes!r}")
-    if args.seconds <= 0:
-        raise ValueError("--seconds must be positive")
+    need(args.seconds > 0, "--seconds", args.seconds, "above 0")
+    need(2 <= args.k <= 16, "--k", args.k, "2 to 16")
+    need(2 <= args.cross_k <= 16, "--cross-k", args.cross_k, "2 to 16")
+    need(1 <= args.private_terms < args.cross_k, "--private-terms", args.private_terms,
+         f"1 to --cross-k - 1 = {args.cross_k - 1}")
+    for option, value in (("--size", args.size), ("--train-size", args.train_size), ("--test-size", args.test_size),
+                          ("--batch-size", args.batch_size), ("--width", args.width)):
+        need(value is None or value >= 1, option, value, "at least 1")
+    need(args.epochs is None or args.epochs > 0, "--epochs", args.epochs, "above 0")
+    need(args.lr > 0, "--lr", args.lr, "above 0")
+    writable_folder("--out", args.out)
     wall = time.perf_counter()
     say(f"loading {args.data} ...")
     train_x, train_y, test_x, test_y, description, augment = load_data(args)

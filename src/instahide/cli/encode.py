@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sys
 
+from ._checks import need, writable_file, writable_folder
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("data", help="digits, cifar10, an .npz with images and labels, an .npy of images (with "
@@ -33,7 +35,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def check_arguments(args) -> None:
+    """Every numeric option in range and the outputs writable, before any data is read."""
+    need(2 <= args.k <= 16, "--k", args.k, "2 to 16")
+    if args.mode == "cross":
+        need(1 <= args.private_terms < args.k, "--private-terms", args.private_terms, f"1 to k - 1 = {args.k - 1}")
+        need(0 <= args.dom <= 1, "--dom", args.dom, "in [0, 1]")
+    need(0 < args.upper <= 1, "--upper", args.upper, "in (0, 1]")
+    need(0 <= args.pad <= 64, "--pad", args.pad, "0 to 64")
+    need(args.size is None or 1 <= args.size <= 4096, "--size", args.size, "1 to 4096")
+    need(1 <= args.epochs <= 10_000, "--epochs", args.epochs, "1 to 10000")
+    need(args.shard_size >= 1, "--shard-size", args.shard_size, "at least 1")
+    need(args.threads >= 0, "--threads", args.threads, "0 (the cores this process may use) or more")
+    writable_folder("--out", args.out)
+    writable_file("--key-file", args.key_file)
+
+
 def run(args) -> int:
+    check_arguments(args)
     import numpy as np
 
     from .. import _arrays

@@ -23,6 +23,7 @@ from ..shards import read_key_file
 from ..torch import InstaHideLoader, soft_cross_entropy
 from ..torch._progress import _progress
 from ..torch.models import MODELS
+from ._checks import need, writable_folder
 
 LOG_FIELDS = ["epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "encode_seconds", "lr"]
 
@@ -160,10 +161,6 @@ def _shared_secret(key: bytes | None, world_size: int) -> bytes | None:
 def check_arguments(args) -> None:
     """Every numeric option in range and the output folder writable, before any data is read:
     a ValueError names the option, its value and what it may be."""
-    def need(ok: bool, option: str, value, allowed: str) -> None:
-        if not ok:
-            raise ValueError(f"{option} {value}: must be {allowed}")
-
     for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--limit", args.limit),
                           ("--test-limit", args.test_limit)):
         need(value is None or value >= 1, option, value, "at least 1")
@@ -177,10 +174,7 @@ def check_arguments(args) -> None:
     if args.mode == "cross":
         need(1 <= args.private_terms < args.k, "--private-terms", args.private_terms, f"1 to k - 1 = {args.k - 1}")
         need(0 <= args.dom <= 1, "--dom", args.dom, "in [0, 1]")
-    out = Path(args.out).resolve()
-    existing = next(folder for folder in (out, *out.parents) if folder.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise ValueError(f"--out {args.out}: {existing} is not a writable folder")
+    writable_folder("--out", args.out)
 
 
 def run(args) -> list[dict]:
