@@ -257,10 +257,34 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     methods = args.methods.split(",")
-    epochs = [int(e) for e in args.epochs.split(",")]
+    known = [*PRIVACY, "mpc"]
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    try:
+        epochs = [int(e) for e in args.epochs.split(",")]
+    except ValueError:
+        parser.error(f"--epochs {args.epochs!r}: whole numbers, comma-separated")
     epochs = epochs * len(methods) if len(epochs) == 1 else epochs
     if len(epochs) != len(methods):
         parser.error("--epochs: one number, or one per method")
+    if any(e < 1 for e, m in zip(epochs, methods, strict=True) if m != "mpc"):
+        parser.error(f"--epochs {args.epochs}: each at least 1 (0 only for mpc, which trains nothing)")
+    for option, value in (("--limit", args.limit), ("--test-limit", args.test_limit)):
+        if value is not None and value < 1:
+            parser.error(f"{option} {value}: must be at least 1")
+    if args.predict_repeats < 0:
+        parser.error(f"--predict-repeats {args.predict_repeats}: must be 0 or more")
+    if args.widths:
+        try:
+            widths = [int(w) for w in args.widths.split(",")]
+        except ValueError:
+            widths = []
+        if len(widths) != 3 or min(widths) < 1:
+            parser.error(f"--widths {args.widths!r}: three positive whole numbers, e.g. 64,256,256")
+    for option, path in (("--out", args.out), ("--save-model", args.save_model)):
+        if path and not Path(path).resolve().parent.is_dir():
+            parser.error(f"{option} {path}: its folder does not exist")
     if args.label and len(methods) != 1:
         parser.error("--label names the row of one method")
     if args.save_model and len(methods) != 1:

@@ -185,3 +185,33 @@ def test_demo_rejects_each_bad_option_by_name(options, named, tmp_path, capsys, 
     monkeypatch.setattr(demo, "load_data", lambda *a, **k: pytest.fail("data read before the options were checked"))
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), *options]) == 1
     assert named in capsys.readouterr().err
+
+
+BENCHMARK_BAD = [
+    ("time_to_accuracy.py", ["--methods", "plain", "--epochs", "0"], "--epochs"),
+    ("time_to_accuracy.py", ["--methods", "nonesuch"], "--methods"),
+    ("time_to_accuracy.py", ["--methods", "plain", "--epochs", "1", "--widths", "64,256"], "--widths"),
+    ("time_to_accuracy.py", ["--methods", "plain", "--epochs", "1", "--out", "/nonexistent-folder/x.json"], "--out"),
+    ("privacy_challenge.py", ["-T", "0"], "-T"),
+    ("privacy_challenge.py", ["--keys", "0"], "--keys"),
+    ("privacy_challenge.py", ["--settings", "inside k=5"], "--settings"),
+    ("privacy_challenge.py", ["--augmentations", "rotate"], "--augmentations"),
+    ("privacy_challenge.py", ["--out", "/nonexistent-folder/x.json"], "--out"),
+    ("privacy_table.py", ["/nonexistent-folder/x.json"], "out"),
+    ("sift_patches.py", ["--images", "0"], "--images"),
+]
+
+
+@pytest.mark.parametrize(("script", "options", "named"), BENCHMARK_BAD)
+def test_benchmark_scripts_check_their_options_first(script, options, named):
+    """The scripts users are told to run (docs/benchmarks.md) fail at parsing, exit status 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
+    result = subprocess.run([sys.executable, str(benchmarks / script), *options], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr.splitlines()[-1]
