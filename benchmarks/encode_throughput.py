@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -58,6 +59,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10")
     parser.add_argument("--skip", nargs="*", default=[], help="implementations to leave out")
     args = parser.parse_args(argv)
+    for option, value, low, high in (("--k", args.k, 2, 16), ("--batch", args.batch, 1, 50_000),
+                                     ("--threads", args.threads, 0, 1024), ("--repeats", args.repeats, 1, 1000)):
+        if not low <= value <= high:
+            parser.error(f"{option} {value}: must be {low} to {high}")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        parser.error(f"--json {args.json}: its folder does not exist")
 
     threads = args.threads or instahide.available_cores()
     w = workloads.load_workload(k=args.k, batch=args.batch, synthetic=args.synthetic)

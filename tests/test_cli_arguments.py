@@ -199,6 +199,9 @@ BENCHMARK_BAD = [
     ("privacy_challenge.py", ["--out", "/nonexistent-folder/x.json"], "--out"),
     ("privacy_table.py", ["/nonexistent-folder/x.json"], "out"),
     ("sift_patches.py", ["--images", "0"], "--images"),
+    ("encode_throughput.py", ["--k", "1"], "--k"),
+    ("encode_throughput.py", ["--repeats", "0"], "--repeats"),
+    ("encode_throughput.py", ["--json", "/nonexistent-folder/x.json"], "--json"),
 ]
 
 
