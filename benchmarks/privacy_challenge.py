@@ -35,6 +35,7 @@ import torch
 
 from instahide import attacks
 from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
+from instahide.shards import write_key_file
 
 from provenance import provenance
 
@@ -78,9 +79,7 @@ def run_row(setting: str, augmentation: str, t: int, images, labels, pool, count
     if summary["challenge_max_ssim"] < keep_key_below:
         KEYS.mkdir(parents=True, exist_ok=True)
         path = KEYS / f"{key_id}.key"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
+        write_key_file(path, key)
         replay = replay_command(setting, augmentation, t, count, int(subset_seed), path)
     return {"setting": setting, "augmentation": augmentation, "T": t, "key_id": key_id,
             "challenge_max_ssim": summary["challenge_max_ssim"], "challenge_mean_ssim": summary["challenge_mean_ssim"],

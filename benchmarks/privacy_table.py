@@ -28,9 +28,9 @@ MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
 TS = (1, 3, 5, 10, 20, 50)
 
 
-def encoder(setting, pool, name):
+def encoder(setting, pool, name, augmentation="none"):
     key = hashlib.sha256(name.encode()).digest()  # reproducible rows; real users' keys are random
-    return attacks.challenge_encoder(setting, MEAN, STD, pool=pool, key=key)
+    return attacks.challenge_encoder(setting, MEAN, STD, pool=pool, key=key, augmentation=augmentation)
 
 
 def main():
@@ -64,8 +64,7 @@ def main():
     for augmentation in ("translate 2 + flip", "pad 4 + flip"):
         for t in (3, 5, 10, 20):
             name = f"tier 1 inside k=4 {augmentation} T={t}"
-            windowed = attacks.challenge_encoder("inside k=4", MEAN, STD, key=hashlib.sha256(name.encode()).digest(),
-                                                 augmentation=augmentation)
+            windowed = encoder("inside k=4", pool, name, augmentation)
             scores = attacks.run_known_windows(images[keep], labels[keep], windowed, t)
             record(dict(tier=1, setting="inside k=4", T=t, images=len(keep), method=f"{augmentation}, windows known",
                         attack="known_windows", **scores.summary(), **code))

@@ -19,14 +19,15 @@ REPO = Path(__file__).resolve().parent.parent
 # No privacy row runs Tier 0 (attacks/audit.py: findings as text) or depends on the package's
 # re-exports; rows of `run_encodings_only` and Tier 1 do not run the crop-and-flip attack's
 # module (attacks/augmented.py); rows of that module run the rest.
-CODE = {
-    "privacy": ("src/instahide/attacks", ":(exclude)src/instahide/attacks/augmented.py",
-                ":(exclude)src/instahide/attacks/__init__.py", ":(exclude)src/instahide/attacks/audit.py"),
-    "privacy-augmented": ("src/instahide/attacks", ":(exclude)src/instahide/attacks/__init__.py",
-                          ":(exclude)src/instahide/attacks/audit.py"),
-    "accuracy": ("src/instahide/torch/recipe.py", "src/instahide/torch/models.py", "src/instahide/encoder.py",
-                 "src/instahide/_plan.py", "src/instahide/keys.py"),
-    "throughput": ("csrc",),
+# Each kind: (paths, paths within them excluded).
+_ATTACKS = "src/instahide/attacks/"
+CODE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "privacy": (("src/instahide/attacks",),
+                (_ATTACKS + "augmented.py", _ATTACKS + "__init__.py", _ATTACKS + "audit.py")),
+    "privacy-augmented": (("src/instahide/attacks",), (_ATTACKS + "__init__.py", _ATTACKS + "audit.py")),
+    "accuracy": (("src/instahide/torch/recipe.py", "src/instahide/torch/models.py", "src/instahide/encoder.py",
+                  "src/instahide/_plan.py", "src/instahide/keys.py"), ()),
+    "throughput": (("csrc",), ()),
 }
 
 
@@ -51,7 +52,8 @@ def changes_since(commit: str, kind: str) -> tuple[str, ...] | None:
     None where `commit` is not in this checkout's history (a shallow clone, or no git)."""
     try:
         _git("cat-file", "-e", f"{commit}^{{commit}}")
-        log = _git("log", "--format=%h", f"{commit}..HEAD", "--", *CODE[kind])
+        paths, excluded = CODE[kind]
+        log = _git("log", "--format=%h", f"{commit}..HEAD", "--", *paths, *(f":(exclude){p}" for p in excluded))
     except (OSError, subprocess.CalledProcessError):
         return None
     return tuple(log.split())
@@ -63,10 +65,8 @@ def staleness(row: dict, kind: str) -> str | None:
     commit = row.get("commit")
     if not commit:
         return "no commit recorded"
-    folders = tuple(path for path in CODE[kind] if not path.startswith(":"))
-    excluded = tuple(path.split(")", 1)[1] for path in CODE[kind] if path.startswith(":(exclude)"))
-    dirty = [path for path in row.get("dirty", [])
-             if path.startswith(folders) and not (excluded and path.startswith(excluded))]
+    paths, excluded = CODE[kind]
+    dirty = [path for path in row.get("dirty", []) if path.startswith(paths) and path not in excluded]
     if dirty:
         return f"measured with uncommitted changes to {', '.join(dirty)}"
     changes = changes_since(commit, kind)
@@ -74,7 +74,7 @@ def staleness(row: dict, kind: str) -> str | None:
         return f"commit {commit[:7]} is not in this checkout's history"
     if changes:
         count = f"{len(changes)} commit{'s' if len(changes) > 1 else ''}"
-        return f"{', '.join(folders)} changed in {count} after {commit[:7]} (the latest {changes[0]})"
+        return f"{', '.join(paths)} changed in {count} after {commit[:7]} (the latest {changes[0]})"
     return None
 
 

@@ -54,12 +54,17 @@ def key_from_file(path) -> tuple[bytes, bool]:
     if path.exists():
         return read_key_file(path), False
     key = new_secret_key()
+    write_key_file(path, key)
+    return key, True
+
+
+def write_key_file(path, key: bytes) -> None:
+    """`key` to a new file at `path`, readable by its owner only (mode 0600), never overwriting."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key)
         f.flush()
         os.fsync(f.fileno())
-    return key, True
 
 
 def read_key_file(path) -> bytes:
