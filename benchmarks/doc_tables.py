@@ -100,10 +100,15 @@ def _privacy_rows(groups: dict[tuple, list[dict]], names: list[str], kind: str) 
     return _table(header, align, body) + "\n\n" + commits.notes()
 
 
+# Cross mode's public pools (privacy_challenge.py --pool): the default filters whole images.
+POOLS = {"images": "", "patches": ", patches filtered one by one"}
+
+
 def privacy_challenge() -> str:
     """Tier 2 without crop or flip, per setting and T: median and worst over fresh keys."""
     rows = [r for r in _load(PRIVACY_CHALLENGE) if r.get("augmentation", "none") == "none"]
-    return _privacy_rows(_groups(rows, lambda r: (r["setting"], r["T"])), ["setting", "T"], "privacy")
+    return _privacy_rows(_groups(rows, lambda r: (r["setting"] + POOLS[r.get("pool", "images")], r["T"])),
+                         ["setting", "T"], "privacy")
 
 
 def privacy_augmented() -> str:

@@ -93,6 +93,28 @@ def run_row(setting: str, augmentation: str, t: int, images, labels, pool, count
             "commit": code["commit"], "dirty": code["dirty"], "replay": replay}
 
 
+def public_pool(kind: str, min_keypoints: int | None, windows_per_image: int):
+    """Cross mode's public pool: whole images filtered (the default recreation) or patches
+    filtered one by one (`PublicPool.from_patches`: 51x51 windows of the 64x64 images, the area a
+    32x32 patch of the 40x40-scaled image covers, counted at 64x64 and scaled to 32x32)."""
+    if kind == "images":
+        pool = attacks.challenge_pool(min_keypoints=min_keypoints)
+        print(f"public pool: {pool.build_report['kept']} of {pool.build_report['images']} Tiny-ImageNet images "
+              f"with more than {min_keypoints} SIFT keypoints", flush=True)
+        return pool
+    from instahide.datasets import default_data_dir
+    from instahide.pool import PublicPool, tar_images
+
+    images = tar_images(default_data_dir() / "tiny-imagenet-val.tar", progress=False)
+    seed = secrets.randbits(32)  # public data: recorded, so that the pool can be rebuilt
+    pool = PublicPool.from_patches(images, window=51, size=attacks.challenge.PATCH_SIZE, per_image=windows_per_image,
+                                   min_keypoints=min_keypoints, rng=np.random.default_rng(seed), progress=False)
+    pool.build_report["seed"] = seed
+    print(f"public pool: kept {pool.build_report['kept']} of {pool.build_report['windows']} 51x51 windows of "
+          f"{len(images)} Tiny-ImageNet images with more than {min_keypoints} SIFT keypoints", flush=True)
+    return pool
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default="inside k=4,inside k=6,cross 2+4",
@@ -106,6 +128,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of reassignment and reconstruction")
     parser.add_argument("--min-keypoints", type=int, default=attacks.challenge.MIN_KEYPOINTS,
                         help="cross mode: the public pool's SIFT filter (0: none)")
+    parser.add_argument("--pool", choices=("images", "patches"), default="images",
+                        help="cross mode's public pool: 'images', Tiny-ImageNet images filtered whole at 64x64 "
+                             "(instahide.attacks.challenge_pool), or 'patches', 51x51 windows filtered one by one "
+                             "at 64x64 and scaled to 32x32 (the paper's per-patch filter: PublicPool.from_patches)")
+    parser.add_argument("--windows-per-image", type=int, default=4,
+                        help="--pool patches: random windows tried per Tiny-ImageNet image (1 to 64)")
     parser.add_argument("--out", help="the JSON file (default: results/privacy-challenge-<date>.json); rows are "
                                       "appended to what it holds")
     parser.add_argument("--grid", help="a PNG of the first cross-mode row's recoveries (originals, one "
@@ -134,6 +162,10 @@ def main() -> None:
         parser.error(f"--images must be at least 2, got {args.images}")
     if args.rounds < 0:
         parser.error(f"--rounds must be at least 0, got {args.rounds}")
+    if not 1 <= args.windows_per_image <= 64:
+        parser.error(f"--windows-per-image must be 1 to 64, got {args.windows_per_image}")
+    if args.min_keypoints < 0:
+        parser.error(f"--min-keypoints must be at least 0, got {args.min_keypoints}")
     torch.set_num_threads(1)  # on the shared 2-core VM, 2 torch threads ran 10x slower than 1
     out = Path(args.out or RESULTS / f"privacy-challenge-{datetime.date.today().isoformat()}.json")
     for option, path in (("--out", out), ("--grid", args.grid)):
@@ -143,9 +175,7 @@ def main() -> None:
     images, labels = load_cifar10("test")
     pool = None
     if any("cross" in s for s in settings):
-        pool = attacks.challenge_pool(min_keypoints=args.min_keypoints or None)
-        print(f"public pool: {pool.build_report['kept']} of {pool.build_report['images']} Tiny-ImageNet images "
-              f"with more than {args.min_keypoints} SIFT keypoints", flush=True)
+        pool = public_pool(args.pool, args.min_keypoints or None, args.windows_per_image)
     grid = args.grid
     for setting in settings:
         for augmentation in augmentations:
@@ -155,6 +185,11 @@ def main() -> None:
                     cross_grid = grid if "cross" in setting and augmentation == "none" else None
                     row = run_row(setting, augmentation, t, images, labels, pool, args.images, args.rounds,
                                   cross_grid, args.keep_keys_below)
+                    if "cross" in setting:
+                        row["pool"] = args.pool
+                        row["pool_build"] = pool.build_report
+                        if args.pool == "patches" and row["replay"]:  # `instahide attack` builds the image pool
+                            row["replay"] += " (replays on the image pool, not this patch pool)"
                     if cross_grid:
                         grid = None
                     rows.append(row)

@@ -168,6 +168,40 @@ def test_sift_filter_rejects_flat_images_and_keeps_textured_ones(tiny_imagenet_p
     assert len(custom) == 1  # the detector is configurable
 
 
+def test_pool_from_patches_filters_each_window_at_source_resolution(rng):
+    # the detector sees each window at the source's resolution, before scaling: count its
+    # bright pixels, so a window's fate is known from the image
+    images = [rng.integers(0, 128, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
+    images[1] += 128  # every window of image 1 passes, no window of the others:
+    images[4][:32] += 128  # image 4's windows (51 rows) hold at most 32 bright rows
+    seen = []
+
+    def bright_rows(window):
+        seen.append(window.shape)
+        return int((window[:, 0, 0] >= 128).sum())
+
+    pool = instahide.PublicPool.from_patches(images, window=51, size=32, per_image=3, min_keypoints=40,
+                                             keypoints=bright_rows, rng=np.random.default_rng(1), progress=False)
+    assert set(seen) == {(51, 51, 3)} and len(seen) == 18
+    assert len(pool) == 3 and pool.sizes.tolist() == [[32, 32]] * 3  # image 1's three windows, scaled
+    assert (pool.pixels >= 128).all()
+    assert pool.build_report == {"images": 6, "windows": 18, "kept": 3, "min_keypoints": 40, "window": 51, "size": 32}
+    # window positions follow the generator: same seed, same patches
+    textured = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
+    first, second = (instahide.PublicPool.from_patches(textured, 40, 32, min_keypoints=None,
+                                                       rng=np.random.default_rng(5), progress=False) for _ in range(2))
+    assert np.array_equal(first.pixels, second.pixels) and len(first) == 4
+    unscaled = instahide.PublicPool.from_patches(textured, 32, 32, min_keypoints=None, rng=np.random.default_rng(5),
+                                                 progress=False)
+    assert any((unscaled.image(0) == textured[0][y:y + 32, x:x + 32]).all() for y in range(33) for x in range(33))
+    with pytest.raises(ValueError, match="no patch kept"):
+        instahide.PublicPool.from_patches([images[0]], 51, 32, keypoints=bright_rows, progress=False)
+    with pytest.raises(ValueError, match="at least 51x51"):
+        instahide.PublicPool.from_patches([np.zeros((40, 64, 3), np.uint8)], 51, 32, progress=False)
+    with pytest.raises(ValueError, match="positive"):
+        instahide.PublicPool.from_patches(images, 51, 0, progress=False)
+
+
 def test_pool_from_folder_and_tar(rng, tmp_path):
     from PIL import Image
 

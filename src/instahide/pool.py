@@ -56,6 +56,17 @@ def sift_keypoints(image: np.ndarray) -> int:
     return len(cv2.SIFT.create().detect(gray, None))
 
 
+def tar_images(path, limit: int | None = None, progress: bool = True) -> list[np.ndarray]:
+    """The first `limit` (None: every) image files of a tar archive, sorted by name, decoded."""
+    images = []
+    with _files.open_tar(path) as (tar, files):
+        members = sorted((m for m in files if m.name.lower().endswith(_IMAGE_SUFFIXES)), key=lambda m: m.name)
+        members = members[:limit]
+        for m in _progress(members, len(members), "decode", progress and len(members) > 1000):
+            images.append(_files.tar_image(tar, m, path))
+    return images
+
+
 class PublicPool:
     """Packed public images: ``pixels`` (total,) uint8, ``offsets`` (m,) int64 (first element of
     each image), ``sizes`` (m, 2) int32 (H, W); every image channels-last with ``channels``
@@ -158,6 +169,49 @@ class PublicPool:
         return pool
 
     @classmethod
+    def from_patches(cls, images, window: int, size: int, per_image: int = 1, min_keypoints: int | None = 40,
+                     keypoints=sift_keypoints, rng=None, progress: bool = True, **stats) -> PublicPool:
+        """A pool of patches filtered one by one, as the InstaHide paper's challenge describes:
+        from each (H, W, C) uint8 image, `per_image` random `window` x `window` windows; a window
+        is kept when `keypoints(window)` finds more than `min_keypoints` (counted at the
+        source's resolution, before any resizing), then scaled to `size` x `size`. Encoders cut
+        their whole patch from each kept one (``patch_size=size``). Window positions come from
+        `rng` (a numpy Generator; default: fresh OS entropy): the pool is public data.
+        ``pool.build_report`` says how many windows were tried and kept."""
+        from PIL import Image
+
+        if window < 1 or size < 1 or per_image < 1:
+            raise ValueError(f"window, size and per_image must be positive, got {window}, {size}, {per_image}")
+        rng = np.random.default_rng() if rng is None else rng
+        images = list(images)
+        kept, tried = [], 0
+        for image in _progress(images, len(images), "patches", progress and len(images) > 1000):
+            image = np.asarray(image)
+            if image.ndim == 2:
+                image = np.repeat(image[:, :, None], 3, axis=2)
+            if image.ndim != 3 or min(image.shape[:2]) < window:
+                raise ValueError(f"pool images must be (H, W, C) of at least {window}x{window}, got {image.shape}")
+            for _ in range(per_image):
+                y = int(rng.integers(0, image.shape[0] - window + 1))
+                x = int(rng.integers(0, image.shape[1] - window + 1))
+                patch = np.ascontiguousarray(image[y:y + window, x:x + window])
+                tried += 1
+                if min_keypoints is not None and keypoints(patch) <= min_keypoints:
+                    continue
+                if window != size:
+                    patch = np.asarray(Image.fromarray(patch).resize((size, size), Image.Resampling.BILINEAR))
+                kept.append(patch)
+        if not kept:
+            raise ValueError(f"no patch kept: none of {tried} windows has more than {min_keypoints} keypoints")
+        pool = cls.from_images(kept, short_side=None, progress=False, **stats)
+        pool.build_report = {"images": len(images), "windows": tried, "kept": len(kept), "min_keypoints": min_keypoints,
+                             "window": window, "size": size}
+        if progress:
+            print(f"public pool: kept {len(kept)} of {tried} {window}x{window} windows"
+                  + (f" with more than {min_keypoints} keypoints" if min_keypoints is not None else ""))
+        return pool
+
+    @classmethod
     def from_array(cls, images, short_side: int | None = 40, **options) -> PublicPool:
         """From an (m, H, W, C) uint8 array."""
         images = np.asarray(images)
@@ -175,12 +229,7 @@ class PublicPool:
     @classmethod
     def from_tar(cls, path, short_side: int | None = 40, limit: int | None = None, **options) -> PublicPool:
         """Every image file in a tar archive (sorted by name), e.g. tiny-imagenet-val.tar."""
-        images = []
-        with _files.open_tar(path) as (tar, files):
-            members = sorted((m for m in files if m.name.lower().endswith(_IMAGE_SUFFIXES)), key=lambda m: m.name)
-            members = members[:limit]
-            for m in _progress(members, len(members), "decode", options.get("progress", True) and len(members) > 1000):
-                images.append(_files.tar_image(tar, m, path))
+        images = tar_images(path, limit, options.get("progress", True))
         return cls.from_images(images, short_side=short_side, **options)
 
     # --- one file -------------------------------------------------------------------------

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -102,12 +105,19 @@ def bf16_usable(device: torch.device) -> bool:
 
 def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recipe: FastRecipe,
                device: torch.device | str = "cpu", num_classes: int | None = None, seed: int | None = None,
-               on_epoch: Callable[[dict], None] | None = None, progress: bool = False):
+               on_epoch: Callable[[dict], None] | None = None, progress: bool = False,
+               checkpoint: str | Path | None = None):
     """Trains FastNet on `encoder`'s encodings of (`images`, `labels`) for `recipe.epochs`,
     re-keyed every epoch, and evaluates on the plain test images after every epoch. Returns
     (the evaluated model, the rows: epoch, seconds (training time so far, evaluation excluded),
     train_loss, test_accuracy). `seed` seeds the model's initialization only: the keys come
-    from the encoder's secret key. Images already on a GPU are encoded there."""
+    from the encoder's secret key. Images already on a GPU are encoded there.
+
+    `checkpoint`: a file written after every epoch (model, weight average, optimizer, schedule
+    position, rows) and read at the start, so that a run killed mid-way continues from its last
+    completed epoch when called again with the same arguments and the same encoder key (the
+    same epoch keys as an uninterrupted run; a checkpoint of other settings is refused). Rows'
+    seconds count training time across resumptions. It holds a digest of the key, never the key."""
     device = torch.device(device)
     if seed is not None:
         torch.manual_seed(seed)
@@ -134,8 +144,22 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
     test_y = torch.as_tensor(np.asarray(test_labels.cpu() if torch.is_tensor(test_labels) else test_labels))
     use_bf16 = recipe.bf16 and bf16_usable(device)
 
-    rows, step, trained_seconds = [], 0, 0.0
-    for epoch in range(recipe.epochs):
+    rows, step, trained_seconds, first_epoch = [], 0, 0.0, 0
+    identity = _run_identity(recipe, encoder, loader.batches.n, classes, seed)
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state.get("identity") != identity:
+            raise ValueError(f"{checkpoint} was written by a run with other settings, data or key: delete it "
+                             "to start over")
+        model.load_state_dict(state["model"])
+        if averaged is not None:
+            averaged.load_state_dict(state["averaged"])
+        optimizer.load_state_dict(state["optimizer"])
+        rows, step, trained_seconds = state["rows"], state["step"], state["trained_seconds"]
+        first_epoch = len(rows)
+        torch.set_rng_state(state["rng"])
+        loader.epoch = first_epoch  # the epoch keys of an uninterrupted run
+    for epoch in range(first_epoch, recipe.epochs):
         model.train()
         started, total_loss, batches = time.perf_counter(), 0.0, 0
         bar = _progress(len(loader), f"epoch {epoch}", quiet=not progress)
@@ -168,9 +192,28 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
         if not math.isfinite(row["train_loss"]):
             raise RuntimeError(f"training diverged at epoch {epoch + 1} (loss is not finite)")
         rows.append(row)
+        if checkpoint is not None:
+            _save_atomically({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "averaged": None if averaged is None else averaged.state_dict(), "rows": rows,
+                              "step": step, "trained_seconds": trained_seconds, "rng": torch.get_rng_state()},
+                             Path(checkpoint))
         if on_epoch is not None:
             on_epoch(row)
     return (averaged if averaged is not None else model), rows
+
+
+def _run_identity(recipe: FastRecipe, encoder: Encoder, n: int, classes: int, seed: int | None) -> dict:
+    """What a checkpoint must match to be resumed: the settings, the data's size and a digest of
+    the encoder (its key included: other keys would train on other encodings)."""
+    key_digest = hashlib.sha256(encoder.key + repr(encoder).encode()).hexdigest()
+    return {"recipe": dataclasses.asdict(recipe), "images": n, "classes": classes, "seed": seed, "encoder": key_digest}
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then a rename: a kill never leaves half a file."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
 
 
 @torch.no_grad()
