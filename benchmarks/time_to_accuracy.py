@@ -10,6 +10,13 @@ row, so that one method's runs with different schedules (36 and 200 epochs) sit 
 
     python benchmarks/time_to_accuracy.py --methods plain,inside4-abs --epochs 16,40
     python benchmarks/time_to_accuracy.py --methods plain --epochs 2 --limit 2000 --out /tmp/smoke.json
+    python benchmarks/time_to_accuracy.py --methods inside4-abs --epochs 120 --widths 64,256,256 --resume
+
+`--resume` keeps each row's checkpoint (written after every epoch) and secret key in
+$XDG_CACHE_HOME/instahide/time-to-accuracy/ (outside the repository; never commit it): the same
+command, run again after a kill or a restart, continues the row from its last completed epoch
+with the same epoch keys, and the row's seconds count training time across resumptions
+(`resumptions` says how many). The checkpoint is removed when the row completes; its key is kept.
 
 Methods: plain; inside4-abs and inside4-signed (InstaHide inside k = 4, the net reads |x| or
 the signed encoding); cross-abs (2 private + 4 Tiny-ImageNet patches); mixup4 (sign="none");
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -38,12 +46,14 @@ import torch
 import instahide
 from instahide.cli.train import random_subsets
 from instahide.datasets import CIFAR10_MEAN, CIFAR10_STD, default_data_dir, load_cifar10
+from instahide.shards import key_from_file
 from instahide.torch.recipe import FastRecipe, train_fast
 
 from provenance import provenance
 
 TARGETS = (50, 70, 80, 85, 90, 93, 94)
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy"
+CHECKPOINTS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "instahide" / "time-to-accuracy"
 
 PRIVACY = {
     "plain": "none",
@@ -59,8 +69,8 @@ PRIVACY = {
 DP_EPSILON, DP_DELTA, DP_CLIP = 8.0, 1e-5, 1.0
 
 
-def make_encoder(method: str, recipe: FastRecipe, data_dir: Path) -> instahide.Encoder:
-    options = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, pad=recipe.translate, hflip=True, layout="NHWC")
+def make_encoder(method: str, recipe: FastRecipe, data_dir: Path, key: bytes | None = None) -> instahide.Encoder:
+    options = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, pad=recipe.translate, hflip=True, layout="NHWC", key=key)
     if method == "plain":
         return instahide.Encoder(k=1, sign="none", **options)
     if method in ("inside4-abs", "inside4-signed"):
@@ -71,6 +81,13 @@ def make_encoder(method: str, recipe: FastRecipe, data_dir: Path) -> instahide.E
         pool = instahide.PublicPool.from_tar(data_dir / "tiny-imagenet-val.tar", progress=False)
         return instahide.Encoder(k=6, private_terms=2, public=pool, patch_size=32, dom=0.3, **options)
     raise ValueError(f"unknown method {method!r}")
+
+
+def checkpoint_folder(out: Path, name: str) -> Path:
+    """Where --resume keeps a row's checkpoint and key: per results file and row, outside the
+    repository."""
+    where = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
+    return CHECKPOINTS / f"{out.stem}-{where}-{''.join(c if c.isalnum() else '-' for c in name)}"
 
 
 def public_images(data_dir: Path, count: int = 2000) -> np.ndarray:
@@ -252,6 +269,12 @@ def main(argv=None) -> int:
                              "encodings per test image (0: skip)")
     parser.add_argument("--label", help="the row's name in the file (default: the method), so that runs of one "
                                         "method with other schedules sit side by side; one method only")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"checkpoint every epoch under {CHECKPOINTS} and continue a killed row from its last "
+                             "completed epoch (run the same command again)")
+    parser.add_argument("--key-file", help="the secret key's file (read, or written with a fresh OS key when it does "
+                                           "not exist; one method only; default: fresh keys, or with --resume a "
+                                           "key file beside the checkpoint)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -289,6 +312,12 @@ def main(argv=None) -> int:
         parser.error("--label names the row of one method")
     if args.save_model and len(methods) != 1:
         parser.error("--save-model writes the model of one method")
+    if args.key_file and len(methods) != 1:
+        parser.error("--key-file holds the key of one method's row")
+    if args.key_file and not Path(args.key_file).resolve().parent.is_dir():
+        parser.error(f"--key-file {args.key_file}: its folder does not exist")
+    if args.resume and "dpsgd" in methods:
+        parser.error("--resume: dpsgd rows (Opacus) cannot be resumed; run them without --resume")
     size = args.size or ("full" if device.type == "cuda" else "cpu")
     data_dir = Path(args.data)
     train_x, train_y, test_x, test_y = random_subsets(load_cifar10("train", data_dir=data_dir),
@@ -320,7 +349,17 @@ def main(argv=None) -> int:
                               rms_input=method not in ("plain", "dpsgd"))
         if method == "dpsgd":  # larger batches, no label smoothing, no BatchNorm statistics to average
             recipe = recipe.replace(batch_size=1024, lr=0.5, label_smoothing=0.0, ema=0.0, bf16=False)
-        encoder = make_encoder("plain" if method == "dpsgd" else method, recipe, data_dir)
+        name = args.label or method
+        folder = checkpoint_folder(out, name) if args.resume else None
+        checkpoint = folder / "checkpoint.pt" if folder else None
+        key_path = Path(args.key_file) if args.key_file else (folder / "key" if folder else None)
+        key = None
+        if key_path:
+            if folder:
+                folder.mkdir(parents=True, exist_ok=True)
+            key, _ = key_from_file(key_path)
+        encoder = make_encoder("plain" if method == "dpsgd" else method, recipe, data_dir, key)
+        previous = entries.get(name) if checkpoint and checkpoint.exists() else None
         entry = {"method": method, "model": f"FastNet widths {list(recipe.widths)}", "device": name,
                  "date": date, "epochs": 0, "seconds": 0.0, "best_accuracy": 0.0, "curve": [],
                  "reached": reached([]), "privacy": PRIVACY[method].format(epsilon=DP_EPSILON),
@@ -331,11 +370,21 @@ def main(argv=None) -> int:
                  "load": [], **provenance()}
         if args.label:
             entry["label"] = args.label
+        if previous is not None:  # the row so far, continued from its checkpoint
+            entry.update({field: previous[field] for field in ("curve", "load", "epochs", "seconds", "best_accuracy",
+                                                               "reached", "date", "wall_seconds") if field in previous})
+            entry["resumptions"] = previous.get("resumptions", 0) + 1
+            if previous.get("commit"):  # the earliest code the row ran: staleness judges from there
+                entry["commit"] = previous["commit"]
+                entry["dirty"] = sorted(set(previous.get("dirty", [])) | set(entry["dirty"]))
+            print(f"{name}: resuming from {checkpoint} (epochs so far in {out}: {entry['epochs']})", flush=True)
         entries[row_name(entry)] = entry
 
         def on_epoch(row, entry=entry):
             row = {**row, "seconds": round(row["seconds"], 2), "train_loss": round(row["train_loss"], 4)}
-            entry["curve"].append(row)
+            # an epoch trained again (killed before its checkpoint) replaces its row
+            kept = sum(1 for r in entry["curve"] if r["epoch"] < row["epoch"])
+            entry["curve"], entry["load"] = entry["curve"][:kept] + [row], entry["load"][:kept]
             entry["load"].append(round(os.getloadavg()[0], 2))  # the machine's 1-minute load at each epoch
             entry["epochs"], entry["seconds"] = row["epoch"], row["seconds"]
             entry["best_accuracy"] = max(entry["best_accuracy"], row["test_accuracy"])
@@ -355,13 +404,17 @@ def main(argv=None) -> int:
                                      delta=DP_DELTA, sampling="Poisson", whitening="Tiny-ImageNet (public)")
         else:
             model, _ = train_fast(train_x, train_y, encoder, test_x, test_y, recipe, device=device, num_classes=10,
-                                  seed=args.seed, on_epoch=on_epoch, progress=not args.quiet and sys.stderr.isatty())
+                                  seed=args.seed, on_epoch=on_epoch, progress=not args.quiet and sys.stderr.isatty(),
+                                  checkpoint=checkpoint)
             if args.save_model:
                 torch.save(model.state_dict(), args.save_model)
             if encoder.k > 1 and args.predict_repeats > 0:
                 entry["predict"] = instahide_inference(model, encoder, test_x, test_y, args.predict_repeats)
-        entry["wall_seconds"] = round(time.perf_counter() - started, 1)  # with evaluation and setup
+        # with evaluation and setup, summed over resumptions
+        entry["wall_seconds"] = round(entry.get("wall_seconds", 0.0) + time.perf_counter() - started, 1)
         save(out, entries)
+        if checkpoint and checkpoint.exists():
+            checkpoint.unlink()  # the row is complete; its key stays in the folder
     plot(out.with_suffix(".png"), entries)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -192,6 +192,8 @@ BENCHMARK_BAD = [
     ("time_to_accuracy.py", ["--methods", "nonesuch"], "--methods"),
     ("time_to_accuracy.py", ["--methods", "plain", "--epochs", "1", "--widths", "64,256"], "--widths"),
     ("time_to_accuracy.py", ["--methods", "plain", "--epochs", "1", "--out", "/nonexistent-folder/x.json"], "--out"),
+    ("time_to_accuracy.py", ["--methods", "plain,mixup4", "--epochs", "1", "--key-file", "k"], "--key-file"),
+    ("time_to_accuracy.py", ["--methods", "dpsgd", "--epochs", "1", "--resume"], "--resume"),
     ("privacy_challenge.py", ["-T", "0"], "-T"),
     ("privacy_challenge.py", ["--keys", "0"], "--keys"),
     ("privacy_challenge.py", ["--settings", "inside k=5"], "--settings"),

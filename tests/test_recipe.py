@@ -125,6 +125,40 @@ def test_same_key_and_seed_give_the_same_run_and_epochs_are_rekeyed(digits):
     assert not torch.equal(x0, x1)
 
 
+def test_a_run_killed_and_resumed_from_its_checkpoint_is_the_uninterrupted_run(digits, tmp_path):
+    train_x, train_y, test_x, test_y = digits
+    key, recipe = instahide.new_secret_key(), TINY.replace(epochs=3)
+
+    def run(checkpoint=None, on_epoch=None, key=key, recipe=recipe):
+        encoder = instahide.Encoder(k=4, mean=(0.5,) * 3, std=(0.25,) * 3, pad=2, hflip=True, layout="NHWC", key=key)
+        return train_fast(train_x[:256], train_y[:256], encoder, test_x[:100], test_y[:100], recipe, seed=3,
+                          checkpoint=checkpoint, on_epoch=on_epoch)
+
+    model, rows = run()
+    checkpoint = tmp_path / "run.pt"
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_epoch_2(row):
+        if row["epoch"] == 2:  # after epoch 2's row, before its checkpoint: epoch 2 is trained again
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(checkpoint, kill_at_epoch_2)
+    seen = []
+    resumed_model, resumed = run(checkpoint, seen.append)
+    assert [r["epoch"] for r in seen] == [2, 3]  # epoch 1 came from the checkpoint
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed] == strip
+    assert torch.equal(resumed_model.head.weight, model.head.weight)
+    assert resumed[0]["seconds"] < resumed[1]["seconds"] < resumed[2]["seconds"]  # across the resumption
+    for other in (dict(key=instahide.new_secret_key()), dict(recipe=recipe.replace(lr=0.1))):
+        with pytest.raises(ValueError, match="other settings, data or key"):
+            run(checkpoint, **other)
+    assert b"".join(checkpoint.read_bytes().split(key)) == checkpoint.read_bytes()  # the key is not in it
+
+
 def test_train_command_with_the_fast_recipe(tmp_path, digits, capsys):
     from PIL import Image
 

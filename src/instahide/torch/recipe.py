@@ -117,7 +117,9 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
     position, rows) and read at the start, so that a run killed mid-way continues from its last
     completed epoch when called again with the same arguments and the same encoder key (the
     same epoch keys as an uninterrupted run; a checkpoint of other settings is refused). Rows'
-    seconds count training time across resumptions. It holds a digest of the key, never the key."""
+    seconds count training time across resumptions; `on_epoch` sees only the new epochs' rows
+    (an epoch whose checkpoint a kill prevented is trained and reported again). The file holds
+    a digest of the key, never the key."""
     device = torch.device(device)
     if seed is not None:
         torch.manual_seed(seed)
@@ -192,13 +194,13 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
         if not math.isfinite(row["train_loss"]):
             raise RuntimeError(f"training diverged at epoch {epoch + 1} (loss is not finite)")
         rows.append(row)
+        if on_epoch is not None:  # first: a kill between the two redoes this epoch, never skips its row
+            on_epoch(row)
         if checkpoint is not None:
             _save_atomically({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "averaged": None if averaged is None else averaged.state_dict(), "rows": rows,
                               "step": step, "trained_seconds": trained_seconds, "rng": torch.get_rng_state()},
                              Path(checkpoint))
-        if on_epoch is not None:
-            on_epoch(row)
     return (averaged if averaged is not None else model), rows
 
 
