@@ -18,6 +18,7 @@ import argparse
 import importlib.machinery
 import importlib.util
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -60,6 +61,11 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=24)
     parser.add_argument("--case", choices=["inside", "augment", "cross"], default="inside")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: must be at least 1")
+    for path in args.builds:
+        if not Path(path).is_file():
+            parser.error(f"builds: {path}: no such file (a built _core*.so)")
     cores = [load_core(path) for path in args.builds]
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (50_000, 32, 32, 3), np.uint8)

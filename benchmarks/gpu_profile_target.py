@@ -23,6 +23,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=5)
     args = parser.parse_args()
+    if args.calls < 1:
+        parser.error(f"--calls {args.calls}: must be at least 1")
     n, batch = 50_000, 65_536
     images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, device="cuda")
     labels = torch.randint(0, 10, (n,), device="cuda")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -218,7 +219,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds per fused case (median reported)")
     args = parser.parse_args()
     if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+        parser.error(f"--rounds {args.rounds}: must be at least 1")
+    for option, path in (("--json", args.json), ("--host-profile", args.host_profile)):
+        if path and not Path(path).resolve().parent.is_dir():
+            parser.error(f"{option} {path}: its folder does not exist")
     if not torch.cuda.is_available() or instahide.build_info()["cuda_devices"] == 0:
         raise SystemExit(f"no usable CUDA device: {instahide.build_info()['cuda_status']}")
     copy = copy_gbps()

@@ -1,6 +1,7 @@
 """Command-line options are checked before any work: a bad value fails fast with the option's
 name in the message, and an output path that cannot be written fails before the attack runs."""
 
+import numpy as np
 import pytest
 
 from instahide import cli
@@ -118,6 +119,40 @@ def test_train_rejects_each_bad_option_by_name(options, named, tmp_path, capsys,
     assert named in capsys.readouterr().err
 
 
+def test_train_refuses_sets_that_cannot_be_decoded_into_memory(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from PIL import Image
+
+    from instahide.cli import _checks, train
+    from instahide.datasets import split_size
+
+    for split, count in (("train", 6), ("test", 2)):
+        for i in range(count):
+            (tmp_path / split / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((20, 30, 3), i, np.uint8)).save(tmp_path / split / f"class{i % 2}" / f"{i}.png")
+    assert split_size(tmp_path / "train") == (6, (20, 30, 3))
+    assert split_size(tmp_path / "nonesuch") is None
+    # 8 images of 1,800 bytes, held twice while decoding: refused below 0.9 of what is available
+    monkeypatch.setattr(train, "available_memory", lambda: 2 * 8 * 1800)
+    monkeypatch.setattr(train, "load_split", lambda *a, **k: pytest.fail("data decoded before the memory check"))
+    options = ["train", "--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--out",
+               str(tmp_path / "run")]
+    assert cli.main(options) == 1
+    message = capsys.readouterr().err
+    assert "--train" in message and "8 images" in message and "GiB are available" in message
+    assert _checks.available_memory() is None or _checks.available_memory() > 0
+
+
+def test_channel_statistics_match_numpy_in_chunks(rng):
+    from instahide.cli.train import channel_statistics
+
+    images = rng.integers(0, 256, (1000, 8, 8, 3), dtype=np.uint8)
+    mean, std = channel_statistics(images, chunk=64)
+    values = images.reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(mean, values.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, values.std(axis=0), rtol=1e-9)
+
+
 def test_train_refuses_an_output_it_cannot_write(tmp_path, capsys):
     pytest.importorskip("torch")
     blocker = tmp_path / "file"
@@ -205,6 +240,20 @@ BENCHMARK_BAD = [
     ("privacy_table.py", ["/nonexistent-folder/x.json"], "out"),
     ("sift_patches.py", ["--images", "0"], "--images"),
     ("encode_throughput.py", ["--k", "1"], "--k"),
+    ("compare/run.py", ["--batch-size", "0"], "--batch-size"),
+    ("compare/run.py", ["--rounds", "0"], "--rounds"),
+    ("compare/run.py", ["--max-grad-norm", "0"], "--max-grad-norm"),
+    ("compare/run.py", ["--synthetic", "16", "--batch-size", "32"], "--synthetic"),
+    ("compare/run.py", ["--out", "/nonexistent-folder/x"], "--out"),
+    ("ab_builds.py", ["/nonexistent/_core.so"], "builds"),
+    ("ab_builds.py", ["x.so", "--rounds", "0"], "--rounds"),
+    ("gpu_profile_target.py", ["--calls", "0"], "--calls"),
+    ("gpu_throughput.py", ["--rounds", "0"], "--rounds"),
+    ("gpu_throughput.py", ["--json", "/nonexistent-folder/x.json"], "--json"),
+    ("airbench94.py", ["--limit", "100"], "--limit"),
+    ("airbench94.py", ["--out", "/nonexistent-folder/x.json"], "--out"),
+    ("recipe_ablation.py", ["--variants", "nonesuch"], "--variants"),
+    ("recipe_ablation.py", ["--epochs", "0"], "--epochs"),
     ("encode_throughput.py", ["--repeats", "0"], "--repeats"),
     ("encode_throughput.py", ["--json", "/nonexistent-folder/x.json"], "--json"),
 ]

@@ -73,3 +73,18 @@ def test_results_rows_name_their_commit():
             assert rows and all(len(row["commit"]) == 40 for row in rows), path
     for entry in json.loads(doc_tables.ACCURACY.read_text())["methods"]:
         assert len(entry["commit"]) == 40, entry["method"]
+
+
+@needs_history
+def test_neutral_commits_exist_and_are_not_counted():
+    for kind, commits in provenance.NEUTRAL.items():
+        paths, excluded = provenance.CODE[kind]
+        for commit, why in commits.items():
+            assert len(commit) == 40 and len(why) > 40, (kind, commit)
+            touched = subprocess.run(["git", "-C", str(provenance.REPO), "show", "--format=", "--name-only", commit],
+                                     capture_output=True, text=True, check=True).stdout.split()
+            assert any(path.startswith(paths) for path in touched), f"{commit[:7]} touches no {kind} code"
+            # a row measured just before the neutral commit is not made stale by it alone
+            parent = subprocess.run(["git", "-C", str(provenance.REPO), "rev-parse", f"{commit}^"],
+                                    capture_output=True, text=True, check=True).stdout.strip()
+            assert commit[:7] not in (provenance.changes_since(parent, kind) or ())

@@ -159,6 +159,37 @@ def test_a_run_killed_and_resumed_from_its_checkpoint_is_the_uninterrupted_run(d
     assert b"".join(checkpoint.read_bytes().split(key)) == checkpoint.read_bytes()  # the key is not in it
 
 
+def test_airbench_ingredients_do_what_they_say(digits):
+    train_x, train_y, test_x, test_y = digits
+    key = instahide.new_secret_key()
+
+    def run(**changes):
+        encoder = instahide.Encoder(k=4, mean=(0.5,) * 3, std=(0.25,) * 3, layout="NHWC", key=key)
+        return train_fast(train_x[:256], train_y[:256], encoder, test_x[:100], test_y[:100],
+                          TINY.replace(epochs=2, ema=0.0, **changes), seed=3)
+
+    base_model, base = run()
+    model, _ = run(dirac_init=True, bn_frozen_scale=True, bn_bias_lr=64.0, bn_momentum=0.4, whiten_bias_epochs=0)
+    norms = [m for m in model.groups.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)  # frozen scales
+    assert all(m.momentum == 0.4 for m in norms)
+    assert torch.equal(model.whiten.bias, torch.zeros_like(model.whiten.bias))  # never trained
+    assert not torch.equal(base_model.whiten.bias, torch.zeros_like(base_model.whiten.bias))
+    fresh = FastNet(10, 3, (16, 32, 32))
+    from instahide.torch.recipe import _apply_ingredients
+
+    _apply_ingredients(fresh, TINY.replace(dirac_init=True))
+    first = fresh.groups[0][0].weight  # its first in-channels filters pass their channel through
+    assert torch.equal(first[:, :, 1, 1], torch.eye(*first.shape[:2])) and not first[:, :, 0].any()
+    # lookahead and the uncentred whitening change the run; multi-crop TTA changes only the scoring
+    for changes in (dict(lookahead=True), dict(whiten_uncentred=True)):
+        _, rows = run(**changes)
+        assert [r["train_loss"] for r in rows] != [r["train_loss"] for r in base]
+    _, rows = run(multi_crop_tta=True)
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in base]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
+
+
 def test_train_command_with_the_fast_recipe(tmp_path, digits, capsys):
     from PIL import Image
 

@@ -81,7 +81,40 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch and encoder threads (0: all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plot", dest="plot", action="store_false")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+# Each number's least value (and greatest, where one exists): checked before any work.
+BOUNDS = {"batch_size": (1, None), "steps": (1, None), "rounds": (1, None), "warmup": (0, None), "epochs": (0, None),
+          "crypten_steps": (1, None), "tenseal_images": (1, None), "he_epochs": (0, None),
+          "noise_multiplier": (0.0, None), "max_grad_norm": (1e-12, None), "train_limit": (1, None),
+          "test_limit": (1, None), "synthetic": (4, None), "threads": (0, 1024)}
+
+
+def check_args(parser: argparse.ArgumentParser, args) -> None:
+    """Every option in its range and every output writable, or exit 2 naming the option."""
+    for name, (low, high) in BOUNDS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if value < low or (high is not None and value > high):
+            option = "--" + name.replace("_", "-")
+            limit = f"{low} to {high}" if high is not None else "positive" if low == 1e-12 else f"at least {low}"
+            parser.error(f"{option} {value}: must be {limit}")
+    for option, size in (("--synthetic", args.synthetic), ("--train-limit", args.train_limit)):
+        if size is not None and size < args.batch_size:
+            parser.error(f"{option} {size}: at least one batch (--batch-size {args.batch_size})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: not a folder")
+    if not (out if out.is_dir() else out.resolve().parent).is_dir():
+        parser.error(f"--out {out}: its parent folder does not exist")
+    if args.data is not None and not Path(args.data).is_dir():
+        parser.error(f"--data {args.data}: no such folder")
+    if args.pool_cache is not None and not Path(args.pool_cache).resolve().parent.is_dir():
+        parser.error(f"--pool-cache {args.pool_cache}: its folder does not exist")
 
 
 def check_packages() -> tuple[dict, dict]:

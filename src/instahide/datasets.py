@@ -163,6 +163,21 @@ def load_pickle_batches(folder, split: str):
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
 
+def split_size(path) -> tuple[int, tuple[int, ...]] | None:
+    """(images, shape of the first) of a class tar file or a folder of class subfolders, from
+    its listing and one decoded image (what `load_split` would hold, before decoding it all);
+    None for CIFAR-10 python batches (a known, small size) or a path that is neither."""
+    path = Path(path)
+    if path.is_file():
+        with _files.open_tar(path) as (tar, files):
+            members = [m for m in files if len(Path(m.name).parts) >= 2 and m.name.lower().endswith(_IMAGE_SUFFIXES)]
+            return (len(members), _files.tar_image(tar, members[0], path).shape) if members else None
+    if path.is_dir() and not ((path / "data_batch_1").exists() or (path / "test_batch").exists()):
+        files = [p for p in path.glob("*/**/*") if p.suffix.lower() in _IMAGE_SUFFIXES]
+        return (len(files), _files.decode_image(files[0], str(files[0])).shape) if files else None
+    return None
+
+
 def load_split(path, split: str):
     """(images, labels) of one split from a class tar file, a folder of class subfolders, or
     a folder of CIFAR-10 python batches."""

@@ -29,3 +29,15 @@ def writable_folder(option: str, path) -> None:
     existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise ValueError(f"{option} {path}: {existing} is not a writable folder")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new process (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

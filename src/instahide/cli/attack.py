@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._checks import need, writable_file
+from ._checks import available_memory, need, writable_file
 
 # the crop and flip each `instahide train` recipe fuses into the encoder (attacks.AUGMENTATIONS)
 RECIPE_AUGMENTATIONS = {"none": "none", "paper": "pad 4 + flip", "fast": "translate 2 + flip"}
@@ -62,17 +62,6 @@ def _augmentation(args) -> tuple[int, bool]:
     return pad, hflip
 
 
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_arguments(args) -> None:
     """Every option in range, and the outputs writable, before any work: a ValueError names the
     option, its value and what it may be."""
@@ -94,7 +83,7 @@ def check_arguments(args) -> None:
     if args.tier == 2:
         encodings = args.images * args.encodings_per_image
         need_bytes = TIER2_BYTES_PER_PAIR * encodings ** 2
-        available = _available_memory()
+        available = available_memory()
         if available is not None and need_bytes > 0.8 * available:
             raise ValueError(f"--images {args.images} x -T {args.encodings_per_image} = {encodings:,} encodings: "
                              f"Tier 2 needs about {need_bytes / 2**30:.1f} GiB (its similarity matrices grow with "

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _files
-from ..datasets import default_data_dir, load_split
+from ..datasets import default_data_dir, load_split, split_size
 from ..encoder import Encoder
 from ..keys import new_secret_key
 from ..pool import PublicPool
@@ -23,7 +23,7 @@ from ..shards import read_key_file
 from ..torch import InstaHideLoader, soft_cross_entropy
 from ..torch._progress import _progress
 from ..torch.models import MODELS
-from ._checks import need, writable_folder
+from ._checks import available_memory, need, writable_folder
 
 LOG_FIELDS = ["epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "encode_seconds", "lr"]
 
@@ -177,9 +177,40 @@ def check_arguments(args) -> None:
     writable_folder("--out", args.out)
 
 
+def check_memory(args) -> None:
+    """Refuses, before decoding anything, training and test sets that cannot be held: their
+    images (counted from the listing, sized by the first) are decoded into a list and then
+    stacked, so about twice their bytes, against the memory available."""
+    available = available_memory()
+    if available is None:
+        return
+    count = held = 0
+    for path in (args.train, args.test):
+        size = split_size(path)
+        if size is not None:
+            count, held = count + size[0], held + size[0] * int(np.prod(size[1]))
+    if 2 * held > 0.9 * available:
+        raise ValueError(f"--train {args.train} and --test {args.test}: {count:,} images; decoding them needs about "
+                         f"{2 * held / 2**30:.1f} GiB, {available / 2**30:.1f} GiB are available (--limit subsets "
+                         "after decoding): use smaller sets or a machine with more memory")
+
+
+def channel_statistics(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of uint8 (N, H, W, C) images in [0, 1] units, in chunks of
+    images (a float copy of the whole set would take 8 times its bytes)."""
+    channels = images.shape[-1]
+    total, squares, count = np.zeros(channels), np.zeros(channels), 0
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk].reshape(-1, channels).astype(np.float64) / 255
+        total, squares, count = total + part.sum(axis=0), squares + (part * part).sum(axis=0), count + len(part)
+    mean = total / count
+    return mean, np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+
+
 def run(args) -> list[dict]:
     """Trains; returns the rows of the log (rank 0's; other ranks return [])."""
     check_arguments(args)
+    check_memory(args)
     if args.recipe == "fast":
         return _train_fast(args)
     args.epochs = 200 if args.epochs is None else args.epochs
@@ -206,8 +237,7 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> list[dict]
         torch.manual_seed(args.seed)
     train_x, train_y, test_x, test_y = _load_data(args)
     classes = int(max(train_y.max(), test_y.max())) + 1
-    values = train_x.reshape(-1, train_x.shape[-1]) / 255.0
-    mean, std = values.mean(axis=0), values.std(axis=0)
+    mean, std = channel_statistics(train_x)
 
     model = MODELS[args.model](num_classes=classes, channels=train_x.shape[-1]).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)

@@ -113,13 +113,15 @@ class FastNet(nn.Module):
         return self.head(F.adaptive_max_pool2d(x, 1).flatten(1)) / 8
 
     @torch.no_grad()
-    def init_whitening(self, inputs: torch.Tensor, eps: float = 5e-4) -> None:
+    def init_whitening(self, inputs: torch.Tensor, eps: float = 5e-4, centred: bool = True) -> None:
         """Sets the frozen first layer to whiten the patches of `inputs`: training inputs as the
-        net reads them (encodings, never the private images they hide), (n, C, H, W)."""
+        net reads them (encodings, never the private images they hide), (n, C, H, W); with
+        `centred=False` the patches' second moments, not their covariance (airbench's fit)."""
         x = self.transform(inputs.float())
         size = self.whiten.kernel_size
         patches = F.unfold(x, size).transpose(1, 2).reshape(-1, x.shape[1] * size[0] * size[1]).double()
-        patches = patches - patches.mean(dim=0)
+        if centred:
+            patches = patches - patches.mean(dim=0)
         eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
         directions = eigenvectors.T / torch.sqrt(eigenvalues.clamp(min=0) + eps)[:, None]
         directions = directions.reshape(-1, x.shape[1], *size).to(self.whiten.weight)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..encoder import Encoder
 from ._progress import _progress
@@ -65,6 +67,16 @@ class FastRecipe:
     whiten: bool = True
     whiten_samples: int = 5000
     bf16: bool = True
+    # Ingredients of airbench94 (arXiv 2404.00498) that the recipe lacks, off by default; the
+    # ablation (benchmarks/recipe_ablation.py) measures each:
+    dirac_init: bool = False          # identity init of the first in-channels filters of each conv
+    bn_frozen_scale: bool = False     # BatchNorm scales fixed at 1 (the biases train)
+    bn_bias_lr: float = 1.0           # learning-rate factor of BatchNorm biases (airbench: 64)
+    bn_momentum: float = 0.1          # torch's BatchNorm momentum (airbench: 0.4, its "0.6" in torch terms)
+    lookahead: bool = False           # every 5 steps the net is pulled to a slow average of itself
+    multi_crop_tta: bool = False      # evaluation: mirror and 1-pixel translates (with flip_tta)
+    whiten_uncentred: bool = False    # fit the whitening layer to uncentred patches
+    whiten_bias_epochs: int | None = None  # train the whitening bias this many epochs (None: all)
 
     @classmethod
     def cpu(cls, **changes) -> FastRecipe:
@@ -127,21 +139,29 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
     classes = int(num_classes or int(labels_np.max()) + 1)
     loader = InstaHideLoader(images, labels, encoder, batch_size=recipe.batch_size, drop_last=True)
     sample = _sample_encodings(loader, recipe.whiten_samples).to(device)
+    norm = functools.partial(torch.nn.BatchNorm2d, momentum=recipe.bn_momentum)
     model = FastNet(classes, sample.shape[1], recipe.widths, abs_input=recipe.abs_input,
-                    rms_input=recipe.rms_input).to(device)
+                    rms_input=recipe.rms_input, norm=norm).to(device)
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     if recipe.whiten:
-        model.init_whitening(sample)
+        model.init_whitening(sample, centred=not recipe.whiten_uncentred)
     else:
         torch.nn.init.kaiming_normal_(model.whiten.weight)
+    _apply_ingredients(model, recipe)
 
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+    norm_biases = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1
+                and (recipe.bn_bias_lr == 1.0 or id(p) not in norm_biases)]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay, "lr_factor": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_factor": 1.0}]
+    if recipe.bn_bias_lr != 1.0:  # as airbench: a faster bias, its decay per step kept at the others'
+        groups.append({"params": [p for p in model.parameters() if id(p) in norm_biases],
+                       "weight_decay": recipe.weight_decay / recipe.bn_bias_lr, "lr_factor": recipe.bn_bias_lr})
+    optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
     total_steps = recipe.epochs * len(loader)
     averaged = copy.deepcopy(model) if recipe.ema > 0 else None
+    slow = copy.deepcopy(model.state_dict()) if recipe.lookahead else None
     test_x = torch.as_tensor(plain_inputs(test_images, encoder)).to(device)
     test_y = torch.as_tensor(np.asarray(test_labels.cpu() if torch.is_tensor(test_labels) else test_labels))
     use_bf16 = recipe.bf16 and bf16_usable(device)
@@ -157,17 +177,21 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
         if averaged is not None:
             averaged.load_state_dict(state["averaged"])
         optimizer.load_state_dict(state["optimizer"])
+        if slow is not None:
+            slow = state["slow"]
         rows, step, trained_seconds = state["rows"], state["step"], state["trained_seconds"]
         first_epoch = len(rows)
         torch.set_rng_state(state["rng"])
         loader.epoch = first_epoch  # the epoch keys of an uninterrupted run
     for epoch in range(first_epoch, recipe.epochs):
+        if recipe.whiten_bias_epochs is not None:
+            model.whiten.bias.requires_grad_(epoch < recipe.whiten_bias_epochs)
         model.train()
         started, total_loss, batches = time.perf_counter(), 0.0, 0
         bar = _progress(len(loader), f"epoch {epoch}", quiet=not progress)
         for x, y in loader:  # a freshly keyed epoch
             for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * learning_rate_factor(step, total_steps, recipe)
+                group["lr"] = recipe.lr * group["lr_factor"] * learning_rate_factor(step, total_steps, recipe)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = smoothed(y.to(device, non_blocking=True).float(), recipe.label_smoothing)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -176,6 +200,8 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if slow is not None and (step + 1) % 5 == 0:  # airbench's lookahead schedule
+                _lookahead(slow, model, 1.0 if step + 1 >= total_steps else 0.95 ** 5 * ((step + 1) / total_steps) ** 3)
             if averaged is not None:
                 update_average(averaged, model, min(recipe.ema, (1 + step) / (10 + step)))
             step, batches, total_loss = step + 1, batches + 1, total_loss + loss.item()
@@ -188,7 +214,7 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
             torch.cuda.synchronize(device)
         trained_seconds += time.perf_counter() - started
         evaluated = averaged if averaged is not None else model
-        accuracy = accuracy_on(evaluated, test_x, test_y, recipe.flip_tta, use_bf16)
+        accuracy = accuracy_on(evaluated, test_x, test_y, recipe.flip_tta, use_bf16, multi_crop=recipe.multi_crop_tta)
         row = {"epoch": epoch + 1, "seconds": trained_seconds, "train_loss": total_loss / max(batches, 1),
                "test_accuracy": accuracy}
         if not math.isfinite(row["train_loss"]):
@@ -198,7 +224,8 @@ def train_fast(images, labels, encoder: Encoder, test_images, test_labels, recip
             on_epoch(row)
         if checkpoint is not None:
             _save_atomically({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "averaged": None if averaged is None else averaged.state_dict(), "rows": rows,
+                              "averaged": None if averaged is None else averaged.state_dict(), "slow": slow,
+                              "rows": rows,
                               "step": step, "trained_seconds": trained_seconds, "rng": torch.get_rng_state()},
                              Path(checkpoint))
     return (averaged if averaged is not None else model), rows
@@ -219,6 +246,26 @@ def _save_atomically(state: dict, path: Path) -> None:
 
 
 @torch.no_grad()
+def _apply_ingredients(model: FastNet, recipe: FastRecipe) -> None:
+    """The airbench ingredients that act on the fresh model (FastRecipe's options)."""
+    for module in model.groups.modules():
+        if recipe.dirac_init and isinstance(module, torch.nn.Conv2d):
+            weight = module.weight
+            torch.nn.init.dirac_(weight[:weight.size(1)])
+        if recipe.bn_frozen_scale and isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.requires_grad_(False)
+
+
+@torch.no_grad()
+def _lookahead(slow: dict, model: torch.nn.Module, decay: float) -> None:
+    """slow <- decay * slow + (1 - decay) * model, then model <- slow (airbench's LookaheadState)."""
+    for average, current in zip(slow.values(), model.state_dict().values(), strict=True):
+        if current.is_floating_point():
+            average.lerp_(current, 1 - decay)
+            current.copy_(average)
+
+
+@torch.no_grad()
 def update_average(averaged: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """averaged <- decay * averaged + (1 - decay) * model, parameters and BatchNorm statistics
     alike (the decay starts small, so that early evaluations are not held near the init)."""
@@ -231,17 +278,26 @@ def update_average(averaged: torch.nn.Module, model: torch.nn.Module, decay: flo
 
 @torch.no_grad()
 def accuracy_on(model, inputs: torch.Tensor, labels: torch.Tensor, flip_tta: bool = True, bf16: bool = False,
-                batch_size: int = 1000) -> float:
+                batch_size: int = 1000, multi_crop: bool = False) -> float:
     """Test accuracy on prepared inputs (N, C, H, W); with `flip_tta` the logits of each image
-    and its mirror image are summed."""
+    and its mirror image are summed; `multi_crop` adds, at half the weight, the mean of the
+    (mirrored) images translated by one pixel up-left and down-right (airbench's TTA level 2)."""
     model.eval()
     correct = 0
+
+    def views(x):
+        logits = model(x).float()
+        return logits + model(x.flip(-1)).float() if flip_tta else logits
+
     for start in range(0, len(inputs), batch_size):
         x = inputs[start:start + batch_size].contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x).float()
-            if flip_tta:
-                logits += model(x.flip(-1)).float()
+            logits = views(x)
+            if multi_crop:
+                padded = F.pad(x, (1,) * 4, "reflect")
+                h, w = x.shape[-2:]
+                translated = views(padded[..., :h, :w]) + views(padded[..., 2:, 2:])
+                logits = logits + translated / 2
         correct += int((logits.argmax(dim=1).cpu() == labels[start:start + batch_size]).sum())
     return correct / len(inputs)
 
