@@ -35,6 +35,8 @@ ACCURACY = RESULTS / "accuracy" / "cpu-2026-12-06.json"
 THROUGHPUT_CPU = RESULTS / "throughput" / "cpu.json"
 THROUGHPUT_GPU = RESULTS / "gpu-2026-11-27c-h100" / "gpu_check" / "gpu_throughput.json"
 COMPARE = RESULTS / "compare" / "results.json"
+ABLATION = RESULTS / "accuracy" / "ablation.json"
+NOISE = "baseline (another seed and key)"  # recipe_ablation.py's run-to-run yardstick
 
 
 def _load(path: Path):
@@ -191,6 +193,44 @@ def accuracy() -> str:
             + "\n\nRatios are to the plain row with the 40-epoch schedule. " + commits.notes())
 
 
+def ablation() -> str:
+    """The recipe against airbench94's ingredients: the latest run of each (method, variant), its
+    final accuracy and the change against the method's baseline run."""
+    if not ABLATION.exists():
+        return "No ablation run yet: `python benchmarks/recipe_ablation.py`."
+    latest: dict[tuple[str, str], dict] = {}
+    for run in _load(ABLATION):
+        latest[run["method"], run["variant"]] = run
+    methods = list(dict.fromkeys(method for method, _ in latest))
+    variants = list(dict.fromkeys(variant for _, variant in latest))
+    commits = Commits()
+    body = []
+    for variant in variants:
+        cells, runs = [], []
+        for method in methods:
+            run, base = latest.get((method, variant)), latest.get((method, "baseline"))
+            if run is None:
+                cells.append("–")
+                continue
+            runs.append(run)
+            change = (f" ({100 * (run['final_accuracy'] - base['final_accuracy']):+.1f})"
+                      if base is not None and variant != "baseline" else "")
+            cells.append(f"{100 * run['final_accuracy']:.1f}%{change}")
+        inside, base = latest.get(("inside4-abs", variant)), latest.get(("inside4-abs", "baseline"))
+        other = latest.get(("inside4-abs", NOISE))
+        verdict = "–"
+        if inside is not None and base is not None and other is not None and "baseline" not in variant:
+            gain, spread = (100 * (r["final_accuracy"] - base["final_accuracy"]) for r in (inside, other))
+            verdict = "helps" if gain > abs(spread) else ("hurts" if gain < -abs(spread) else "within the spread")
+        epochs = sorted({str(r["epochs"]) for r in runs})
+        body.append([variant, "/".join(epochs), *cells, verdict, commits.cell(runs, "accuracy")])
+    header = ["ingredient (alone)", "epochs", *(f"{METHODS[m][0]}, final test accuracy (vs baseline)" for m in methods),
+              "on the InstaHide row", "commit"]
+    return (_table(header, ["l"] + ["r"] * (1 + len(methods)) + ["l", "l"], body)
+            + f"\n\nOne run each, the same key, seed and data per method; \"helps\" means above the baseline on the "
+              f"InstaHide row by more than the spread between its two baseline runs (\"{NOISE}\"). " + commits.notes())
+
+
 def throughput() -> str:
     """Encoder throughput, CPU and GPU, each row from one run against the baselines beside it."""
     commits = Commits()
@@ -234,7 +274,7 @@ def compare() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "privacy-challenge": privacy_challenge, "privacy-augmented": privacy_augmented, "privacy-tier1": privacy_tier1,
-    "accuracy": accuracy, "throughput": throughput, "compare": compare,
+    "accuracy": accuracy, "ablation": ablation, "throughput": throughput, "compare": compare,
 }
 
 
@@ -244,6 +284,7 @@ def results_commits() -> set[str]:
     for path in (PRIVACY_CHALLENGE, PRIVACY_AUGMENTED, PRIVACY_TIER1):
         rows += _load(path)
     rows += _load(ACCURACY)["methods"] + [_load(THROUGHPUT_CPU), _load(THROUGHPUT_GPU), _load(COMPARE)]
+    rows += _load(ABLATION) if ABLATION.exists() else []
     return {row["commit"] for row in rows if row.get("commit")}
 
 
