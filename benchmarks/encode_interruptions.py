@@ -34,6 +34,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--images", type=int, default=3000)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: must be at least 1")
+    if args.images < 200:
+        parser.error(f"--images {args.images}: at least 200 (one shard; interruptions need several)")
     rng = np.random.default_rng()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

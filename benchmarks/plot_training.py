@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -18,6 +19,12 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", help="LABEL=path/to/log.csv")
     parser.add_argument("--title", default="CIFAR-10 test accuracy per epoch")
     args = parser.parse_args(argv)
+    if not Path(args.out).resolve().parent.is_dir():
+        parser.error(f"out {args.out}: its folder does not exist")
+    for run in args.runs:
+        label, _, path = run.rpartition("=")  # labels may hold "=" (k=4)
+        if not label or not Path(path).is_file():
+            parser.error(f"runs: {run!r}: expected LABEL=path/to/log.csv of an existing file")
     try:
         import matplotlib
 
@@ -29,9 +36,7 @@ def main(argv=None) -> int:
         return 1
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for run in args.runs:
-        label, _, path = run.rpartition("=")  # labels may hold "=" (k=4)
-        if not path:
-            parser.error(f"{run!r}: expected LABEL=path/to/log.csv")
+        label, _, path = run.rpartition("=")
         with open(path) as f:
             rows = list(csv.DictReader(f))
         epochs = [int(r["epoch"]) + 1 for r in rows]

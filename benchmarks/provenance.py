@@ -41,9 +41,9 @@ NEUTRAL: dict[str, dict[str, str]] = {
                                                     "path is unchanged; with one, tests/test_recipe.py shows a killed "
                                                     "and resumed run equal to the uninterrupted one",
         "21d8c3ae0c8056a155873fa9c206351815627333": "airbench ingredients as FastRecipe options, all off by default: "
-                                                    "the default recipe's losses, accuracies and weights were identical "
-                                                    "to d6cc5d7's (3 epochs, k = 1 and k = 4, a fixed key and seed, "
-                                                    "2026-12-08)",
+                                                    "the default recipe's losses, accuracies and weights were "
+                                                    "identical to d6cc5d7's (3 epochs, k = 1 and k = 4, a fixed key "
+                                                    "and seed, 2026-12-08)",
     },
     "anchor": {
         "40b1d117f8506d2247ea9c0b5f4ab0b345ea36db": "import order, and a reshape by -1 rows where the rows were "

@@ -217,7 +217,11 @@ def save(path: Path, entries: dict) -> None:
 
 
 def plot(path: Path, entries: dict) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no plot written: matplotlib is not installed (pip install matplotlib for {path.name})")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -416,7 +420,7 @@ def main(argv=None) -> int:
         if checkpoint and checkpoint.exists():
             checkpoint.unlink()  # the row is complete; its key stays in the folder
     plot(out.with_suffix(".png"), entries)
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -85,13 +85,24 @@ def test_train_under_torchrun_with_two_processes(folder, tmp_path):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "instahide", "train", "--train", str(folder), "--test", str(folder), "--model",
-                          "small_cnn", "--batch-size", "8", "--epochs", "2", "--device", "cpu", "--out",
-                          str(tmp_path / "ddp"), "--quiet", "--seed", "0"],
-                         capture_output=True, text=True, timeout=300, env=env)
+
+    def train(out):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "instahide", "train", "--train", str(folder), "--test", str(folder), "--model",
+                               "small_cnn", "--batch-size", "8", "--epochs", "2", "--device", "cpu", "--out",
+                               str(out), "--quiet", "--seed", "0"], capture_output=True, text=True, timeout=300,
+                              env=env)
+
+    out = tmp_path / "ddp"
+    run = train(out)
+    if run.returncode != 0 and "terminate called without an active exception" in run.stderr:
+        # about 1 run in 10 on a loaded 2-core machine: gloo's threads abort a rank as the
+        # process group is torn down after the run (torch's teardown, after the barrier and
+        # destroy_process_group of cli/train.py); one more run tells that from a failure of ours
+        out = tmp_path / "ddp-again"
+        run = train(out)
     assert run.returncode == 0, run.stderr[-3000:]
-    log = read_log(tmp_path / "ddp" / "log.csv")
+    log = read_log(out / "log.csv")
     assert [row["epoch"] for row in log] == ["0", "1"]  # written once, by rank 0
     assert all(np.isfinite(float(row["train_loss"])) for row in log)
-    assert (tmp_path / "ddp" / "checkpoint.pt").exists()
+    assert (out / "checkpoint.pt").exists()
