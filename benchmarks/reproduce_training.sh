@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/reproduce}"
 epochs="${EPOCHS:-10}"
+if ! [[ "$epochs" =~ ^[1-9][0-9]*$ ]]; then
+  echo "reproduce_training.sh: EPOCHS=$epochs: must be a whole number of at least 1" >&2; exit 2
+fi
+mkdir -p "$out" 2>/dev/null || { echo "reproduce_training.sh: OUT_DIR $out: cannot be created" >&2; exit 2; }
 for mode in vanilla instahide cross; do
   python -m instahide train --model small_cnn --mode "$mode" --epochs "$epochs" --out "$out/$mode" --quiet --seed 0
 done

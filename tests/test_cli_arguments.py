@@ -275,3 +275,17 @@ def test_benchmark_scripts_check_their_options_first(script, options, named):
                             timeout=120)
     assert result.returncode == 2, result.stderr
     assert named in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(("environment", "argument", "named"), [({"EPOCHS": "0"}, "runs/x", "EPOCHS"),
+                                                                 ({"EPOCHS": "ten"}, "runs/x", "EPOCHS"),
+                                                                 ({}, "/proc/no-such-folder", "OUT_DIR")])
+def test_reproduce_training_checks_its_settings_first(environment, argument, named, tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce_training.sh"
+    result = subprocess.run(["bash", str(script), argument if argument.startswith("/") else str(tmp_path / argument)],
+                            capture_output=True, text=True, env={**os.environ, **environment}, timeout=60)
+    assert result.returncode == 2 and named in result.stderr
