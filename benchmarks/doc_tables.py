@@ -221,14 +221,16 @@ def ablation() -> str:
         verdict = "–"
         if inside is not None and base is not None and other is not None and "baseline" not in variant:
             gain, spread = (100 * (r["final_accuracy"] - base["final_accuracy"]) for r in (inside, other))
-            verdict = "helps" if gain > abs(spread) else ("hurts" if gain < -abs(spread) else "within the spread")
+            verdict = ("above the spread" if gain > abs(spread) else
+                       "below the spread" if gain < -abs(spread) else "within the spread")
         epochs = sorted({str(r["epochs"]) for r in runs})
         body.append([variant, "/".join(epochs), *cells, verdict, commits.cell(runs, "accuracy")])
     header = ["ingredient (alone)", "epochs", *(f"{METHODS[m][0]}, final test accuracy (vs baseline)" for m in methods),
               "on the InstaHide row", "commit"]
     return (_table(header, ["l"] + ["r"] * (1 + len(methods)) + ["l", "l"], body)
-            + f"\n\nOne run each, the same key, seed and data per method; \"helps\" means above the baseline on the "
-              f"InstaHide row by more than the spread between its two baseline runs (\"{NOISE}\"). " + commits.notes())
+            + f"\n\nOne run each, the same key, seed and data per method; the last column compares the change on the "
+              f"InstaHide row with the spread between its two baseline runs (\"{NOISE}\"), itself one measurement. "
+            + commits.notes())
 
 
 def throughput() -> str:
