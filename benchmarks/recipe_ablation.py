@@ -32,7 +32,7 @@ from instahide.shards import key_from_file
 from instahide.torch.recipe import FastRecipe, train_fast
 
 from provenance import provenance
-from time_to_accuracy import RESULTS, device_name, make_encoder
+from time_to_accuracy import RESULTS, device_name, make_encoder, method_recipe
 
 KEYS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "instahide" / "ablation"
 NOISE = "baseline (another seed and key)"  # measures run-to-run spread: the yardstick for the others
@@ -48,11 +48,6 @@ VARIANTS: dict[str, dict] = {
 }
 VARIANTS["all of the above"] = {k: v for changes in VARIANTS.values() for k, v in changes.items()}
 METHODS = ("plain", "inside4-abs")
-
-
-def recipe_for(method: str, epochs: int, changes: dict) -> FastRecipe:
-    """time_to_accuracy.py's CPU recipe for `method`, with the variant's changes."""
-    return FastRecipe.cpu(epochs=epochs, abs_input=method == "inside4-abs", rms_input=method != "plain", **changes)
 
 
 def main(argv=None) -> int:
@@ -91,7 +86,7 @@ def main(argv=None) -> int:
             other = variant == NOISE
             key, _ = key_from_file(KEYS / f"{method}{'-other' if other else ''}.key")
             seed = args.seed + 1 if other else args.seed
-            recipe = recipe_for(method, args.epochs, VARIANTS[variant])
+            recipe = method_recipe(FastRecipe.cpu(**VARIANTS[variant]), method, args.epochs)
             encoder = make_encoder(method, recipe, data, key)
             code = provenance()
             started = time.perf_counter()

@@ -83,6 +83,13 @@ def make_encoder(method: str, recipe: FastRecipe, data_dir: Path, key: bytes | N
     raise ValueError(f"unknown method {method!r}")
 
 
+def method_recipe(base: FastRecipe, method: str, epochs: int) -> FastRecipe:
+    """`base` for `method`'s row: mixtures (all but plain) are divided by their RMS
+    (FastNet.transform); the net reads |x| where a mask flips signs, except for the signed-input row."""
+    return base.replace(epochs=epochs, abs_input=method in ("inside4-abs", "cross-abs"),
+                        rms_input=method not in ("plain", "dpsgd"))
+
+
 def checkpoint_folder(out: Path, name: str) -> Path:
     """Where --resume keeps a row's checkpoint and key: per results file and row, outside the
     repository."""
@@ -347,10 +354,7 @@ def main(argv=None) -> int:
         base = FastRecipe() if size == "full" else FastRecipe.cpu()
         if args.widths:
             base = base.replace(widths=tuple(int(w) for w in args.widths.split(",")))
-        # mixtures (all but plain) are divided by their RMS (FastNet.transform); the net reads
-        # |x| where a mask flips signs, except for the signed-input row
-        recipe = base.replace(epochs=method_epochs, abs_input=method in ("inside4-abs", "cross-abs"),
-                              rms_input=method not in ("plain", "dpsgd"))
+        recipe = method_recipe(base, method, method_epochs)
         if method == "dpsgd":  # larger batches, no label smoothing, no BatchNorm statistics to average
             recipe = recipe.replace(batch_size=1024, lr=0.5, label_smoothing=0.0, ema=0.0, bf16=False)
         name = args.label or method

@@ -86,23 +86,25 @@ def parse_args(argv=None):
     return args
 
 
-# Each number's least value (and greatest, where one exists): checked before any work.
-BOUNDS = {"batch_size": (1, None), "steps": (1, None), "rounds": (1, None), "warmup": (0, None), "epochs": (0, None),
-          "crypten_steps": (1, None), "tenseal_images": (1, None), "he_epochs": (0, None),
-          "noise_multiplier": (0.0, None), "max_grad_norm": (1e-12, None), "train_limit": (1, None),
-          "test_limit": (1, None), "synthetic": (4, None), "threads": (0, 1024)}
+def _at_least(low):
+    return (lambda value: value >= low), f"at least {low}"
+
+
+# Each number's allowed values, in words for the message: checked before any work.
+BOUNDS = {"batch_size": _at_least(1), "steps": _at_least(1), "rounds": _at_least(1), "warmup": _at_least(0),
+          "epochs": _at_least(0), "crypten_steps": _at_least(1), "tenseal_images": _at_least(1),
+          "he_epochs": _at_least(0), "noise_multiplier": _at_least(0.0),
+          "max_grad_norm": ((lambda value: value > 0), "above 0"), "train_limit": _at_least(1),
+          "test_limit": _at_least(1), "synthetic": _at_least(4),
+          "threads": ((lambda value: 0 <= value <= 1024), "0 to 1024")}
 
 
 def check_args(parser: argparse.ArgumentParser, args) -> None:
     """Every option in its range and every output writable, or exit 2 naming the option."""
-    for name, (low, high) in BOUNDS.items():
+    for name, (allowed, words) in BOUNDS.items():
         value = getattr(args, name)
-        if value is None:
-            continue
-        if value < low or (high is not None and value > high):
-            option = "--" + name.replace("_", "-")
-            limit = f"{low} to {high}" if high is not None else "positive" if low == 1e-12 else f"at least {low}"
-            parser.error(f"{option} {value}: must be {limit}")
+        if value is not None and not allowed(value):
+            parser.error(f"--{name.replace('_', '-')} {value}: must be {words}")
     for option, size in (("--synthetic", args.synthetic), ("--train-limit", args.train_limit)):
         if size is not None and size < args.batch_size:
             parser.error(f"{option} {size}: at least one batch (--batch-size {args.batch_size})")

@@ -178,8 +178,6 @@ class PublicPool:
         their whole patch from each kept one (``patch_size=size``). Window positions come from
         `rng` (a numpy Generator; default: fresh OS entropy): the pool is public data.
         ``pool.build_report`` says how many windows were tried and kept."""
-        from PIL import Image
-
         if window < 1 or size < 1 or per_image < 1:
             raise ValueError(f"window, size and per_image must be positive, got {window}, {size}, {per_image}")
         rng = np.random.default_rng() if rng is None else rng
@@ -198,9 +196,7 @@ class PublicPool:
                 tried += 1
                 if min_keypoints is not None and keypoints(patch) <= min_keypoints:
                     continue
-                if window != size:
-                    patch = np.asarray(Image.fromarray(patch).resize((size, size), Image.Resampling.BILINEAR))
-                kept.append(patch)
+                kept.append(_resize_short_side(patch, size))  # square: size x size
         if not kept:
             raise ValueError(f"no patch kept: none of {tried} windows has more than {min_keypoints} keypoints")
         pool = cls.from_images(kept, short_side=None, progress=False, **stats)
